@@ -1,0 +1,235 @@
+"""Datasets as arrays, and per-member training views.
+
+MNIST-1D (the default) is generated locally by the `mnist1d` package and cached on disk; CIFAR-10 and MNIST are
+read from files the user already has. Nothing is ever downloaded.
+
+A member's *view* of the training set (`training_view`) is a deterministic function of its key: a random subset
+of `data_fraction` of the examples and labels each replaced with probability `label_noise` by a uniform class.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import pickle
+import random
+import struct
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lljax.errors import LLJaxError
+
+DATASETS = ("mnist1d", "cifar10", "mnist")
+
+# Per-channel statistics of the CIFAR-10 training set, as the paper's code normalises it.
+CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
+CIFAR10_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+class Dataset(NamedTuple):
+    """Train and test arrays: x_* is (N, *input_shape) float32, y_* is (N,) int32."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+
+def default_cache_dir() -> Path:
+    """User cache folder for generated data and compiled programs (`$LLJAX_CACHE`, else ~/.cache/lljax)."""
+    root = os.environ.get("LLJAX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lljax")
+    return Path(root)
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> Dataset:
+    """Load a dataset by name: 'mnist1d' (generated), 'cifar10' or 'mnist' (read from `data_dir`)."""
+    if name == "mnist1d":
+        return mnist1d(cache_dir)
+    if name not in DATASETS:
+        raise LLJaxError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if data_dir is None:
+        raise LLJaxError(f"dataset {name!r} is read from local files: pass --data-dir")
+    return cifar10(data_dir) if name == "cifar10" else mnist(data_dir)
+
+
+# ----------------------------------------------------------------------------------------------- MNIST-1D
+
+def mnist1d(cache_dir: str | os.PathLike | None = None, num_samples: int = 5000, seed: int = 42) -> Dataset:
+    """MNIST-1D (Greydanus 2020) with the package's default arguments: 4000 train / 1000 test, length 40.
+
+    Generated once and cached as .npz; the generator's use of the global numpy/python RNG is isolated so the
+    caller's random state is unchanged.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed = num_samples, seed
+    fields = {k: v for k, v in vars(args).items() if k != "url"}
+    digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+    path = Path(cache_dir or default_cache_dir()) / f"mnist1d-{digest}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as f:
+                arrays = {k: f[k] for k in ("x", "y", "x_test", "y_test")}
+        except Exception:  # a half-written or corrupted cache is regenerated
+            arrays = None
+    else:
+        arrays = None
+    if arrays is None:
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            raw = make_dataset(args)
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+        arrays = {k: raw[k] for k in ("x", "y", "x_test", "y_test")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    return Dataset("mnist1d", arrays["x"].astype(np.float32), arrays["y"].astype(np.int32),
+                   arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int32), 10)
+
+
+# ----------------------------------------------------------------------------------------------- CIFAR-10
+
+def cifar10(data_dir: str | os.PathLike) -> Dataset:
+    """CIFAR-10 from the python-pickle release: `data_dir` is (or contains) `cifar-10-batches-py`.
+
+    Images become (N, 32, 32, 3) float32 normalised per channel.
+    """
+    root = Path(data_dir)
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    if not root.is_dir():
+        raise LLJaxError(f"CIFAR-10 folder not found: {data_dir}")
+
+    def read(name):
+        path = root / name
+        if not path.exists():
+            raise LLJaxError(f"CIFAR-10 file missing: {path}")
+        try:
+            with open(path, "rb") as f:
+                entry = pickle.load(f, encoding="bytes")
+            x = np.asarray(entry[b"data"], np.uint8).reshape(-1, 3, 32, 32)
+            y = np.asarray(entry[b"labels"], np.int32)
+        except Exception as e:
+            raise LLJaxError(f"malformed CIFAR-10 file {path}: {type(e).__name__}: {e}") from None
+        if len(x) != len(y):
+            raise LLJaxError(f"malformed CIFAR-10 file {path}: {len(x)} images but {len(y)} labels")
+        return x, y
+
+    train = [read(f"data_batch_{i}") for i in range(1, 6)]
+    x_test, y_test = read("test_batch")
+    x_train = np.concatenate([x for x, _ in train])
+    y_train = np.concatenate([y for _, y in train])
+
+    def normalise(x):
+        x = x.transpose(0, 2, 3, 1).astype(np.float32) / 255.0
+        return (x - CIFAR10_MEAN) / CIFAR10_STD
+
+    return Dataset("cifar10", normalise(x_train), y_train, normalise(x_test), y_test, 10)
+
+
+# ----------------------------------------------------------------------------------------------- MNIST
+
+_MNIST_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
+                "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (plain or gzip) into an array of its stored shape (unsigned-byte data only)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError(f"bad magic number {raw[:4].hex()} (expected unsigned-byte IDX)")
+        shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+        data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+        if data.size != int(np.prod(shape)):
+            raise ValueError(f"{data.size} bytes of data for shape {shape}")
+    except (OSError, EOFError, struct.error, ValueError) as e:
+        raise LLJaxError(f"malformed IDX file {path}: {e}") from None
+    return data.reshape(shape)
+
+
+def mnist(data_dir: str | os.PathLike) -> Dataset:
+    """MNIST from the four IDX files (plain or .gz) in `data_dir`; images (N, 28, 28, 1) float32 normalised."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise LLJaxError(f"MNIST folder not found: {data_dir}")
+    arrays = {}
+    for key, stem in _MNIST_FILES.items():
+        candidates = [root / stem, root / (stem + ".gz"), root / stem.replace("-idx", ".idx"),
+                      root / (stem.replace("-idx", ".idx") + ".gz")]
+        path = next((p for p in candidates if p.exists()), None)
+        if path is None:
+            raise LLJaxError(f"MNIST file missing: {root / stem}[.gz]")
+        arrays[key] = read_idx(path)
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise LLJaxError(f"malformed MNIST {split} files: images {x.shape}, labels {y.shape}")
+
+    def normalise(x):
+        return ((x.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD)[..., None]
+
+    return Dataset("mnist", normalise(arrays["x_train"]), arrays["y_train"].astype(np.int32),
+                   normalise(arrays["x_test"]), arrays["y_test"].astype(np.int32), 10)
+
+
+# ----------------------------------------------------------------------------------------------- views
+
+class View(NamedTuple):
+    """One member's training view. order: (N,) permutation whose first `size` entries are the member's subset;
+    size: () int32; labels: (N,) int32, the member's (possibly corrupted) labels; mask: (N,) float32, 1 on the
+    subset."""
+
+    order: jax.Array
+    size: jax.Array
+    labels: jax.Array
+    mask: jax.Array
+
+
+def subset_size(num_train: int, data_fraction) -> jax.Array:
+    """Number of examples a data fraction keeps: round(f * N), at least 1."""
+    return jnp.maximum(1, jnp.round(jnp.asarray(data_fraction) * num_train)).astype(jnp.int32)
+
+
+def training_view(key: jax.Array, labels_N: jax.Array, num_classes: int, data_fraction, label_noise) -> View:
+    """A member's subset and labels, deterministic in `key`; `data_fraction` and `label_noise` may be traced."""
+    key_subset, key_flip, key_class = jax.random.split(key, 3)
+    n = labels_N.shape[0]
+    order = jax.random.permutation(key_subset, n)
+    size = subset_size(n, data_fraction)
+    rank = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+    flip = jax.random.uniform(key_flip, (n,)) < label_noise
+    random_labels = jax.random.randint(key_class, (n,), 0, num_classes, dtype=jnp.int32)
+    labels = jnp.where(flip, random_labels, labels_N).astype(jnp.int32)
+    return View(order.astype(jnp.int32), size, labels, (rank < size).astype(jnp.float32))
+
+
+def epoch_order(key: jax.Array, view: View) -> jax.Array:
+    """(N,) indices of the member's subset in a fresh random order, followed by the rest (never used)."""
+    n = view.order.shape[0]
+    scores = jnp.where(jnp.arange(n) < view.size, jax.random.uniform(key, (n,)), 2.0)
+    return view.order[jnp.argsort(scores)]
+
+
+def batch_indices(order_N: jax.Array, size: jax.Array, step_in_epoch, batch_size: int) -> jax.Array:
+    """(B,) indices of minibatch `step_in_epoch` of an epoch; a subset smaller than an epoch wraps around."""
+    positions = (step_in_epoch * batch_size + jnp.arange(batch_size)) % size
+    return order_N[positions]

@@ -1,0 +1,154 @@
+"""Width-parametrised Flax (linen) models and the pure functions that apply them.
+
+`mlp`      hidden layers of `width` units (default 2), ReLU; flattens its input.
+`cnn`      the MNIST-1D baseline conv net (Greydanus 2020): 3 convs (kernel 5/3/3, stride 2) of `width` channels,
+           ReLU, then a linear read-out. Convolutions are 1-D on (L,) or (L, C) inputs, 2-D on (H, W, C).
+`resnet18` the paper's CIFAR ResNet18(k) (Nakkiran et al. 2019; Yang et al. 2021): 3x3 stem, stages of k, 2k,
+           4k, 8k channels, BasicBlocks [2, 2, 2, 2], BatchNorm, no max-pool; k = 64 is the standard network.
+
+Every model's variables are {'params': ..., 'batch_stats': ...}; models without BatchNorm have empty
+batch_stats, so all code handles both the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from lljax.errors import LLJaxError
+
+MODELS = ("mlp", "cnn", "resnet18")
+Params = Any
+BatchStats = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Static description of an architecture: hashable, so it can key compiled programs."""
+
+    name: str
+    width: int
+    num_classes: int = 10
+    depth: int = 2  # hidden layers of the MLP
+
+    def __post_init__(self):
+        if self.name not in MODELS:
+            raise LLJaxError(f"unknown model {self.name!r}; choose one of {', '.join(MODELS)}")
+        if int(self.width) != self.width or self.width <= 0:
+            raise LLJaxError(f"width must be a positive integer, got {self.width}")
+        if self.depth <= 0:
+            raise LLJaxError(f"depth must be a positive integer, got {self.depth}")
+
+
+class MLP(nn.Module):
+    width: int
+    depth: int = 2
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.reshape(x.shape[0], -1)
+        for _ in range(self.depth):
+            x = nn.relu(nn.Dense(self.width)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+def _as_image(x):
+    """Add a channel axis to (B, L) signals so convolutions see (B, *spatial, C)."""
+    return x[..., None] if x.ndim == 2 else x
+
+
+class CNN(nn.Module):
+    width: int
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = _as_image(x)
+        nd = x.ndim - 2
+        for kernel in (5, 3, 3):
+            x = nn.relu(nn.Conv(self.width, (kernel,) * nd, strides=(2,) * nd, padding=[(1, 1)] * nd)(x))
+        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+class BasicBlock(nn.Module):
+    channels: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        nd = x.ndim - 2
+        conv = lambda c, k, s: nn.Conv(c, (k,) * nd, strides=(s,) * nd, padding=[(k // 2, k // 2)] * nd,
+                                       use_bias=False)
+        norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+        y = nn.relu(norm()(conv(self.channels, 3, self.stride)(x)))
+        y = norm()(conv(self.channels, 3, 1)(y))
+        if self.stride != 1 or x.shape[-1] != self.channels:
+            x = norm()(conv(self.channels, 1, self.stride)(x))
+        return nn.relu(x + y)
+
+
+class ResNet18(nn.Module):
+    width: int
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = _as_image(x)
+        nd = x.ndim - 2
+        x = nn.Conv(self.width, (3,) * nd, padding=[(1, 1)] * nd, use_bias=False)(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x))
+        for stage, stride in enumerate((1, 2, 2, 2)):
+            for block in range(2):
+                x = BasicBlock(self.width * 2 ** stage, stride if block == 0 else 1)(x, train)
+        x = x.mean(axis=tuple(range(1, 1 + nd)))
+        return nn.Dense(self.num_classes)(x)
+
+
+def build(spec: ModelSpec) -> nn.Module:
+    """The Flax module for a spec."""
+    if spec.name == "mlp":
+        return MLP(spec.width, spec.depth, spec.num_classes)
+    if spec.name == "cnn":
+        return CNN(spec.width, spec.num_classes)
+    return ResNet18(spec.width, spec.num_classes)
+
+
+def init(spec: ModelSpec, key: jax.Array, input_shape: tuple[int, ...]) -> tuple[Params, BatchStats]:
+    """Fresh (params, batch_stats) for one model taking inputs of shape `input_shape` (no batch axis)."""
+    variables = build(spec).init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+    return variables["params"], variables.get("batch_stats", {})
+
+
+def apply(spec: ModelSpec, params: Params, batch_stats: BatchStats, x_BX: jax.Array, train: bool = False):
+    """Logits (B, C) and updated batch_stats; `train=True` uses and updates batch statistics."""
+    module = build(spec)
+    variables = {"params": params, "batch_stats": batch_stats}
+    if train and batch_stats:
+        logits, updates = module.apply(variables, x_BX, train=True, mutable=["batch_stats"])
+        return logits, updates["batch_stats"]
+    return module.apply(variables, x_BX, train=False), batch_stats
+
+
+def cross_entropy(logits_BC: jax.Array, labels_B: jax.Array) -> jax.Array:
+    """(B,) per-example softmax cross-entropy."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BC, labels_B)
+
+
+def loss_fn(spec: ModelSpec, batch_stats: BatchStats) -> Callable[[Params, tuple], jax.Array]:
+    """`loss(params, (x_BX, y_B)) -> mean CE` with BatchNorm in inference mode (the paper's Hessian loss)."""
+
+    def loss(params, batch):
+        x, y = batch
+        logits, _ = apply(spec, params, batch_stats, x, train=False)
+        return cross_entropy(logits, y).mean()
+
+    return loss
+
+
+def count_params(params: Params) -> int:
+    return sum(int(p.size) for p in jax.tree.leaves(params))

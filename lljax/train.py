@@ -1,0 +1,193 @@
+"""Training: one member's loss, step and loop as pure functions; the ensemble is `jit(vmap(...))` of them.
+
+Optimiser as the paper: SGD with momentum (PyTorch convention, buf = m * buf + g) and L2 weight decay added to
+the gradient; learning-rate schedule 'step' (constant, x0.1 from 75% of training), 'cosine' or 'constant'.
+Per-member hyperparameters (lr, weight decay, momentum, data fraction, label noise) are traced scalars, so
+members that differ only in them share one compiled program. The step loop is `lax.scan` over epochs and
+steps; a member whose loss or update turns non-finite stops updating and is flagged `diverged`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lljax import data, models
+from lljax.errors import LLJaxError
+from lljax.models import ModelSpec
+
+SCHEDULES = ("step", "cosine", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """Static part of training (never stacked): architecture, batch size, length, schedule, data size."""
+
+    model: ModelSpec
+    batch_size: int
+    epochs: int
+    num_train: int
+    schedule: str = "step"
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise LLJaxError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.batch_size <= 0:
+            raise LLJaxError(f"batch size must be positive, got {self.batch_size}")
+        if self.batch_size > self.num_train:
+            raise LLJaxError(f"batch size {self.batch_size} is larger than the training set ({self.num_train})")
+        if self.epochs <= 0:
+            raise LLJaxError(f"epochs must be positive, got {self.epochs}")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_train // self.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+class Hyper(NamedTuple):
+    """One member's dynamic hyperparameters (scalars; stacked to (M,) for an ensemble)."""
+
+    lr: jax.Array
+    weight_decay: jax.Array
+    momentum: jax.Array
+    data_fraction: jax.Array
+    label_noise: jax.Array
+
+
+class Member(NamedTuple):
+    """Everything per-member that is fixed during training: hyperparameters, keys and training view."""
+
+    hyper: Hyper
+    shuffle_key: jax.Array
+    view: data.View
+
+
+class MemberState(NamedTuple):
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    diverged: jax.Array  # () bool
+    loss: jax.Array  # () float32, mean training loss of the last epoch run
+
+
+def learning_rate(spec: TrainSpec, base_lr, step) -> jax.Array:
+    """The schedule's learning rate at global step `step` (0-based)."""
+    frac = step / spec.total_steps
+    if spec.schedule == "step":
+        return base_lr * jnp.where(frac < 0.75, 1.0, 0.1)
+    if spec.schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+    return base_lr * jnp.ones_like(frac)
+
+
+def optimizer(spec: TrainSpec, hyper: Hyper) -> optax.GradientTransformation:
+    """SGD with momentum and coupled L2 weight decay (torch.optim.SGD semantics)."""
+    return optax.chain(
+        optax.add_decayed_weights(hyper.weight_decay),
+        optax.trace(decay=hyper.momentum),
+        optax.scale_by_learning_rate(lambda step: learning_rate(spec, hyper.lr, step)),
+    )
+
+
+def init_member(spec: TrainSpec, key: jax.Array, hyper: Hyper, labels_N: jax.Array,
+                input_shape: tuple[int, ...]) -> tuple[MemberState, Member]:
+    """Initial state and fixed inputs of one member from its seed key (named streams: init, view, shuffle)."""
+    key_init, key_view, key_shuffle = jax.random.split(key, 3)
+    params, batch_stats = models.init(spec.model, key_init, input_shape)
+    view = data.training_view(key_view, labels_N, spec.model.num_classes, hyper.data_fraction,
+                              hyper.label_noise)
+    state = MemberState(params, batch_stats, optimizer(spec, hyper).init(params), jnp.zeros((), bool),
+                        jnp.full((), jnp.nan, jnp.float32))
+    return state, Member(hyper, key_shuffle, view)
+
+
+def train_step(spec: TrainSpec, member: Member, state: MemberState, x_BX: jax.Array, y_B: jax.Array
+               ) -> tuple[MemberState, jax.Array]:
+    """One SGD step on a minibatch; returns the new state and the minibatch loss (before the step)."""
+
+    def loss(params):
+        logits, batch_stats = models.apply(spec.model, params, state.batch_stats, x_BX, train=True)
+        return models.cross_entropy(logits, y_B).mean(), batch_stats
+
+    (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+    updates, opt_state = optimizer(spec, member.hyper).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    bad = state.diverged | ~jnp.isfinite(value) | ~jnp.isfinite(optax.global_norm(updates))
+    keep = lambda old, new: jax.tree.map(lambda o, n: jnp.where(bad, o, n), old, new)
+    new = MemberState(keep(state.params, params), keep(state.batch_stats, batch_stats),
+                      keep(state.opt_state, opt_state), bad, state.loss)
+    return new, value
+
+
+def train_epochs(spec: TrainSpec, n_epochs: int, state: MemberState, member: Member, x_train: jax.Array,
+                 first_epoch) -> MemberState:
+    """Run epochs [first_epoch, first_epoch + n_epochs) for one member; each epoch reshuffles the member's
+    subset with `fold_in(shuffle_key, epoch)`, so a run split into chunks draws the same batches."""
+    B = spec.batch_size
+
+    def epoch(state, e):
+        order = data.epoch_order(jax.random.fold_in(member.shuffle_key, e), member.view)
+
+        def step(state, j):
+            idx = data.batch_indices(order, member.view.size, j, B)
+            return train_step(spec, member, state, x_train[idx], member.view.labels[idx])
+
+        state, losses = jax.lax.scan(step, state, jnp.arange(spec.steps_per_epoch))
+        return state._replace(loss=losses.mean()), None
+
+    state, _ = jax.lax.scan(epoch, state, first_epoch + jnp.arange(n_epochs))
+    return state
+
+
+def evaluate(spec: ModelSpec, params, batch_stats, x_NX: jax.Array, y_N: jax.Array, weights_N=None,
+             batch_size: int = 1000) -> tuple[jax.Array, jax.Array]:
+    """Weighted mean cross-entropy and accuracy over a dataset, BatchNorm in inference mode, in chunks."""
+    n = x_NX.shape[0]
+    weights_N = jnp.ones(n, jnp.float32) if weights_N is None else weights_N
+    batch_size = min(batch_size, n)
+    pad = -n % batch_size
+    pad_to = lambda a: jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)]) if pad else a
+    chunks = lambda a: pad_to(a).reshape(-1, batch_size, *a.shape[1:])
+
+    def body(total, chunk):
+        x, y, w = chunk
+        logits, _ = models.apply(spec, params, batch_stats, x, train=False)
+        ce = models.cross_entropy(logits, y)
+        correct = (logits.argmax(-1) == y).astype(jnp.float32)
+        return total + jnp.stack([(w * ce).sum(), (w * correct).sum()]), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros(2), (chunks(x_NX), chunks(y_N), chunks(weights_N)))
+    return total[0] / weights_N.sum(), total[1] / weights_N.sum()
+
+
+# ---------------------------------------------------------------------------------- ensembles (vmapped once)
+
+@functools.partial(jax.jit, static_argnames=("spec", "input_shape"))
+def init_ensemble(spec: TrainSpec, keys: jax.Array, hyper: Hyper, labels_N: jax.Array,
+                  input_shape: tuple[int, ...]) -> tuple[MemberState, Member]:
+    """`init_member` over members: keys (M,), hyper fields (M,)."""
+    return jax.vmap(init_member, in_axes=(None, 0, 0, None, None))(spec, keys, hyper, labels_N, input_shape)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "n_epochs"), donate_argnames=("state",))
+def train_ensemble(spec: TrainSpec, n_epochs: int, state: MemberState, member: Member, x_train: jax.Array,
+                   first_epoch) -> MemberState:
+    """`train_epochs` over members; the dataset is shared, everything else has a leading member axis."""
+    return jax.vmap(train_epochs, in_axes=(None, None, 0, 0, None, None))(
+        spec, n_epochs, state, member, x_train, first_epoch)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "batch_size"))
+def evaluate_ensemble(spec: ModelSpec, params, batch_stats, x_NX, labels_MN, weights_MN=None,
+                      batch_size: int = 1000):
+    """(M,) losses and accuracies; labels and weights are per member (M, N) (a member's own view)."""
+    return jax.vmap(evaluate, in_axes=(None, 0, 0, None, 0, 0, None))(
+        spec, params, batch_stats, x_NX, labels_MN, weights_MN, batch_size)
