@@ -88,13 +88,10 @@ def learning_rate(spec: TrainSpec, base_lr, step) -> jax.Array:
     return base_lr * jnp.ones_like(frac)
 
 
-def optimizer(spec: TrainSpec, hyper: Hyper) -> optax.GradientTransformation:
-    """SGD with momentum and coupled L2 weight decay (torch.optim.SGD semantics)."""
-    return optax.chain(
-        optax.add_decayed_weights(hyper.weight_decay),
-        optax.trace(decay=hyper.momentum),
-        optax.scale_by_learning_rate(lambda step: learning_rate(spec, hyper.lr, step)),
-    )
+def optimizer(hyper: Hyper) -> optax.GradientTransformation:
+    """SGD direction with momentum and coupled L2 weight decay (torch.optim.SGD semantics); the step applies
+    the scheduled learning rate, so the optimiser state holds no step counter of its own."""
+    return optax.chain(optax.add_decayed_weights(hyper.weight_decay), optax.trace(decay=hyper.momentum))
 
 
 def init_member(spec: TrainSpec, key: jax.Array, hyper: Hyper, labels_N: jax.Array,
@@ -104,21 +101,23 @@ def init_member(spec: TrainSpec, key: jax.Array, hyper: Hyper, labels_N: jax.Arr
     params, batch_stats = models.init(spec.model, key_init, input_shape)
     view = data.training_view(key_view, labels_N, spec.model.num_classes, hyper.data_fraction,
                               hyper.label_noise)
-    state = MemberState(params, batch_stats, optimizer(spec, hyper).init(params), jnp.zeros((), bool),
+    state = MemberState(params, batch_stats, optimizer(hyper).init(params), jnp.zeros((), bool),
                         jnp.full((), jnp.nan, jnp.float32))
     return state, Member(hyper, key_shuffle, view)
 
 
-def train_step(spec: TrainSpec, member: Member, state: MemberState, x_BX: jax.Array, y_B: jax.Array
+def train_step(spec: TrainSpec, member: Member, state: MemberState, x_BX: jax.Array, y_B: jax.Array, step
                ) -> tuple[MemberState, jax.Array]:
-    """One SGD step on a minibatch; returns the new state and the minibatch loss (before the step)."""
+    """SGD step number `step` (global, 0-based) on a minibatch; returns the new state and the minibatch loss
+    (before the step)."""
 
     def loss(params):
         logits, batch_stats = models.apply(spec.model, params, state.batch_stats, x_BX, train=True)
         return models.cross_entropy(logits, y_B).mean(), batch_stats
 
     (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
-    updates, opt_state = optimizer(spec, member.hyper).update(grads, state.opt_state, state.params)
+    direction, opt_state = optimizer(member.hyper).update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda d: -learning_rate(spec, member.hyper.lr, step) * d, direction)
     params = optax.apply_updates(state.params, updates)
     bad = state.diverged | ~jnp.isfinite(value) | ~jnp.isfinite(optax.global_norm(updates))
     keep = lambda old, new: jax.tree.map(lambda o, n: jnp.where(bad, o, n), old, new)
@@ -127,24 +126,25 @@ def train_step(spec: TrainSpec, member: Member, state: MemberState, x_BX: jax.Ar
     return new, value
 
 
-def train_epochs(spec: TrainSpec, n_epochs: int, state: MemberState, member: Member, x_train: jax.Array,
-                 first_epoch) -> MemberState:
-    """Run epochs [first_epoch, first_epoch + n_epochs) for one member; each epoch reshuffles the member's
-    subset with `fold_in(shuffle_key, epoch)`, so a run split into chunks draws the same batches."""
+def train_epochs(spec: TrainSpec, state: MemberState, member: Member, x_train: jax.Array, first_epoch,
+                 last_epoch) -> MemberState:
+    """Run epochs [first_epoch, last_epoch) for one member (bounds may be traced, so every chunk of a run
+    shares one compiled program); each epoch reshuffles the member's subset with `fold_in(shuffle_key, epoch)`,
+    so a run split into chunks draws the same batches as one uninterrupted run."""
     B = spec.batch_size
 
-    def epoch(state, e):
+    def epoch(e, state):
         order = data.epoch_order(jax.random.fold_in(member.shuffle_key, e), member.view)
 
         def step(state, j):
             idx = data.batch_indices(order, member.view.size, j, B)
-            return train_step(spec, member, state, x_train[idx], member.view.labels[idx])
+            step_ = e * spec.steps_per_epoch + j
+            return train_step(spec, member, state, x_train[idx], member.view.labels[idx], step_)
 
         state, losses = jax.lax.scan(step, state, jnp.arange(spec.steps_per_epoch))
-        return state._replace(loss=losses.mean()), None
+        return state._replace(loss=losses.mean())
 
-    state, _ = jax.lax.scan(epoch, state, first_epoch + jnp.arange(n_epochs))
-    return state
+    return jax.lax.fori_loop(first_epoch, last_epoch, epoch, state)
 
 
 def evaluate(spec: ModelSpec, params, batch_stats, x_NX: jax.Array, y_N: jax.Array, weights_N=None,
@@ -177,12 +177,12 @@ def init_ensemble(spec: TrainSpec, keys: jax.Array, hyper: Hyper, labels_N: jax.
     return jax.vmap(init_member, in_axes=(None, 0, 0, None, None))(spec, keys, hyper, labels_N, input_shape)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "n_epochs"), donate_argnames=("state",))
-def train_ensemble(spec: TrainSpec, n_epochs: int, state: MemberState, member: Member, x_train: jax.Array,
-                   first_epoch) -> MemberState:
-    """`train_epochs` over members; the dataset is shared, everything else has a leading member axis."""
-    return jax.vmap(train_epochs, in_axes=(None, None, 0, 0, None, None))(
-        spec, n_epochs, state, member, x_train, first_epoch)
+@functools.partial(jax.jit, static_argnames=("spec",), donate_argnames=("state",))
+def train_ensemble(spec: TrainSpec, state: MemberState, member: Member, x_train: jax.Array, first_epoch,
+                   last_epoch) -> MemberState:
+    """`train_epochs` over members; the dataset and epoch bounds are shared, the rest has a member axis."""
+    return jax.vmap(train_epochs, in_axes=(None, 0, 0, None, None, None))(
+        spec, state, member, x_train, first_epoch, last_epoch)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "batch_size"))
