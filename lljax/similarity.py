@@ -310,6 +310,12 @@ def mixup_inputs(key: jax.Array, x_NX, num: int = 768, alpha: float = 16.0) -> j
         raise LLJaxError(f"mixup_inputs: alpha must be positive, got {alpha!r}")
     if not jnp.issubdtype(x_NX.dtype, jnp.floating):
         x_NX = x_NX.astype(jnp.float32)
+    return _mixup_inputs(key, x_NX, jnp.asarray(alpha, x_NX.dtype), num=num)
+
+
+@functools.partial(jax.jit, static_argnames=("num",))
+def _mixup_inputs(key, x_NX, alpha, num: int):
+    n = x_NX.shape[0]
     key_first, key_second, key_lambda = jax.random.split(key, 3)
     first = jax.random.permutation(key_first, n)[:num]
     second = jax.random.permutation(key_second, n)[:num]
