@@ -1,0 +1,503 @@
+"""Curves between two models in parameter space, curve fitting and mode connectivity.
+
+Implements the mode-connectivity metric of Yang et al. 2021 (*Taxonomizing local versus global structure in
+neural network loss landscapes*), which fits a Bezier curve between two trained models as Garipov et al. 2018
+(*Loss surfaces, mode connectivity, and fast ensembling of DNNs*) do.
+
+A curve is a `Curve` over any parameter pytree: fixed endpoints `start`, `end` and `num_bends` control points
+`bends` (every leaf has a leading bend axis). Its point `w(t) = sum_i c_i(t) P_i` uses Bernstein coefficients
+(Bezier) or hat functions on equally spaced knots (polygonal chain) over P = (start, *bends, end). Only the bends
+are ever optimised, so the endpoints are fixed by construction.
+
+Any architecture works: the code takes `apply_fn(params, batch_stats, x_BX, train) -> (logits_BC,
+new_batch_stats)` (`model_apply(spec)` wraps `models.apply`), so no "curve twin" of a model is written. Every
+function is for one pair of models; `fit_curves`, `evaluate_curves` and `linear_barriers` are the same functions
+vmapped over a leading pair axis P and jitted.
+
+BatchNorm: during fitting the model runs in train mode at w(t) (batch statistics; running statistics are not
+needed). Before evaluating each t, the running statistics are recomputed exactly from the training data (see
+`recompute_batch_stats`), at t = 0 and 1 too, as the paper does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.special import comb
+
+from lljax import models
+from lljax.errors import LLJaxError
+
+Params = Any
+BatchStats = Any
+ApplyFn = Callable[..., tuple[jax.Array, BatchStats]]
+
+CURVE_KINDS = ("bezier", "polychain")
+INITS = ("linear", "random")
+NUM_TS = 21  # default t grid: 21 points, well above the 5 the reference code evaluates
+
+
+def default_ts(num: int = NUM_TS) -> np.ndarray:
+    """(num,) equally spaced t in [0, 1], both ends included."""
+    if num < 2:
+        raise LLJaxError(f"a t grid needs at least 2 points (0 and 1), got {num}")
+    return np.linspace(0.0, 1.0, num)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelApply:
+    """`models.apply` for one spec as a value-hashable callable, so jitted functions taking it as a static
+    argument reuse their compiled program for equal specs (a `functools.partial` hashes by identity)."""
+
+    spec: models.ModelSpec
+
+    def __call__(self, params, batch_stats, x_BX, train: bool = False):
+        return models.apply(self.spec, params, batch_stats, x_BX, train)
+
+
+def model_apply(spec: models.ModelSpec) -> ModelApply:
+    """The `apply_fn` of an lljax model."""
+    return ModelApply(spec)
+
+
+# ------------------------------------------------------------------------------------------------- curves
+
+def bezier_coefficients(t, num_bends: int) -> jax.Array:
+    """(..., num_bends + 2) Bernstein polynomials of degree num_bends + 1 at t (...,); they sum to 1."""
+    degree = num_bends + 1
+    t = jnp.asarray(t)
+    t = t.astype(jnp.result_type(t.dtype, jnp.float32))[..., None]
+    k = jnp.arange(degree + 1, dtype=t.dtype)
+    binom = jnp.asarray(comb(degree, np.arange(degree + 1)), t.dtype)
+    return binom * t ** k * (1 - t) ** (degree - k)
+
+
+def polychain_coefficients(t, num_bends: int) -> jax.Array:
+    """(..., num_bends + 2) weights of a polygonal chain through knots at t = i / (num_bends + 1): hat
+    functions, two neighbours non-zero, summing to 1 (Garipov et al. 2018, PolyChain)."""
+    segments = num_bends + 1
+    t = jnp.asarray(t)
+    t = t.astype(jnp.result_type(t.dtype, jnp.float32))[..., None]
+    knots = jnp.arange(segments + 1, dtype=t.dtype)
+    return jnp.maximum(0, 1 - jnp.abs(t * segments - knots))
+
+
+def curve_coefficients(kind: str, t, num_bends: int) -> jax.Array:
+    if kind == "bezier":
+        return bezier_coefficients(t, num_bends)
+    if kind == "polychain":
+        return polychain_coefficients(t, num_bends)
+    raise LLJaxError(f"unknown curve kind {kind!r}; choose one of {', '.join(CURVE_KINDS)}")
+
+
+class Curve(NamedTuple):
+    """A curve from `start` to `end` (parameter pytrees) through control points `bends` (same pytree, every
+    leaf with a leading axis of num_bends). `kind` is static (pytree metadata), so curves jit and vmap."""
+
+    start: Params
+    bends: Params
+    end: Params
+    kind: str = "bezier"
+
+    @property
+    def num_bends(self) -> int:
+        """Control points between the endpoints (for a single, unbatched curve)."""
+        return jax.tree.leaves(self.bends)[0].shape[0]
+
+
+jax.tree_util.register_pytree_node(
+    Curve, lambda c: ((c.start, c.bends, c.end), c.kind), lambda kind, children: Curve(*children, kind=kind))
+
+
+def _check_endpoints(start, end):
+    if jax.tree.structure(start) != jax.tree.structure(end):
+        raise LLJaxError("curve endpoints have different parameter structures")
+    for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(end)):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise LLJaxError(f"curve endpoints differ in a leaf: {a.shape} {a.dtype} vs {b.shape} {b.dtype}")
+    if not jax.tree.leaves(start):
+        raise LLJaxError("curve endpoints have no parameters")
+
+
+def init_curve(start: Params, end: Params, num_bends: int = 1, kind: str = "bezier", init: str = "linear",
+               key: jax.Array | None = None) -> Curve:
+    """A curve between two models with `num_bends` control points (1: the paper's quadratic Bezier).
+
+    init='linear' puts bend i at (i+1)/(num_bends+1) of the way along the segment; for both kinds the curve is
+    then exactly the straight segment w(t) = (1-t) start + t end (Bernstein polynomials reproduce linear
+    functions). init='random' draws each bend like a fresh network: per leaf, i.i.d. normal entries with the
+    root-mean-square of the endpoints' entries of that leaf (needs `key`). num_bends=0 is the segment itself.
+    """
+    _check_endpoints(start, end)
+    if kind not in CURVE_KINDS:
+        raise LLJaxError(f"unknown curve kind {kind!r}; choose one of {', '.join(CURVE_KINDS)}")
+    if int(num_bends) != num_bends or num_bends < 0:
+        raise LLJaxError(f"num_bends must be a non-negative integer, got {num_bends}")
+    num_bends = int(num_bends)
+    if init == "linear":
+        alphas = np.arange(1, num_bends + 1) / (num_bends + 1)
+
+        def bends_of(a, b):
+            alpha = jnp.asarray(alphas, a.dtype).reshape(-1, *([1] * a.ndim))
+            return (1 - alpha) * a[None] + alpha * b[None]
+
+        bends = jax.tree.map(bends_of, start, end)
+    elif init == "random":
+        if key is None:
+            raise LLJaxError("init='random' needs a key")
+        leaves_a, treedef = jax.tree.flatten(start)
+        leaves_b = jax.tree.leaves(end)
+        sizes = [num_bends * a.size for a in leaves_a]
+        # one draw for all leaves: each random-number call is a separate (slow to compile) kernel
+        normal = jax.random.normal(key, (sum(sizes),), jnp.result_type(*leaves_a))
+        pieces = jnp.split(normal, np.cumsum(sizes)[:-1])
+        bends = treedef.unflatten([
+            (jnp.sqrt(0.5 * (jnp.mean(a ** 2) + jnp.mean(b ** 2))) * z.reshape(num_bends, *a.shape)).astype(a.dtype)
+            for z, a, b in zip(pieces, leaves_a, leaves_b)])
+    else:
+        raise LLJaxError(f"unknown bend initialisation {init!r}; choose one of {', '.join(INITS)}")
+    return Curve(start, bends, end, kind)
+
+
+def curve_point(curve: Curve, t) -> Params:
+    """The parameters w(t) on the curve, t a scalar in [0, 1]; w(0) and w(1) are the endpoints bitwise."""
+    num_bends = curve.num_bends
+
+    def point(a, bends, b):
+        t_ = jnp.asarray(t, a.dtype)
+        c = curve_coefficients(curve.kind, t_, num_bends)
+        w = c[0] * a + jnp.tensordot(c[1:-1], bends, axes=1) + c[-1] * b
+        # 1*a + 0*bends + 0*b is a up to the sign of zeros; selecting makes the endpoints exact in every bit.
+        return jnp.where(t_ == 0, a, jnp.where(t_ == 1, b, w))
+
+    return jax.tree.map(point, curve.start, curve.bends, curve.end)
+
+
+# ---------------------------------------------------------------------------------------------- fitting
+
+class FitState(NamedTuple):
+    """Curve-fitting state of one pair: the curve (only its bends change), the SGD momentum buffer (bends'
+    shape, PyTorch convention buf = momentum * buf + grad) and the number of steps taken."""
+
+    curve: Curve
+    velocity: Params
+    step: jax.Array  # () int32
+
+
+def fit_init(curve: Curve) -> FitState:
+    return FitState(curve, jax.tree.map(jnp.zeros_like, curve.bends), jnp.zeros((), jnp.int32))
+
+
+def lr_factor(progress) -> jax.Array:
+    """Garipov et al.'s curve schedule as a factor of the base lr at `progress` = fraction of training done:
+    1 up to 50%, linear down to 0.01 at 90%, then 0.01."""
+    progress = jnp.asarray(progress)
+    return jnp.where(progress <= 0.5, 1.0,
+                     jnp.where(progress <= 0.9, 1.0 - (progress - 0.5) / 0.4 * 0.99, 0.01))
+
+
+def _l2_squared(params) -> jax.Array:
+    return sum(jnp.sum(p ** 2) for p in jax.tree.leaves(params))
+
+
+def curve_loss(apply_fn: ApplyFn, curve: Curve, batch_stats: BatchStats, x_BX, y_B, t, weight_decay
+               ) -> jax.Array:
+    """The fitting objective at one t: mean cross-entropy of w(t) on the minibatch (BatchNorm in train mode)
+    + 0.5 * weight_decay * ||w(t)||^2, as Garipov et al.'s l2_regularizer."""
+    w = curve_point(curve, t)
+    logits, _ = apply_fn(w, batch_stats, x_BX, True)
+    return models.cross_entropy(logits, y_B).mean() + 0.5 * weight_decay * _l2_squared(w)
+
+
+def fit_step(apply_fn: ApplyFn, state: FitState, batch_stats: BatchStats, x_BX, y_B, t, lr, weight_decay,
+             momentum) -> tuple[FitState, jax.Array]:
+    """One SGD-with-momentum step on the bends at curve parameter t; returns the new state and the
+    objective before the step."""
+
+    def loss(bends):
+        return curve_loss(apply_fn, state.curve._replace(bends=bends), batch_stats, x_BX, y_B, t, weight_decay)
+
+    value, grads = jax.value_and_grad(loss)(state.curve.bends)
+    velocity = jax.tree.map(lambda v, g: momentum * v + g, state.velocity, grads)
+    bends = jax.tree.map(lambda p, v: p - lr * v, state.curve.bends, velocity)
+    return FitState(state.curve._replace(bends=bends), velocity, state.step + 1), value
+
+
+def _streams(key):
+    key_shuffle, key_t = jax.random.split(key)
+    return key_shuffle, key_t
+
+
+def _epoch_order(key_shuffle, epoch, num_train):
+    return jax.random.permutation(jax.random.fold_in(key_shuffle, epoch), num_train)
+
+
+def _step_t(key_t, step, dtype):
+    return jax.random.uniform(jax.random.fold_in(key_t, step), (), dtype)
+
+
+def _check_fit_args(num_train, num_labels, epochs, batch_size):
+    if num_labels != num_train:
+        raise LLJaxError(f"x_train has {num_train} examples but y_train has {num_labels} labels")
+    if int(epochs) != epochs or epochs <= 0:
+        raise LLJaxError(f"epochs must be a positive integer, got {epochs}")
+    if int(batch_size) != batch_size or not 0 < batch_size <= num_train:
+        raise LLJaxError(f"batch size must be in 1..{num_train} (the training set), got {batch_size}")
+
+
+def minibatch_plan(key: jax.Array, num_train: int, batch_size: int, epochs: int, dtype=jnp.float32
+                   ) -> tuple[jax.Array, jax.Array]:
+    """The t values (S,) and minibatch indices (S, B) `fit_curve` draws from `key`, S = epochs * (N // B):
+    each epoch is a fresh permutation (`fold_in(shuffle stream, epoch)`, last partial batch dropped) and each
+    step one t ~ U(0, 1) (`fold_in(t stream, step)`, in the parameters' dtype). For reproducing a fit
+    elsewhere."""
+    key_shuffle, key_t = _streams(key)
+    steps_per_epoch = num_train // batch_size
+    orders = jax.vmap(lambda e: _epoch_order(key_shuffle, e, num_train))(jnp.arange(epochs))
+    idx = orders[:, :steps_per_epoch * batch_size].reshape(-1, batch_size)
+    ts = jax.vmap(lambda s: _step_t(key_t, s, dtype))(jnp.arange(epochs * steps_per_epoch))
+    return ts, idx
+
+
+def fit_curve(apply_fn: ApplyFn, curve: Curve, x_train, y_train, key: jax.Array, *,
+              batch_stats: BatchStats = None, epochs: int, batch_size: int, lr=0.01, weight_decay=5e-4,
+              momentum=0.9) -> tuple[Curve, jax.Array]:
+    """Fit the bends of one curve as Garipov et al. 2018 / Yang et al. 2021: SGD with momentum on
+    `curve_loss` at one t ~ U(0, 1) per minibatch, lr schedule `lr_factor`, `epochs` passes over shuffled
+    minibatches of x_train (N, ...), y_train (N,). `batch_stats` is any batch_stats of the model (a template
+    for models with BatchNorm; its values are unused). lr, weight_decay and momentum may be traced scalars.
+
+    Returns the fitted curve (endpoints untouched) and the mean objective of every epoch (epochs,).
+    """
+    num_train = x_train.shape[0]
+    _check_fit_args(num_train, y_train.shape[0], epochs, batch_size)
+    batch_stats = {} if batch_stats is None else batch_stats
+    key_shuffle, key_t = _streams(key)
+    steps_per_epoch = num_train // batch_size
+    total_steps = epochs * steps_per_epoch
+    dtype = jax.tree.leaves(curve.start)[0].dtype
+
+    def epoch(state, e):
+        order = _epoch_order(key_shuffle, e, num_train)
+
+        def step(state, j):
+            idx = jax.lax.dynamic_slice_in_dim(order, j * batch_size, batch_size)
+            s = e * steps_per_epoch + j
+            step_lr = lr * lr_factor(s / total_steps).astype(dtype)
+            return fit_step(apply_fn, state, batch_stats, x_train[idx], y_train[idx], _step_t(key_t, s, dtype),
+                            step_lr, weight_decay, momentum)
+
+        state, losses = jax.lax.scan(step, state, jnp.arange(steps_per_epoch))
+        return state, losses.mean()
+
+    state, epoch_losses = jax.lax.scan(epoch, fit_init(curve), jnp.arange(epochs))
+    return state.curve, epoch_losses
+
+
+# ------------------------------------------------------------------------------------ BatchNorm statistics
+
+def _batch_statistics(apply_fn: ApplyFn, params, batch_stats, x_BX):
+    """The batch statistics every BatchNorm layer computes on x_BX in train mode.
+
+    apply_fn returns running statistics updated as an exponential moving average, new = m * old + (1 - m) * s
+    (flax.linen.BatchNorm, torch BatchNorm). Starting from old = 0 gives (1 - m) * s, and the derivative with
+    respect to old (a forward-mode tangent, exact and nearly free: no logit depends on old) gives m, so s is
+    recovered without knowing the model's momentum.
+    """
+    zeros = jax.tree.map(jnp.zeros_like, batch_stats)
+    ones = jax.tree.map(jnp.ones_like, batch_stats)
+    scaled, momentum = jax.jvp(lambda old: apply_fn(params, old, x_BX, True)[1], (zeros,), (ones,))
+    return jax.tree.map(lambda a, m: a / (1 - m), scaled, momentum)
+
+
+def _combine_chunks(stats_K, weights_K):
+    """Population statistics from per-chunk ones (leading axis K, weights n_k / N): means average; a 'var'
+    beside a 'mean' (a BatchNorm layer's pair) combines exactly as within-chunk plus between-chunk variance."""
+    average = lambda a: jnp.tensordot(weights_K.astype(a.dtype), a, axes=1)
+    if isinstance(stats_K, Mapping):
+        if "mean" in stats_K and "var" in stats_K:
+            out = {k: jax.tree.map(average, v) for k, v in stats_K.items()}
+            mean_K, var_K = stats_K["mean"], stats_K["var"]
+            out["var"] = average(var_K + (mean_K - out["mean"][None]) ** 2)
+            return out
+        return {k: _combine_chunks(v, weights_K) for k, v in stats_K.items()}
+    return jax.tree.map(average, stats_K)
+
+
+def recompute_batch_stats(apply_fn: ApplyFn, params: Params, batch_stats: BatchStats, x_train, *,
+                          chunk_size: int | None = None) -> BatchStats:
+    """Running BatchNorm statistics of `params` recomputed exactly over x_train (N, ...): the population mean
+    and (biased) variance of every BatchNorm layer's inputs, not a moving average. `batch_stats` is a
+    template (structure and shapes). Models without BatchNorm return it unchanged.
+
+    chunk_size=None runs the whole training set as one train-mode batch: every layer's statistics are exact
+    and consistent (inference with them reproduces the full-batch train-mode outputs). With chunks of
+    `chunk_size` examples, per-chunk means and variances are combined exactly (within- plus between-chunk
+    variance): exact for the first BatchNorm layer; deeper layers see inputs normalised with per-chunk
+    statistics, as in the reference code's update_bn (which also drops the between-batch variance).
+    """
+    if not jax.tree.leaves(batch_stats):
+        return batch_stats
+    n = x_train.shape[0]
+    chunk = n if chunk_size is None else min(int(chunk_size), n)
+    if chunk <= 0:
+        raise LLJaxError(f"BatchNorm chunk size must be positive, got {chunk_size}")
+    if chunk == n:
+        return _batch_statistics(apply_fn, params, batch_stats, x_train)
+    full, rest = divmod(n, chunk)
+    stats = jax.lax.map(lambda x: _batch_statistics(apply_fn, params, batch_stats, x),
+                        x_train[:full * chunk].reshape(full, chunk, *x_train.shape[1:]))
+    weights = [chunk / n] * full
+    if rest:
+        last = _batch_statistics(apply_fn, params, batch_stats, x_train[full * chunk:])
+        stats = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), stats, last)
+        weights.append(rest / n)
+    return _combine_chunks(stats, jnp.asarray(weights))
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+class CurveMetrics(NamedTuple):
+    """Metrics along a curve, each (T,) (a leading pair axis when vmapped): mean cross-entropy and error
+    (fraction misclassified, in [0, 1]) on the training and test sets at every t."""
+
+    ts: jax.Array
+    train_loss: jax.Array
+    train_err: jax.Array
+    test_loss: jax.Array
+    test_err: jax.Array
+
+
+def _loss_and_error(apply_fn, params, batch_stats, x_NX, y_N, batch_size):
+    """Mean cross-entropy and error over a dataset in inference mode, in chunks of batch_size."""
+    n = x_NX.shape[0]
+    batch_size = min(batch_size, n)
+    pad = -n % batch_size
+    weights = jnp.ones(n, jnp.float32)
+    pad_to = lambda a: jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)]) if pad else a
+    chunks = lambda a: pad_to(a).reshape(-1, batch_size, *a.shape[1:])
+
+    def body(total, chunk):
+        x, y, w = chunk
+        logits, _ = apply_fn(params, batch_stats, x, False)
+        ce = models.cross_entropy(logits, y)
+        wrong = (logits.argmax(-1) != y).astype(ce.dtype)
+        return total + jnp.stack([(w * ce).sum(), (w * wrong).sum()]), None
+
+    dtype = jnp.result_type(jax.tree.leaves(params)[0].dtype, jnp.float32)
+    total, _ = jax.lax.scan(body, jnp.zeros(2, dtype), (chunks(x_NX), chunks(y_N), chunks(weights)))
+    return total[0] / n, total[1] / n
+
+
+def evaluate_curve(apply_fn: ApplyFn, curve: Curve, batch_stats: BatchStats, x_train, y_train, x_test, y_test,
+                   ts=None, *, bn_chunk_size: int | None = None, eval_batch_size: int = 1000) -> CurveMetrics:
+    """Training and test loss and error at every t of `ts` (default `default_ts()`, 21 points), BatchNorm
+    statistics recomputed exactly over x_train at each t first (`recompute_batch_stats`). The t loop is
+    sequential (`lax.map`), so memory does not grow with the grid."""
+    ts = jnp.asarray(default_ts() if ts is None else ts, jax.tree.leaves(curve.start)[0].dtype)
+    if ts.ndim != 1 or ts.shape[0] < 2:
+        raise LLJaxError(f"ts must be a 1-D grid of at least 2 values, got shape {ts.shape}")
+    batch_stats = {} if batch_stats is None else batch_stats
+
+    def at(t):
+        w = curve_point(curve, t)
+        stats = recompute_batch_stats(apply_fn, w, batch_stats, x_train, chunk_size=bn_chunk_size)
+        train = _loss_and_error(apply_fn, w, stats, x_train, y_train, eval_batch_size)
+        test = _loss_and_error(apply_fn, w, stats, x_test, y_test, eval_batch_size)
+        return jnp.stack([*train, *test])
+
+    values = jax.lax.map(at, ts)
+    return CurveMetrics(ts, *values.T)
+
+
+def mode_connectivity(errors_along_t) -> jax.Array:
+    """Yang et al. 2021's mode connectivity of a curve from a metric e along a t grid (..., T) whose first and
+    last points are the endpoints: m = (e(0) + e(1)) / 2, t* = argmax_t |e(t) - m|, returns m - e(t*) (...,).
+    Negative: a barrier; positive: the curve beats its endpoints; about 0: well connected.
+
+    Ties go to the earliest t, as numpy's argmax in the reference code. Both endpoints always deviate from m
+    by |e(1) - e(0)| / 2; the deviation is computed so that they tie exactly, so a curve that stays between
+    e(0) and e(1) deterministically gets t* = 0 and mc = (e(1) - e(0)) / 2 (the paper's formula is ambiguous
+    there; the sign then only says which endpoint is worse)."""
+    e = jnp.asarray(errors_along_t)
+    if e.ndim < 1 or e.shape[-1] < 2:
+        raise LLJaxError(f"mode connectivity needs values at >= 2 points along t, got shape {e.shape}")
+    first, last = e[..., :1], e[..., -1:]
+    # 2 |e - m| written as |(e - e0) + (e - e1)|: exactly |e1 - e0| at both ends, so they tie bitwise.
+    worst = jnp.argmax(jnp.abs((e - first) + (e - last)), axis=-1)
+    m = (first[..., 0] + last[..., 0]) / 2
+    return m - jnp.take_along_axis(e, worst[..., None], axis=-1)[..., 0]
+
+
+def linear_barrier(apply_fn: ApplyFn, start: Params, end: Params, batch_stats: BatchStats, x_train, y_train,
+                   x_test, y_test, ts=None, *, bn_chunk_size: int | None = None, eval_batch_size: int = 1000
+                   ) -> tuple[jax.Array, CurveMetrics]:
+    """The straight segment between two models, no fitting: `mode_connectivity` of the training error along
+    it (negative: a barrier on the line) and the metrics along it (as `evaluate_curve`)."""
+    metrics = evaluate_curve(apply_fn, init_curve(start, end, num_bends=0), batch_stats, x_train, y_train,
+                             x_test, y_test, ts, bn_chunk_size=bn_chunk_size, eval_batch_size=eval_batch_size)
+    return mode_connectivity(metrics.train_err), metrics
+
+
+# ------------------------------------------------------------------------------ over pairs (vmapped once)
+
+def _label_axis(y, name):
+    if y.ndim not in (1, 2):
+        raise LLJaxError(f"{name} must be (N,) shared or (P, N) per pair, got shape {y.shape}")
+    return 0 if y.ndim == 2 else None
+
+
+@functools.partial(jax.jit, static_argnames=("num_bends", "kind", "init"))
+def init_curves(starts: Params, ends: Params, num_bends: int = 1, kind: str = "bezier", init: str = "linear",
+                keys: jax.Array | None = None) -> Curve:
+    """`init_curve` over pairs: starts and ends with a leading pair axis P, keys (P,) for init='random'."""
+    if keys is None:
+        return jax.vmap(lambda a, b: init_curve(a, b, num_bends, kind, init))(starts, ends)
+    return jax.vmap(lambda a, b, k: init_curve(a, b, num_bends, kind, init, k))(starts, ends, keys)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "epochs", "batch_size"))
+def fit_curves(apply_fn: ApplyFn, curves: Curve, x_train, y_train, keys: jax.Array, *,
+               batch_stats: BatchStats = None, epochs: int, batch_size: int, lr=0.01, weight_decay=5e-4,
+               momentum=0.9) -> tuple[Curve, jax.Array]:
+    """`fit_curve` over P pairs in one program: curves, keys (P,) and batch_stats with a leading pair axis;
+    x_train shared; y_train (N,) shared or (P, N); lr, weight_decay, momentum scalars or (P,).
+    Returns the fitted curves and the per-epoch objective (P, epochs)."""
+    num_pairs = keys.shape[0]
+    per_pair = lambda v: jnp.broadcast_to(jnp.asarray(v), (num_pairs,))
+    fit = lambda c, y, k, bs, lr_, wd, mom: fit_curve(
+        apply_fn, c, x_train, y, k, batch_stats=bs, epochs=epochs, batch_size=batch_size, lr=lr_,
+        weight_decay=wd, momentum=mom)
+    batch_stats = {} if batch_stats is None else batch_stats
+    return jax.vmap(fit, in_axes=(0, _label_axis(y_train, "y_train"), 0, 0, 0, 0, 0))(
+        curves, y_train, keys, batch_stats, per_pair(lr), per_pair(weight_decay), per_pair(momentum))
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "bn_chunk_size", "eval_batch_size"))
+def evaluate_curves(apply_fn: ApplyFn, curves: Curve, batch_stats: BatchStats, x_train, y_train, x_test, y_test,
+                    ts=None, *, bn_chunk_size: int | None = None, eval_batch_size: int = 1000) -> CurveMetrics:
+    """`evaluate_curve` over P pairs: curves and batch_stats with a leading pair axis, inputs shared, labels
+    (N,) shared or (P, N); every metric (P, T)."""
+    ts = jnp.asarray(default_ts() if ts is None else ts, jax.tree.leaves(curves.start)[0].dtype)
+    batch_stats = {} if batch_stats is None else batch_stats
+    evaluate = lambda c, bs, y_tr, y_te: evaluate_curve(
+        apply_fn, c, bs, x_train, y_tr, x_test, y_te, ts, bn_chunk_size=bn_chunk_size,
+        eval_batch_size=eval_batch_size)
+    return jax.vmap(evaluate, in_axes=(0, 0, _label_axis(y_train, "y_train"), _label_axis(y_test, "y_test")))(
+        curves, batch_stats, y_train, y_test)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "bn_chunk_size", "eval_batch_size"))
+def linear_barriers(apply_fn: ApplyFn, starts: Params, ends: Params, batch_stats: BatchStats, x_train, y_train,
+                    x_test, y_test, ts=None, *, bn_chunk_size: int | None = None, eval_batch_size: int = 1000
+                    ) -> tuple[jax.Array, CurveMetrics]:
+    """`linear_barrier` over P pairs (leading pair axis on starts, ends, batch_stats): (P,) and (P, T)."""
+    segments = jax.vmap(lambda a, b: init_curve(a, b, num_bends=0))(starts, ends)
+    metrics = evaluate_curves(apply_fn, segments, batch_stats, x_train, y_train, x_test, y_test, ts,
+                              bn_chunk_size=bn_chunk_size, eval_batch_size=eval_batch_size)
+    return mode_connectivity(metrics.train_err), metrics
