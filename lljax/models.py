@@ -12,6 +12,7 @@ batch_stats, so all code handles both the same way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from typing import Any, Callable
 
@@ -161,6 +162,7 @@ def build(spec: ModelSpec) -> nn.Module:
     return ResNet18(spec.width, spec.num_classes)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
 def init(spec: ModelSpec, key: jax.Array, input_shape: tuple[int, ...]) -> tuple[Params, BatchStats]:
     """Fresh (params, batch_stats) for one model taking inputs of shape `input_shape` (no batch axis)."""
     variables = build(spec).init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)

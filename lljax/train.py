@@ -119,7 +119,7 @@ def train_step(spec: TrainSpec, member: Member, state: MemberState, x_BX: jax.Ar
     direction, opt_state = optimizer(member.hyper).update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda d: -learning_rate(spec, member.hyper.lr, step) * d, direction)
     params = optax.apply_updates(state.params, updates)
-    bad = state.diverged | ~jnp.isfinite(value) | ~jnp.isfinite(optax.global_norm(updates))
+    bad = state.diverged | ~jnp.isfinite(value) | ~jnp.isfinite(optax.tree.norm(updates))
     keep = lambda old, new: jax.tree.map(lambda o, n: jnp.where(bad, o, n), old, new)
     new = MemberState(keep(state.params, params), keep(state.batch_stats, batch_stats),
                       keep(state.opt_state, opt_state), bad, state.loss)

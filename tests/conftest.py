@@ -1,0 +1,19 @@
+"""Shared test set-up: a private cache folder (generated data never lands in the user's cache) and small
+helpers. Numerical tests opt into float64 with `jax.enable_x64(True)` where they need it."""
+import os
+import tempfile
+
+import pytest
+
+os.environ.setdefault("LLJAX_CACHE", os.path.join(tempfile.gettempdir(), "lljax-test-cache"))
+
+
+# dtype-keyed tolerances for comparing a vmapped result with a loop of single results
+TOLERANCES = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-12)}
+
+
+@pytest.fixture(scope="session")
+def mnist1d():
+    from lljax import data
+
+    return data.mnist1d()

@@ -1,0 +1,159 @@
+import gzip
+import pickle
+import random
+import struct
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lljax import data
+from lljax.errors import LLJaxError
+
+
+def test_mnist1d_shapes_and_cache(tmp_path):
+    state = np.random.get_state()
+    py_state = random.getstate()
+    ds = data.mnist1d(tmp_path)
+    assert ds.x_train.shape == (4000, 40) and ds.x_test.shape == (1000, 40)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    assert set(np.unique(ds.y_train)) == set(range(10))
+    # the generator seeds numpy's and python's global RNGs: the caller's state must be unchanged
+    assert np.array_equal(np.random.get_state()[1], state[1]) and random.getstate() == py_state
+    assert len(list(tmp_path.glob("mnist1d-*.npz"))) == 1
+    with mock.patch("mnist1d.data.make_dataset", side_effect=AssertionError("regenerated")):
+        again = data.mnist1d(tmp_path)  # served from the cache
+    np.testing.assert_array_equal(again.x_train, ds.x_train)
+
+
+def test_mnist1d_corrupt_cache_is_regenerated(tmp_path):
+    ds = data.mnist1d(tmp_path)
+    path = next(tmp_path.glob("mnist1d-*.npz"))
+    path.write_bytes(b"not an npz")
+    np.testing.assert_array_equal(data.mnist1d(tmp_path).y_test, ds.y_test)
+
+
+def _write_cifar(root, n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        entry = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"labels": list(rng.integers(0, 10, n)), b"batch_label": name.encode()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f)
+        batches[name] = entry
+    return batches
+
+
+def test_cifar10_reads_python_pickle_format(tmp_path):
+    batches = _write_cifar(tmp_path)
+    ds = data.load_dataset("cifar10", tmp_path)
+    assert ds.x_train.shape == (20, 32, 32, 3) and ds.x_test.shape == (4, 32, 32, 3)
+    raw = batches["data_batch_2"][b"data"][1].reshape(3, 32, 32).transpose(1, 2, 0)
+    expected = (raw / 255.0 - data.CIFAR10_MEAN) / data.CIFAR10_STD
+    np.testing.assert_allclose(ds.x_train[5], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ds.y_test, batches["test_batch"][b"labels"])
+    # the folder itself works too
+    assert data.cifar10(tmp_path / "cifar-10-batches-py").x_train.shape[0] == 20
+
+
+def test_cifar10_errors(tmp_path):
+    with pytest.raises(LLJaxError, match="not found"):
+        data.cifar10(tmp_path / "nope")
+    _write_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"garbage")
+    with pytest.raises(LLJaxError, match="malformed CIFAR-10 file .*data_batch_3"):
+        data.cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(LLJaxError, match="missing.*data_batch_3"):
+        data.cifar10(tmp_path)
+
+
+def _idx_bytes(array):
+    return struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + \
+        array.astype(np.uint8).tobytes()
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_mnist_reads_idx_files(tmp_path, compressed):
+    rng = np.random.default_rng(1)
+    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (6, 28, 28)),
+              "train-labels-idx1-ubyte": rng.integers(0, 10, 6),
+              "t10k-images-idx3-ubyte": rng.integers(0, 256, (3, 28, 28)),
+              "t10k-labels-idx1-ubyte": rng.integers(0, 10, 3)}
+    for name, a in arrays.items():
+        if compressed:
+            with gzip.open(tmp_path / (name + ".gz"), "wb") as f:
+                f.write(_idx_bytes(a))
+        else:
+            (tmp_path / name).write_bytes(_idx_bytes(a))
+    ds = data.load_dataset("mnist", tmp_path)
+    assert ds.x_train.shape == (6, 28, 28, 1) and ds.y_test.shape == (3,)
+    expected = (arrays["t10k-images-idx3-ubyte"][2] / 255.0 - data.MNIST_MEAN) / data.MNIST_STD
+    np.testing.assert_allclose(ds.x_test[2, ..., 0], expected, rtol=1e-5)
+    np.testing.assert_array_equal(ds.y_train, arrays["train-labels-idx1-ubyte"])
+
+
+def test_mnist_errors(tmp_path):
+    with pytest.raises(LLJaxError, match="not found"):
+        data.mnist(tmp_path / "missing")
+    with pytest.raises(LLJaxError, match="MNIST file missing"):
+        data.mnist(tmp_path)
+    bad = tmp_path / "bad-idx"
+    bad.write_bytes(b"\x00\x00\x0d\x03" + b"\x00" * 12)
+    with pytest.raises(LLJaxError, match="bad magic"):
+        data.read_idx(bad)
+    short = tmp_path / "short-idx"
+    short.write_bytes(_idx_bytes(np.zeros((2, 3)))[:-2])
+    with pytest.raises(LLJaxError, match="malformed IDX"):
+        data.read_idx(short)
+
+
+def test_unknown_dataset_and_missing_dir():
+    with pytest.raises(LLJaxError, match="unknown dataset"):
+        data.load_dataset("imagenet")
+    with pytest.raises(LLJaxError, match="--data-dir"):
+        data.load_dataset("cifar10")
+
+
+def test_training_view_subset_and_noise():
+    n, classes = 20000, 10
+    labels = jnp.asarray(np.arange(n) % classes, jnp.int32)
+    key = jax.random.key(3)
+    view = data.training_view(key, labels, classes, 0.3, 0.4)
+    again = data.training_view(key, labels, classes, 0.3, 0.4)
+    for a, b in zip(view, again):  # deterministic by key
+        np.testing.assert_array_equal(a, b)
+    assert int(view.size) == 6000 and float(view.mask.sum()) == 6000
+    subset = np.asarray(view.order[:6000])
+    assert np.all(np.asarray(view.mask)[subset] == 1) and len(np.unique(subset)) == 6000
+    changed = np.mean(np.asarray(view.labels) != np.asarray(labels))
+    # a replaced label equals the old one with probability 1/C: expected changed fraction 0.4 * 0.9
+    assert abs(changed - 0.36) < 0.02
+    other = data.training_view(jax.random.key(4), labels, classes, 0.3, 0.4)
+    assert not np.array_equal(other.order, view.order)
+    clean = data.training_view(key, labels, classes, 1.0, 0.0)
+    np.testing.assert_array_equal(clean.labels, labels)
+    assert int(clean.size) == n
+
+
+def test_data_fraction_subsets_are_nested_for_one_key():
+    labels = jnp.zeros(100, jnp.int32)
+    small = data.training_view(jax.random.key(0), labels, 10, 0.2, 0.0)
+    large = data.training_view(jax.random.key(0), labels, 10, 0.5, 0.0)
+    assert set(np.flatnonzero(small.mask)) <= set(np.flatnonzero(large.mask))
+
+
+def test_epoch_order_and_batches_stay_in_subset():
+    labels = jnp.zeros(50, jnp.int32)
+    view = data.training_view(jax.random.key(1), labels, 10, 0.2, 0.0)
+    order = data.epoch_order(jax.random.key(2), view)
+    subset = set(np.asarray(view.order[:10]).tolist())
+    assert set(np.asarray(order[:10]).tolist()) == subset
+    seen = np.concatenate([np.asarray(data.batch_indices(order, view.size, j, 4)) for j in range(5)])
+    assert set(seen.tolist()) == subset  # 20 draws from a 10-example subset wrap around it, never leave it
+    assert np.array_equal(seen[:10], seen[10:20])

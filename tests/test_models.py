@@ -1,0 +1,87 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from unittest import mock
+
+from lljax import models
+from lljax.errors import LLJaxError
+
+apply = jax.jit(models.apply, static_argnums=0, static_argnames="train")
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    spec = models.ModelSpec("resnet18", 2)
+    return (spec, *models.init(spec, jax.random.key(0), (8, 8, 3)))
+
+
+@pytest.mark.parametrize("name,width,shape", [("mlp", 7, (40,)), ("cnn", 5, (40,)), ("cnn", 3, (12, 12, 1)),
+                                              ("resnet18", 2, (8, 8, 3))])
+def test_models_give_logits(name, width, shape):
+    spec = models.ModelSpec(name, width, num_classes=7)
+    params, batch_stats = models.init(spec, jax.random.key(0), shape)
+    logits, _ = apply(spec, params, batch_stats, jnp.ones((3, *shape)))
+    assert logits.shape == (3, 7) and bool(jnp.isfinite(logits).all())
+    assert (len(jax.tree.leaves(batch_stats)) > 0) == (name == "resnet18")
+
+
+def test_parameter_counts_match_the_reference_architectures():
+    count = lambda spec, shape: models.count_params(jax.eval_shape(models.init, spec, jax.random.key(0), shape)[0])
+    # MLP: 40 -> w -> w -> 10 with biases
+    w = 100
+    assert count(models.ModelSpec("mlp", w), (40,)) == 40 * w + w + w * w + w + w * 10 + 10
+    # the MNIST-1D baseline CNN (25 channels, 125 features before the read-out)
+    assert count(models.ModelSpec("cnn", 25), (40,)) == (5 * 25 + 25) + 2 * (3 * 25 * 25 + 25) + 125 * 10 + 10
+    # the standard CIFAR ResNet18 (k = 64) has 11,173,962 parameters
+    assert count(models.ModelSpec("resnet18", 64), (32, 32, 3)) == 11_173_962
+
+
+@pytest.mark.parametrize("shape,stride", [((2, 11, 3), 1), ((2, 11, 3), 2), ((2, 9, 8, 3), 1), ((2, 9, 8, 3), 2)])
+def test_im2col_convolution_equals_lax(shape, stride):
+    nd = len(shape) - 2
+    x = jax.random.normal(jax.random.key(0), shape)
+    kernel = jax.random.normal(jax.random.key(1), (3,) * nd + (3, 4))
+    spatial = "HW"[-nd:] if nd < 3 else "DHW"
+    expected = jax.lax.conv_general_dilated(x, kernel, (stride,) * nd, ((1, 1),) * nd,
+                                            dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+    got = models._conv_im2col(x, kernel, (stride,) * nd, ((1, 1),) * nd)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_and_accelerator_convolutions_agree(resnet):
+    spec, params, stats = resnet
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    cpu, _ = apply(spec, params, stats, x)
+    with mock.patch("jax.default_backend", lambda: "gpu"):
+        other, _ = models.apply(spec, params, stats, x)  # not jitted: the backend is read at trace time
+    np.testing.assert_allclose(cpu, other, rtol=1e-4, atol=1e-5)
+
+
+def test_batchnorm_train_mode_updates_running_statistics(resnet):
+    spec, params, stats = resnet
+    x = 3.0 + jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+    _, new_stats = apply(spec, params, stats, x, train=True)
+    stem = new_stats["BatchNorm_0"]["mean"]
+    assert not np.allclose(stem, stats["BatchNorm_0"]["mean"])
+    # inference mode leaves them alone
+    _, same = apply(spec, params, stats, x, train=False)
+    np.testing.assert_array_equal(same["BatchNorm_0"]["mean"], stats["BatchNorm_0"]["mean"])
+
+
+def test_loss_fn_is_mean_cross_entropy():
+    spec = models.ModelSpec("mlp", 4, num_classes=3)
+    params, stats = models.init(spec, jax.random.key(0), (5,))
+    x, y = jax.random.normal(jax.random.key(1), (6, 5)), jnp.array([0, 1, 2, 0, 1, 2])
+    logits, _ = apply(spec, params, stats, x)
+    expected = -np.mean(np.asarray(jax.nn.log_softmax(logits))[np.arange(6), np.asarray(y)])
+    np.testing.assert_allclose(models.loss_fn(spec, stats)(params, (x, y)), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(name="vgg", width=4), "unknown model"),
+                                          (dict(name="mlp", width=0), "width"),
+                                          (dict(name="mlp", width=-3), "width"),
+                                          (dict(name="mlp", width=4, depth=0), "depth")])
+def test_bad_specs(kwargs, match):
+    with pytest.raises(LLJaxError, match=match):
+        models.ModelSpec(**kwargs)

@@ -1,0 +1,140 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lljax import data, ensemble, models, train
+from lljax.errors import LLJaxError
+
+
+def small_problem(n=96, d=6, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.5).astype(np.int32)
+    return jnp.asarray(x), jnp.asarray(y)
+
+
+def hyper(lrs, wd=5e-4, momentum=0.9, fraction=1.0, noise=0.0):
+    m = len(lrs)
+    full = lambda v: jnp.broadcast_to(jnp.asarray(v, jnp.float32), (m,))
+    return train.Hyper(jnp.asarray(lrs, jnp.float32), full(wd), full(momentum), full(fraction), full(noise))
+
+
+def spec_for(x, width=5, batch=16, epochs=3, schedule="step", model="mlp"):
+    return train.TrainSpec(models.ModelSpec(model, width, num_classes=3), batch, epochs, x.shape[0], schedule)
+
+
+def trained(spec, h, keys, x, y, first=0, last=None):
+    state, member = train.init_ensemble(spec, keys, h, y, x.shape[1:])
+    return train.train_ensemble(spec, state, member, x, first, spec.epochs if last is None else last), member
+
+
+def test_vmapped_ensemble_equals_loop_of_single_members():
+    x, y = small_problem()
+    spec = spec_for(x)
+    h = hyper([0.05, 0.2, 0.1], wd=[0.0, 1e-3, 5e-4], momentum=[0.9, 0.5, 0.0], fraction=[1.0, 0.5, 0.8],
+              noise=[0.0, 0.3, 0.1])
+    keys = jax.random.split(jax.random.key(0), 3)
+    state, _ = trained(spec, h, keys, x, y)
+    for i in range(3):
+        single, _ = trained(spec, ensemble.member(h, slice(i, i + 1)), keys[i:i + 1], x, y)
+        for a, b in zip(jax.tree.leaves(ensemble.member(state, i)), jax.tree.leaves(ensemble.member(single, 0))):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_single_member_step_matches_torch_sgd_semantics():
+    """Two steps by hand: d = g + wd*w; buf = m*buf + d; w -= lr(step)*buf (torch.optim.SGD)."""
+    x, y = small_problem(n=16)
+    spec = spec_for(x, batch=16, epochs=4, schedule="constant")
+    h = ensemble.member(hyper([0.1], wd=0.01, momentum=0.9), 0)
+    state, member = train.init_member(spec, jax.random.key(1), h, y, x.shape[1:])
+    loss = lambda p: models.cross_entropy(models.apply(spec.model, p, {}, x)[0], y).mean()
+    w, buf = state.params, None
+    for step in range(2):
+        state, _ = train.train_step(spec, member, state, x, y, step)
+        d = jax.tree.map(lambda g, p: g + 0.01 * p, jax.grad(loss)(w), w)
+        buf = d if buf is None else jax.tree.map(lambda b, g: 0.9 * b + g, buf, d)
+        w = jax.tree.map(lambda p, b: p - 0.1 * b, w, buf)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(w)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_schedules():
+    x, _ = small_problem()
+    spec = spec_for(x, epochs=4)  # 6 steps per epoch, 24 steps
+    lr = lambda s, step: float(train.learning_rate(s, 0.2, step))
+    assert lr(spec, 0) == pytest.approx(0.2) and lr(spec, 17) == pytest.approx(0.2)
+    assert lr(spec, 18) == pytest.approx(0.02)
+    cosine = spec_for(x, epochs=4, schedule="cosine")
+    assert lr(cosine, 0) == pytest.approx(0.2) and lr(cosine, 12) == pytest.approx(0.1)
+    assert lr(spec_for(x, schedule="constant"), 17) == pytest.approx(0.2)
+
+
+def test_second_call_with_same_shapes_does_not_recompile():
+    x, y = small_problem()
+    spec = spec_for(x, width=7)
+    keys = jax.random.split(jax.random.key(0), 2)
+    trained(spec, hyper([0.1, 0.2]), keys, x, y)
+    sizes = train.init_ensemble._cache_size(), train.train_ensemble._cache_size()
+    # another group of the same shapes (other hyperparameters, seeds and epoch range) reuses both programs
+    trained(spec, hyper([0.3, 0.01], wd=0.0, noise=0.2), jax.random.split(jax.random.key(5), 2), x, y, 1, 2)
+    assert (train.init_ensemble._cache_size(), train.train_ensemble._cache_size()) == sizes
+    trained(spec_for(x, width=9), hyper([0.1, 0.2]), keys, x, y)  # a new width is a new program
+    assert train.train_ensemble._cache_size() == sizes[1] + 1
+
+
+def test_chunked_training_equals_one_run():
+    x, y = small_problem()
+    spec = spec_for(x, epochs=4)
+    keys = jax.random.split(jax.random.key(2), 2)
+    whole, _ = trained(spec, hyper([0.1, 0.05]), keys, x, y)
+    state, member = train.init_ensemble(spec, keys, hyper([0.1, 0.05]), y, x.shape[1:])
+    for first, last in [(0, 1), (1, 3), (3, 4)]:
+        state = train.train_ensemble(spec, state, member, x, first, last)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_divergence_is_isolated():
+    x, y = small_problem()
+    spec = spec_for(x)
+    keys = jax.random.split(jax.random.key(3), 3)
+    state, _ = trained(spec, hyper([0.1, 1e6, 0.05]), keys, x, y)
+    assert state.diverged.tolist() == [False, True, False]
+    assert all(bool(jnp.isfinite(leaf[1]).all()) for leaf in jax.tree.leaves(state.params))  # frozen, not NaN
+    healthy, _ = trained(spec, hyper([0.1, 0.05]), keys[jnp.array([0, 2])], x, y)
+    for a, b in zip(jax.tree.leaves(ensemble.member(state, jnp.array([0, 2]))), jax.tree.leaves(healthy)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_training_learns_and_uses_the_member_view():
+    x, y = small_problem(n=192)
+    spec = spec_for(x, width=16, epochs=30)
+    state, member = trained(spec, hyper([0.1, 0.1], noise=[0.0, 1.0]), jax.random.split(jax.random.key(4), 2),
+                            x, y)
+    _, acc_own = train.evaluate_ensemble(spec.model, state.params, state.batch_stats, x, member.view.labels,
+                                         member.view.mask)
+    _, acc_clean = train.evaluate_ensemble(spec.model, state.params, state.batch_stats, x,
+                                           jnp.broadcast_to(y, (2, len(y))))
+    assert acc_clean[0] > 0.9  # clean member learns the rule
+    assert acc_own[1] > acc_clean[1] + 0.2  # the all-noise member fits its own random labels, not the rule
+
+
+def test_evaluate_handles_ragged_chunks_and_weights():
+    x, y = small_problem(n=50)
+    spec = models.ModelSpec("mlp", 4, num_classes=3)
+    params, stats = models.init(spec, jax.random.key(0), (6,))
+    w = jnp.asarray(np.random.default_rng(0).integers(0, 2, 50), jnp.float32)
+    loss, acc = train.evaluate(spec, params, stats, x, y, w, batch_size=16)
+    logits, _ = models.apply(spec, params, stats, x)
+    ce = models.cross_entropy(logits, y)
+    np.testing.assert_allclose(loss, (w * ce).sum() / w.sum(), rtol=1e-6)
+    np.testing.assert_allclose(acc, (w * (logits.argmax(-1) == y)).sum() / w.sum(), rtol=1e-6)
+
+
+def test_bad_train_specs():
+    spec = models.ModelSpec("mlp", 4)
+    with pytest.raises(LLJaxError, match="larger than the training set"):
+        train.TrainSpec(spec, 200, 1, 100)
+    with pytest.raises(LLJaxError, match="schedule"):
+        train.TrainSpec(spec, 10, 1, 100, "warmup")
