@@ -303,10 +303,11 @@ class RunResult:
     seconds: float
 
 
-def run(config: Config, out_dir: str | os.PathLike, progress: bool = True,
-        dataset: data.Dataset | None = None) -> RunResult:
+def run(config: Config, out_dir: str | os.PathLike, progress: bool = True, dataset: data.Dataset | None = None,
+        checkpoint_seconds: float = 60.0) -> RunResult:
     """Run (or resume) a study into `out_dir` and write every output there. Bad input raises LLJaxError before
-    anything is created."""
+    anything is created. `dataset` overrides loading `config.dataset` (tests, custom data); training state is
+    checkpointed at most every `checkpoint_seconds`."""
     from lljax import results  # figures and tables; imported here to keep the library import light
 
     start = time.time()
@@ -329,7 +330,7 @@ def run(config: Config, out_dir: str | os.PathLike, progress: bool = True,
             bar.update(config.epochs * (1 + metric_cost), f"group {group.index}: already done")
             continue
         ckpt_dir = out_dir / "checkpoints" / f"group-{group.index}"
-        ctx = train_group(config, dataset, group, members, ckpt_dir, bar.update)
+        ctx = train_group(config, dataset, group, members, ckpt_dir, bar.update, checkpoint_seconds)
         checkpoint.save(ckpt_dir, config.epochs, ctx.state)  # the trained ensemble, for resuming and re-analysis
         metrics = measure_group(ctx, config.metrics, bar.update)
         checkpoint.save_arrays(path, metrics)

@@ -1,0 +1,143 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from lljax import data, experiment
+from lljax.errors import LLJaxError
+
+# A tiny dataset built the same way in this process and in subprocesses
+TINY = textwrap.dedent("""
+    import numpy as np
+    from lljax import data
+    def tiny_dataset():
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(160, 8)).astype(np.float32)
+        y = ((x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0).astype(np.int32))
+        return data.Dataset("tiny", x[:128], y[:128], x[128:], y[128:], 3)
+""")
+exec(TINY)
+
+
+def tiny_config(**overrides):
+    values = dict(widths=(3, 6), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=2, epochs=4, metrics=("loss",))
+    values.update(overrides)
+    return experiment.Config(**values)
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_writes_every_output(tmp_path):
+    out = tmp_path / "run"
+    result = experiment.run(tiny_config(), out, progress=False, dataset=tiny_dataset())
+    assert len(result.groups) == 2  # one compiled program per width
+    assert json.loads((out / "config.json").read_text())["widths"] == [3, 6]
+    members = read_csv(out / "members.csv")
+    assert len(members) == 2 * 2 * 2
+    for row in members:
+        assert 0 <= float(row["train_acc"]) <= 1 and 0 <= float(row["test_acc"]) <= 1
+        assert row["diverged"] in ("True", "False") and np.isfinite(float(row["train_loss"]))
+    assert {"width", "lr", "batch_size", "seed", "train_loss", "test_loss"} <= set(members[0])
+    grid = read_csv(out / "grid.csv")
+    assert len(grid) == 4
+    point = [r for r in members if r["width"] == "3" and r["lr"] == "0.05"]
+    row = next(r for r in grid if r["width"] == "3" and r["lr"] == "0.05")
+    np.testing.assert_allclose(float(row["test_acc_mean"]), np.mean([float(r["test_acc"]) for r in point]),
+                               rtol=1e-5)
+    assert len(read_csv(out / "pairs.csv")) == 4  # one pair of seeds per grid point
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert {"train_loss.png", "test_acc.png"} <= figures
+
+
+def test_same_config_same_numbers_and_resume_skips_work(tmp_path):
+    first = experiment.run(tiny_config(), tmp_path / "a", progress=False, dataset=tiny_dataset())
+    second = experiment.run(tiny_config(), tmp_path / "b", progress=False, dataset=tiny_dataset())
+    assert (tmp_path / "a" / "members.csv").read_text() == (tmp_path / "b" / "members.csv").read_text()
+    # re-running into a finished folder recomputes nothing and rewrites the same tables
+    before = (tmp_path / "a" / "members.csv").read_text()
+    again = experiment.run(tiny_config(), tmp_path / "a", progress=False, dataset=tiny_dataset())
+    assert again.seconds < first.seconds and (tmp_path / "a" / "members.csv").read_text() == before
+    del second
+
+
+def test_different_config_into_existing_folder_is_refused(tmp_path):
+    experiment.run(tiny_config(), tmp_path / "run", progress=False, dataset=tiny_dataset())
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
+    with pytest.raises(LLJaxError, match="different configuration.*epochs"):
+        experiment.run(tiny_config(epochs=5), tmp_path / "run", progress=False, dataset=tiny_dataset())
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(LLJaxError, match="not empty"):
+        experiment.run(tiny_config(), tmp_path / "other", progress=False, dataset=tiny_dataset())
+
+
+def test_corrupted_results_or_checkpoint_named_in_error(tmp_path):
+    out = tmp_path / "run"
+    experiment.run(tiny_config(), out, progress=False, dataset=tiny_dataset())
+    (out / "groups" / "group-1.npz").write_bytes(b"broken")
+    with pytest.raises(LLJaxError, match="group-1.npz"):
+        experiment.run(tiny_config(), out, progress=False, dataset=tiny_dataset())
+    (out / "groups" / "group-1.npz").unlink()
+    for f in (out / "checkpoints" / "group-1").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(b"\x00" * 7)
+    with pytest.raises(LLJaxError, match="corrupted checkpoint .*group-1"):
+        experiment.run(tiny_config(), out, progress=False, dataset=tiny_dataset())
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(widths=(0, 4)), "width must be a positive integer"),
+    (dict(widths=(-2,)), "width must be a positive integer"),
+    (dict(lrs=()), "empty grid"),
+    (dict(label_noise=(1.5,)), r"label-noise fraction must be in \[0, 1\]"),
+    (dict(data_fractions=(0.0,)), r"data fraction must be in \(0, 1\]"),
+    (dict(batch_sizes=(500,)), "batch size 500 is larger than the training set"),
+    (dict(data_fractions=(0.1, 1.0)), "larger than the smallest training subset"),
+    (dict(metrics=("loss", "bogus")), "unknown metric 'bogus'"),
+    (dict(model="vgg"), "unknown model"),
+    (dict(dataset="imagenet"), "unknown dataset"),
+    (dict(seeds=0), "seeds must be at least 1"),
+])
+def test_bad_input_raises_before_creating_the_folder(tmp_path, overrides, match):
+    with pytest.raises(LLJaxError, match=match):
+        experiment.run(tiny_config(**overrides), tmp_path / "out", progress=False,
+                       dataset=tiny_dataset() if "dataset" not in overrides else None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_killed_run_resumes_to_identical_results(tmp_path):
+    script = TINY + textwrap.dedent(f"""
+        import sys
+        from lljax import experiment
+        experiment.enable_compilation_cache()  # the three processes compile once between them
+        config = experiment.Config(widths=(3, 6, 12), lrs=(0.05, 0.2), batch_sizes=(16,), seeds=2, epochs=30,
+                                   metrics=("loss",))
+        experiment.run(config, sys.argv[1], progress=False, dataset=tiny_dataset(), checkpoint_seconds=0)
+    """)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", script, str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "group-1").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere inside group 1's training or checkpointing
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "members.csv").exists(), "the run finished before it could be killed"
+    subprocess.run([sys.executable, "-c", script, str(killed)], env=env, check=True, capture_output=True)
+    clean = tmp_path / "clean"
+    subprocess.run([sys.executable, "-c", script, str(clean)], env=env, check=True, capture_output=True)
+    assert (killed / "members.csv").read_text() == (clean / "members.csv").read_text()
+    assert (killed / "grid.csv").read_text() == (clean / "grid.csv").read_text()
