@@ -37,6 +37,9 @@ def parser(description: str, presets: dict[str, dict]) -> argparse.ArgumentParse
     for option, kind in LIST_OPTIONS.items():
         p.add_argument("--" + option.replace("_", "-"), nargs="+", type=kind, metavar=option[:-1].upper())
     p.add_argument("--seeds", type=int, help="models per grid point")
+    p.add_argument("--per-seed-data", dest="shared_data", action="store_false", default=None,
+                   help="each seed draws its own data subset and noisy labels (default: one view per run, "
+                        "shared by all seeds, as the paper)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--schedule", choices=("step", "cosine", "constant"),
                    help="learning-rate schedule: step = x0.1 at 75%% of training (the paper's)")

@@ -43,6 +43,7 @@ class Config:
     label_noise: tuple[float, ...] = (0.0,)
     data_fractions: tuple[float, ...] = (1.0,)
     seeds: int = 2
+    shared_data: bool = True  # all seeds at a grid point see one training view (subset and noisy labels)
     epochs: int = 30
     schedule: str = "step"
     metrics: tuple[str, ...] = ("loss",)
@@ -129,6 +130,9 @@ def validate_with_data(config: Config, dataset: data.Dataset) -> None:
                              if smallest == n else f"batch size {b} is larger than {where}")
 
 
+VIEW_STREAM = 2**31 - 1  # fold_in index of the shared training view, apart from every seed index
+
+
 def member_key(base_seed: int, seed_index) -> jax.Array:
     """The key of seed index s: the same at every grid point, so points differ only by their knobs."""
     return jax.random.fold_in(jax.random.key(base_seed), seed_index)
@@ -196,8 +200,11 @@ def train_group(config: Config, dataset: data.Dataset, group: ensemble.Group,
     hyper = train.Hyper(column("lr"), column("weight_decay"), column("momentum"), column("data_fraction"),
                         column("label_noise"))
     keys = jax.vmap(member_key, in_axes=(None, 0))(config.seed, jnp.asarray([m.seed for m in group_members]))
+    view_keys = None
+    if config.shared_data:  # the paper's setting: seeds differ in initialisation and batch order only
+        view_keys = jnp.stack([jax.random.fold_in(jax.random.key(config.seed), VIEW_STREAM)] * len(group_members))
     state, member = train.init_ensemble(spec, keys, hyper, jnp.asarray(dataset.y_train),
-                                        dataset.x_train.shape[1:])
+                                        dataset.x_train.shape[1:], view_keys)
     x_train = jnp.asarray(dataset.x_train)
     every = max(1, math.ceil(config.epochs / 10))  # epochs per call: the progress bar's resolution
     epoch, last_save = 0, time.time()

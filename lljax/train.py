@@ -95,9 +95,12 @@ def optimizer(hyper: Hyper) -> optax.GradientTransformation:
 
 
 def init_member(spec: TrainSpec, key: jax.Array, hyper: Hyper, labels_N: jax.Array,
-                input_shape: tuple[int, ...]) -> tuple[MemberState, Member]:
-    """Initial state and fixed inputs of one member from its seed key (named streams: init, view, shuffle)."""
+                input_shape: tuple[int, ...], view_key: jax.Array | None = None) -> tuple[MemberState, Member]:
+    """Initial state and fixed inputs of one member from its seed key (named streams: init, view, shuffle).
+    `view_key`, if given, draws the training view (subset and noisy labels) instead of the member's own stream,
+    so several members can share one view."""
     key_init, key_view, key_shuffle = jax.random.split(key, 3)
+    key_view = key_view if view_key is None else view_key
     params, batch_stats = models.init(spec.model, key_init, input_shape)
     view = data.training_view(key_view, labels_N, spec.model.num_classes, hyper.data_fraction,
                               hyper.label_noise)
@@ -172,9 +175,10 @@ def evaluate(spec: ModelSpec, params, batch_stats, x_NX: jax.Array, y_N: jax.Arr
 
 @functools.partial(jax.jit, static_argnames=("spec", "input_shape"))
 def init_ensemble(spec: TrainSpec, keys: jax.Array, hyper: Hyper, labels_N: jax.Array,
-                  input_shape: tuple[int, ...]) -> tuple[MemberState, Member]:
-    """`init_member` over members: keys (M,), hyper fields (M,)."""
-    return jax.vmap(init_member, in_axes=(None, 0, 0, None, None))(spec, keys, hyper, labels_N, input_shape)
+                  input_shape: tuple[int, ...], view_keys: jax.Array | None = None) -> tuple[MemberState, Member]:
+    """`init_member` over members: keys (M,), hyper fields (M,), optional view_keys (M,)."""
+    return jax.vmap(init_member, in_axes=(None, 0, 0, None, None, 0))(spec, keys, hyper, labels_N, input_shape,
+                                                                       view_keys)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",), donate_argnames=("state",))

@@ -141,3 +141,13 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
     subprocess.run([sys.executable, "-c", script, str(clean)], env=env, check=True, capture_output=True)
     assert (killed / "members.csv").read_text() == (clean / "members.csv").read_text()
     assert (killed / "grid.csv").read_text() == (clean / "grid.csv").read_text()
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_seeds_share_the_training_view_unless_asked_not_to(shared):
+    config = tiny_config(widths=(3,), lrs=(0.1,), label_noise=(0.5,), data_fractions=(0.5,), shared_data=shared)
+    members = experiment.ensemble.grid_members(config.knob_values(), config.seeds)
+    group = experiment.ensemble.group_members(members)[0]
+    ctx = experiment.train_group(config, tiny_dataset(), group, members, None)
+    labels, masks = np.asarray(ctx.member.view.labels), np.asarray(ctx.member.view.mask)
+    assert np.array_equal(labels[0], labels[1]) == shared and np.array_equal(masks[0], masks[1]) == shared
