@@ -103,10 +103,18 @@ def _centre_gram(gram_NN: jax.Array, debiased: bool) -> jax.Array:
     return (gram_NN - means[:, None] - means[None, :]) * off_diagonal
 
 
-def _gram_cka(gram_x_NN, gram_y_NN, degenerate, debiased: bool):
-    kx = _centre_gram(gram_x_NN, debiased)
-    ky = _centre_gram(gram_y_NN, debiased)
-    return _safe_cka(jnp.vdot(kx, ky), jnp.vdot(kx, kx), jnp.vdot(ky, ky), degenerate)
+def _unit_centred_gram(gram_NN, is_constant, debiased: bool):
+    """The centred (or U-centred) Gram matrix scaled to unit Frobenius norm, all zeros for a representation
+    without signal: CKA is then the plain inner product of two of these."""
+    k_NN = _centre_gram(gram_NN, debiased)
+    sq_norm = jnp.vdot(k_NN, k_NN)
+    valid = jnp.logical_not(is_constant) & (sq_norm > 0)
+    return jnp.where(valid, k_NN / jnp.sqrt(jnp.where(valid, sq_norm, 1.0)), 0.0)
+
+
+def _gram_cka(gram_x_NN, gram_y_NN, constant_x, constant_y, debiased: bool):
+    return jnp.vdot(_unit_centred_gram(gram_x_NN, constant_x, debiased),
+                    _unit_centred_gram(gram_y_NN, constant_y, debiased))
 
 
 def _linear_gram(x_NF):
@@ -158,16 +166,14 @@ def _linear_cka(x_NF, y_NG, debiased: bool, use_features: bool):
     degenerate = constant_x | constant_y
     if use_features:
         return _feature_space_linear_cka(x_NF, y_NG, degenerate, debiased)
-    return _gram_cka(_linear_gram(x_NF), _linear_gram(y_NG), degenerate, debiased)
+    return _gram_cka(_linear_gram(x_NF), _linear_gram(y_NG), constant_x, constant_y, debiased)
 
 
 @functools.partial(jax.jit, static_argnames=("debiased",))
 def _rbf_cka(x_NF, y_NG, threshold, debiased: bool):
     x_NF, constant_x = _centre_and_normalise(x_NF)
     y_NG, constant_y = _centre_and_normalise(y_NG)
-    gram_x = _rbf_gram(x_NF, threshold)
-    gram_y = _rbf_gram(y_NG, threshold)
-    return _gram_cka(gram_x, gram_y, constant_x | constant_y, debiased)
+    return _gram_cka(_rbf_gram(x_NF, threshold), _rbf_gram(y_NG, threshold), constant_x, constant_y, debiased)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -196,7 +202,7 @@ def rbf_cka(x, y, threshold: float = 1.0, debiased: bool = False) -> jax.Array:
     x: (N, F...) and y: (N, G...); threshold > 0 (the paper's "fraction of the median distance"; large values
     approach linear CKA). Returns a scalar; 0 if either side is constant over examples.
     """
-    if not np.isfinite(threshold) or threshold <= 0:
+    if isinstance(threshold, (int, float, np.number)) and not (np.isfinite(threshold) and threshold > 0):
         raise LLJaxError(f"rbf_cka: threshold must be a positive number, got {threshold!r}")
     x_NF, y_NG = _representation_pair(x, y, debiased)
     return _rbf_cka(x_NF, y_NG, jnp.asarray(threshold, x_NF.dtype), debiased=debiased)
@@ -236,22 +242,32 @@ def pairwise(fn: Callable[[Any, Any], jax.Array], tree_M: Any, symmetric: bool =
 
 @functools.partial(jax.jit, static_argnames=("kind", "debiased", "use_features"))
 def _all_pairs_cka(reps_MNF, threshold, kind: str, debiased: bool, use_features: bool):
-    if kind == "linear":
-        fn = functools.partial(_linear_cka, debiased=debiased, use_features=use_features)
-    else:
-        fn = lambda a, b: _rbf_cka(a, b, threshold, debiased=debiased)  # noqa: E731
-    return pairwise(fn, reps_MNF)
+    if use_features:
+        # O(N F^2) per pair and no N x N matrices: vmap the feature-space form over the pairs
+        return pairwise(functools.partial(_linear_cka, debiased=debiased, use_features=True), reps_MNF)
+
+    # Gram forms: one unit-norm centred N x N matrix per member (M of them, not one per pair), then every pair's
+    # CKA is an inner product, all at once as one (M, N^2) x (N^2, M) matmul
+    def member_gram(x_NF):
+        x_NF, is_constant = _centre_and_normalise(x_NF)
+        gram_NN = _linear_gram(x_NF) if kind == "linear" else _rbf_gram(x_NF, threshold)
+        return _unit_centred_gram(gram_NN, is_constant, debiased)
+
+    flat_MK = jax.vmap(member_gram)(reps_MNF).reshape(reps_MNF.shape[0], -1)
+    return jnp.matmul(flat_MK, flat_MK.T, precision=_HIGHEST)
 
 
 def all_pairs_cka(reps_MN, kind: str = "linear", debiased: bool = False, threshold: float = 1.0) -> jax.Array:
     """(M, M) CKA between the representations of M members on the same N inputs; reps_MN: (M, N, F...).
 
-    kind: "linear" or "rbf" (threshold as in `rbf_cka`). One vmapped program over the M(M+1)/2 pairs.
+    kind: "linear" or "rbf" (threshold as in `rbf_cka`). One compiled program: linear CKA with fewer features
+    than examples is the feature-space form vmapped over the M(M+1)/2 pairs; otherwise each member's centred
+    Gram matrix is built once (vmapped over members, M N^2 memory) and all pairs are one matrix product.
     The diagonal is 1 (0 for a constant member).
     """
     if kind not in ("linear", "rbf"):
         raise LLJaxError(f"all_pairs_cka: kind must be 'linear' or 'rbf', got {kind!r}")
-    if kind == "rbf" and (not np.isfinite(threshold) or threshold <= 0):
+    if isinstance(threshold, (int, float, np.number)) and not (np.isfinite(threshold) and threshold > 0):
         raise LLJaxError(f"all_pairs_cka: threshold must be a positive number, got {threshold!r}")
     reps_MN = _as_float(reps_MN)
     if reps_MN.ndim < 3 or reps_MN.size == 0:
@@ -260,7 +276,7 @@ def all_pairs_cka(reps_MN, kind: str = "linear", debiased: bool = False, thresho
     m, n = reps_MN.shape[:2]
     _representation_pair(reps_MN[0], reps_MN[0], debiased)  # validates N
     reps_MNF = reps_MN.reshape(m, n, -1)
-    use_features = reps_MNF.shape[2] < n
+    use_features = kind == "linear" and reps_MNF.shape[2] < n
     return _all_pairs_cka(reps_MNF, jnp.asarray(threshold, reps_MNF.dtype), kind=kind, debiased=debiased,
                           use_features=use_features)
 

@@ -27,24 +27,24 @@ def _rng(seed=0):
 # ----------------------------------------------------------------------------------------------- references
 
 
-def _ref_biased_hsic(k, l):
+def _ref_biased_hsic(k, m):
     n = k.shape[0]
     h = np.eye(n) - np.ones((n, n)) / n
-    return np.trace(k @ h @ l @ h)
+    return np.trace(k @ h @ m @ h)
 
 
-def _ref_unbiased_hsic(k, l):
+def _ref_unbiased_hsic(k, m):
     """Song et al. 2012, eq. (5): zero the diagonals, then the three-term U-statistic."""
     n = k.shape[0]
-    kt, lt = k - np.diag(np.diag(k)), l - np.diag(np.diag(l))
+    kt, lt = k - np.diag(np.diag(k)), m - np.diag(np.diag(m))
     one = np.ones(n)
     return (np.trace(kt @ lt) + (one @ kt @ one) * (one @ lt @ one) / ((n - 1) * (n - 2))
             - 2.0 / (n - 2) * one @ kt @ lt @ one) / (n * (n - 3))
 
 
-def _ref_cka(k, l, debiased):
+def _ref_cka(k, m, debiased):
     hsic = _ref_unbiased_hsic if debiased else _ref_biased_hsic
-    return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
+    return hsic(k, m) / np.sqrt(hsic(k, k) * hsic(m, m))
 
 
 def _ref_rbf_gram(x, threshold):
@@ -152,12 +152,16 @@ def test_rbf_cka_median_zero_falls_back_to_mean_distance(x64):
     # 8 of 10 rows identical: more than half of all squared distances are 0, so the median bandwidth would be 0
     x = np.zeros((10, 3))
     x[0], x[1] = [1.0, 0.0, 0.0], [0.0, 2.0, 0.0]
-    value = similarity.rbf_cka(x, x)
+    y = _rng(5).normal(size=(10, 2))
+    sq_x = np.sum((x[:, None] - x[None]) ** 2, axis=-1)
+    assert np.median(sq_x) == 0
+    expected = _ref_cka(np.exp(-sq_x / (2 * np.mean(sq_x))), _ref_rbf_gram(y, 1.0), debiased=False)
+    value = similarity.rbf_cka(x, y)
     assert np.isfinite(value)
-    np.testing.assert_allclose(value, 1.0, rtol=1e-12)
+    np.testing.assert_allclose(value, expected, rtol=1e-10)
 
 
-# ----------------------------------------------------------------------------------------------- degenerate and bad input
+# ----------------------------------------------------------------------------------------------- degenerate input
 
 
 @pytest.mark.parametrize("kind", ["linear", "rbf"])
@@ -196,8 +200,8 @@ def test_bad_inputs_raise_lljax_error():
 def test_inputs_with_trailing_axes_are_flattened(x64):
     r = _rng(6)
     x, y = r.normal(size=(20, 3, 4)), r.normal(size=(20, 2, 5))
-    np.testing.assert_allclose(similarity.linear_cka(x, y), similarity.linear_cka(x.reshape(20, 12), y.reshape(20, 10)),
-                               rtol=1e-12)
+    np.testing.assert_allclose(similarity.linear_cka(x, y),
+                               similarity.linear_cka(x.reshape(20, 12), y.reshape(20, 10)), rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------- all pairs
