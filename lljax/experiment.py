@@ -7,6 +7,7 @@ that is killed resumes where it stopped and produces the same numbers as an unin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -19,12 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lljax import checkpoint, data, ensemble, models, train
+from lljax import checkpoint, data, ensemble, models, similarity, train
 from lljax.errors import LLJaxError
 
 # Metric families a run can compute; 'loss' (training and test loss/accuracy) is always computed.
 METRIC_FAMILIES = ("loss",)
-PAIR_FAMILIES = ()
+PAIR_FAMILIES = ("cka", "l2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Config:
     metrics: tuple[str, ...] = ("loss",)
     seed: int = 0
     eval_batch_size: int = 1000
+    cka_samples: int = 768  # mixup probe inputs for CKA (the paper's 768)
 
     def knob_values(self) -> dict[str, tuple]:
         return {"width": self.widths, "batch_size": self.batch_sizes, "lr": self.lrs,
@@ -241,10 +243,33 @@ def loss_metrics(ctx: GroupContext) -> dict[str, np.ndarray]:
             "diverged": s.diverged}
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def ensemble_logits(spec: models.ModelSpec, params, batch_stats, x_NX) -> jax.Array:
+    """(M, N, C) logits of every member on the same inputs, BatchNorm in inference mode."""
+    return jax.vmap(lambda p, s: models.apply(spec, p, s, x_NX)[0])(params, batch_stats)
+
+
+def cka_metrics(ctx: GroupContext, pairs: np.ndarray) -> dict[str, np.ndarray]:
+    """Linear CKA of the two members' softmax outputs and logits on the paper's probe: training inputs mixed up
+    with lambda ~ Beta(16, 16) (Yang et al. 2021)."""
+    x = jnp.asarray(ctx.dataset.x_train)
+    probe = similarity.mixup_inputs(jax.random.fold_in(ctx.key, 1), x, num=min(ctx.config.cka_samples, len(x)))
+    logits = ensemble_logits(ctx.spec.model, ctx.state.params, ctx.state.batch_stats, probe)
+    matrices = similarity.all_pairs_output_cka(logits)
+    a, b = pairs[:, 0], pairs[:, 1]
+    return {"cka_softmax": matrices["softmax"][a, b], "cka_logits": matrices["logits"][a, b]}
+
+
+def l2_metrics(ctx: GroupContext, pairs: np.ndarray) -> dict[str, np.ndarray]:
+    """L2 distance between the two members' parameters."""
+    return {"l2": similarity.all_pairs_l2(ctx.state.params)[pairs[:, 0], pairs[:, 1]]}
+
+
 # name -> (function of a trained group returning per-member arrays (M, ...), relative cost for the progress bar)
 MEMBER_METRICS: dict[str, tuple[Callable[[GroupContext], dict], float]] = {"loss": (loss_metrics, 0.02)}
 # name -> (function of a trained group and its pairs (P, 2) of member positions returning per-pair arrays, cost)
-PAIR_METRICS: dict[str, tuple[Callable[[GroupContext, np.ndarray], dict], float]] = {}
+PAIR_METRICS: dict[str, tuple[Callable[[GroupContext, np.ndarray], dict], float]] = {
+    "cka": (cka_metrics, 0.01), "l2": (l2_metrics, 0.005)}
 
 
 def measure_group(ctx: GroupContext, metrics: Sequence[str],

@@ -23,6 +23,8 @@ FIGURES = (
     ("train_acc_mean", "training accuracy", None, None),
     ("test_loss_mean", "test loss", None, None),
     ("test_acc_mean", "test accuracy", None, None),
+    ("cka_softmax_mean", "CKA of softmax outputs", None, None),
+    ("l2_mean", "L2 distance between seeds", None, None),
 )
 
 
