@@ -343,13 +343,15 @@ def main(argv=None):
     metrics = [curves.evaluate_curves(apply_fn, c, {}, x_j, y_j, x_test, y_test) for c in both]
     mc = [np.asarray(curves.mode_connectivity(m.train_err)) for m in metrics]
     mc_loss = [np.asarray(curves.mode_connectivity(m.train_loss)) for m in metrics]
+    line, _ = curves.linear_barriers(apply_fn, starts, ends, {}, x_j, y_j, x_test, y_test)
     loss_gap = np.abs(losses_j[:K] - np.array(losses_t)).max()
     print(f"agreement: max |bend_lljax - bend_torch| / max|bend| = {rel:.2e}; final-epoch objective "
           f"{losses_j[:K, -1].mean():.4f} (lljax) vs {np.mean([l[-1] for l in losses_t]):.4f} (torch), "
           f"max gap {loss_gap:.1e}")
     print(f"mode connectivity on training error (mean over {K} curves): lljax {mc[0].mean():+.4f}, "
           f"torch {mc[1].mean():+.4f}, max |diff| {np.abs(mc[0] - mc[1]).max():.4f}; on training loss: "
-          f"{mc_loss[0].mean():+.4f} vs {mc_loss[1].mean():+.4f}")
+          f"{mc_loss[0].mean():+.4f} vs {mc_loss[1].mean():+.4f}; straight line (no fitting, all {P}): "
+          f"{np.asarray(line).mean():+.4f}")
     print(f"load average at end: {load_average()}")
     speedup, speedup_cold = torch_s / warm_s, torch_s / first_s
     print(f"speedup with lljax compilation included: {speedup_cold:.2f}")
