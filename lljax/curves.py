@@ -11,8 +11,8 @@ are ever optimised, so the endpoints are fixed by construction.
 
 Any architecture works: the code takes `apply_fn(params, batch_stats, x_BX, train) -> (logits_BC,
 new_batch_stats)` (`model_apply(spec)` wraps `models.apply`), so no "curve twin" of a model is written. Every
-function is for one pair of models; `fit_curves`, `evaluate_curves` and `linear_barriers` are the same functions
-vmapped over a leading pair axis P and jitted.
+function is for one pair of models; `init_curves`, `fit_curves`, `evaluate_curves` and `linear_barriers` are the
+same functions vmapped over a leading pair axis P and jitted.
 
 BatchNorm: during fitting the model runs in train mode at w(t) (batch statistics; running statistics are not
 needed). Before evaluating each t, the running statistics are recomputed exactly from the training data (see
