@@ -1,0 +1,429 @@
+"""Ensemble training speed: N MLPs on MNIST-1D trained four ways, side by side in one run (issue 2).
+
+    python benchmarks/ensemble_training.py [--members 64] [--widths 32 128] [--batch-size 64] [--steps 620]
+                                           [--quick] [--out FILE.json]
+
+The same N models (same architecture, initial weights, batch size, number of steps, optimiser: SGD with
+momentum 0.9 and weight decay 5e-4, constant learning rate) are trained
+
+  (a) vmapped lljax: `train.init_ensemble` + `train.train_ensemble`, member axis N, one compiled program
+      (compile time excluded from the rate, reported beside it);
+  (b) a Python loop of single lljax models: the same `train_ensemble` with N = 1, called N times;
+  (c) PyTorch as the original code does it, one model after another: DataLoader(TensorDataset, shuffle=True,
+      drop_last=True), nn.Sequential MLP, CrossEntropyLoss, torch.optim.SGD(momentum=0.9, weight_decay=5e-4);
+  (a2) the same vmapped lljax call with the member axis sharded over the machine's cores as host CPU devices
+      (`jax_num_cpu_devices`; inputs placed with a NamedSharding, lljax itself unchanged): XLA:CPU runs one
+      batched small matmul on one core at a time, so one device per core is how the ensemble uses every core;
+  (d) "tuned" PyTorch: the same loop without the DataLoader, minibatches indexed from pre-shuffled index
+      tensors (lljax's own batch order, so (d) and (a) follow the same trajectory up to float rounding: the
+      script reports how far their final losses are apart as a correctness check).
+
+It reports model-steps per second (models x SGD steps / wall time) for each way and the ratios, measures the
+machine's dense float32 matmul FLOP/s in JAX (best of several large square products) and the fraction of it
+that (a) reaches, counting 6 x MACs per example for forward + backward. PyTorch runs with as many intra-op
+threads as the machine has cores. Expected on the 2-core dev CPU (see benchmarks/RESULTS.md): (a) is 10-20x
+faster than (c) at width 32 and reaches about a quarter of the matmul rate at width 128.
+
+The last line printed is `speedup_vs_pytorch: X.XX`, (a) over (c) at width 32 (or the first width given).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lljax import data, models, train
+
+NUM_INPUTS = 40  # MNIST-1D signal length
+LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--members", type=int, default=64, help="ensemble size N (default 64)")
+    p.add_argument("--widths", type=int, nargs="+", default=[32, 128], help="MLP hidden widths (default 32 128)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="minibatch size (default 64: mid-range of the paper's sweep 16..1024, where per-step "
+                        "overhead still matters for every framework)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="SGD steps per model, rounded up to whole epochs (default 10 epochs; --quick 4)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats of the vmapped run (best is kept)")
+    p.add_argument("--loop-members", type=int, default=None,
+                   help="how many of the N members the sequential ways (b, c, d) train; their per-model cost "
+                        "does not depend on N, so a subset gives the same rate (default N)")
+    p.add_argument("--host-devices", type=int, default=os.cpu_count() or 1,
+                   help="host CPU devices for (a2) (default: the number of cores; 1 skips (a2))")
+    p.add_argument("--quick", action="store_true", help="short run, about 2 minutes")
+    p.add_argument("--out", default=None, help="write all figures to this JSON file")
+    args = p.parse_args(argv)
+    if args.members <= 0 or args.batch_size <= 0 or args.host_devices <= 0 or any(w <= 0 for w in args.widths):
+        p.error("--members, --batch-size, --host-devices and --widths must be positive")
+    if args.steps is not None and args.steps <= 0:
+        p.error("--steps must be positive")
+    return args
+
+
+# ------------------------------------------------------------------------------------------- the machine
+
+def machine() -> dict:
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": name, "cores": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
+            "device": str(jax.devices()[0].device_kind), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "python": platform.python_version()}
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def matmul_flops(sizes=(2048, 4096), repeats=5) -> dict:
+    """Best float32 dense matmul rate (FLOP/s) over square sizes, in JAX on the default device."""
+    rates = {}
+    product = jax.jit(lambda a, b: a @ b)
+    for n in sizes:
+        a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+        b = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
+        product(a, b).block_until_ready()
+        best = min(_timed(lambda: product(a, b).block_until_ready()) for _ in range(repeats))
+        rates[n] = 2 * n ** 3 / best
+    return {"per_size": rates, "best": max(rates.values())}
+
+
+class ForeignLoad:
+    """Context manager: the fraction of the machine's CPU time that *other* processes used while it was open
+    (busy time from /proc/stat minus this process's own CPU time), so a noisy measurement shows itself.
+    `fraction` is None where /proc/stat is not available."""
+
+    def _busy(self):
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(v) for v in f.readline().split()[1:]]
+        except OSError:
+            return None
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self):
+        self.fraction = None
+        self._start = (self._busy(), time.process_time(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc):
+        busy, own, wall = self._busy(), time.process_time(), time.perf_counter()
+        if busy is not None and self._start[0] is not None:
+            others = (busy - self._start[0]) - (own - self._start[1])
+            self.fraction = max(0.0, others / ((wall - self._start[2]) * (os.cpu_count() or 1)))
+        return False
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def macs_per_example(width: int, depth: int = 2, num_classes: int = 10) -> int:
+    """Multiply-accumulates of one forward pass of the MLP (biases and activations not counted)."""
+    return NUM_INPUTS * width + (depth - 1) * width * width + width * num_classes
+
+
+# ------------------------------------------------------------------------------------------ lljax ways
+
+def lljax_setup(width, members, batch_size, epochs, dataset):
+    spec = train.TrainSpec(models.ModelSpec("mlp", width), batch_size, epochs, dataset.x_train.shape[0],
+                           "constant")
+    keys = jax.random.split(jax.random.key(0), members)
+    const = lambda v: jnp.full((members,), v, jnp.float32)
+    hyper = train.Hyper(const(LR), const(WEIGHT_DECAY), const(MOMENTUM), const(1.0), const(0.0))
+    labels = jnp.asarray(dataset.y_train)
+    fresh = lambda: train.init_ensemble(spec, keys, hyper, labels, (NUM_INPUTS,))
+    return spec, fresh
+
+
+def run_vmapped(spec, fresh, x_train, repeats, place=lambda tree: tree):
+    """(a): whole ensemble in one compiled program. Each repeat trains from the same initial state. `place`
+    puts the ensemble on devices (identity: the default device; (a2): sharded over the member axis)."""
+    fresh = (lambda make: lambda: place(make()))(fresh)
+    state, member = fresh()
+    compile_s = _timed(lambda: jax.block_until_ready(train.train_ensemble(spec, state, member, x_train, 0, 0)))
+    times = []
+    for _ in range(repeats):
+        state, member = fresh()
+        jax.block_until_ready(state)
+        start = time.perf_counter()
+        state = train.train_ensemble(spec, state, member, x_train, 0, spec.epochs)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - start)
+    return {"seconds": min(times), "seconds_all": times, "compile_seconds": compile_s,
+            "final_loss": np.asarray(state.loss), "diverged": int(np.asarray(state.diverged).sum())}
+
+
+def member_sharding(count: int):
+    """A `place` function sharding axis 0 of every leaf over all devices, or None if `count` doesn't split."""
+    devices = jax.devices()
+    if len(devices) < 2 or count % len(devices):
+        return None
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    sharding = NamedSharding(Mesh(np.array(devices), ("member",)), PartitionSpec("member"))
+    return lambda tree: jax.tree.map(lambda v: jax.device_put(v, sharding), tree)
+
+
+def run_single_loop(spec, fresh, x_train, count):
+    """(b): the same program at N = 1, called once per member from Python."""
+    state, member = fresh()
+    one = lambda tree, i: jax.tree.map(lambda v: v[i:i + 1], tree)
+    first_state, first_member = one(state, 0), one(member, 0)
+    compile_s = _timed(lambda: jax.block_until_ready(
+        train.train_ensemble(spec, first_state, first_member, x_train, 0, 0)))
+    singles = [(one(state, i), one(member, i)) for i in range(count)]
+    jax.block_until_ready(singles)
+    losses = []
+    start = time.perf_counter()
+    for s, m in singles:
+        s = train.train_ensemble(spec, s, m, x_train, 0, spec.epochs)
+        losses.append(s.loss)
+    jax.block_until_ready(losses)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "compile_seconds": compile_s, "final_loss": np.concatenate(losses)}
+
+
+def lljax_batch_orders(spec, fresh, count) -> np.ndarray:
+    """(count, epochs, steps_per_epoch, B) indices: the minibatches lljax draws for each member."""
+    _, member = fresh()
+    B, S = spec.batch_size, spec.steps_per_epoch
+
+    def orders(m):
+        def epoch(e):
+            order = data.epoch_order(jax.random.fold_in(m.shuffle_key, e), m.view)
+            return jax.vmap(lambda j: data.batch_indices(order, m.view.size, j, B))(jnp.arange(S))
+        return jax.vmap(epoch)(jnp.arange(spec.epochs))
+
+    sub = jax.tree.map(lambda v: v[:count], member)
+    return np.asarray(jax.jit(jax.vmap(orders))(sub))
+
+
+def initial_params(fresh, count) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Per member, [(kernel (in, out), bias (out,)) per Dense layer] of the lljax initialisation."""
+    state, _ = fresh()
+    params = jax.tree.map(np.asarray, state.params)
+    layers = sorted(params, key=lambda name: int(name.split("_")[-1]))
+    return [[(params[k]["kernel"][i], params[k]["bias"][i]) for k in layers] for i in range(count)]
+
+
+# ---------------------------------------------------------------------------------------- PyTorch ways
+
+def torch_mlp(torch, init_layers):
+    """nn.Sequential MLP holding lljax's initial weights (Linear stores (out, in), lljax (in, out))."""
+    nn = torch.nn
+    modules = []
+    for k, (kernel, bias) in enumerate(init_layers):
+        linear = nn.Linear(*kernel.shape)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel.T)))
+            linear.bias.copy_(torch.from_numpy(np.array(bias)))
+        modules.append(linear)
+        if k < len(init_layers) - 1:
+            modules.append(nn.ReLU())
+    return nn.Sequential(*modules)
+
+
+def run_torch_dataloader(torch, init, x_np, y_np, batch_size, epochs):
+    """(c): the original PyTorch recipe, one model after another."""
+    from torch.utils.data import DataLoader, TensorDataset
+    dataset = TensorDataset(torch.from_numpy(x_np), torch.from_numpy(y_np.astype(np.int64)))
+    criterion = torch.nn.CrossEntropyLoss()
+    losses, steps = [], 0
+    start = time.perf_counter()
+    for i, layers in enumerate(init):
+        model = torch_mlp(torch, layers)
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                            generator=torch.Generator().manual_seed(i))
+        model.train()
+        for _ in range(epochs):
+            epoch_loss, count = 0.0, 0
+            for xb, yb in loader:
+                opt.zero_grad()
+                loss = criterion(model(xb), yb)
+                loss.backward()
+                opt.step()
+                epoch_loss += loss.item()
+                count += 1
+                steps += 1
+        losses.append(epoch_loss / count)
+    return {"seconds": time.perf_counter() - start, "final_loss": np.asarray(losses), "steps": steps}
+
+
+def run_torch_tuned(torch, init, x_np, y_np, batch_orders):
+    """(d): no DataLoader; minibatches gathered with pre-computed index tensors (lljax's order), losses kept
+    on the tensor side (no per-step `.item()` sync)."""
+    x = torch.from_numpy(x_np)
+    y = torch.from_numpy(y_np.astype(np.int64))
+    criterion = torch.nn.CrossEntropyLoss()
+    losses = []
+    start = time.perf_counter()
+    for layers, orders in zip(init, batch_orders):
+        model = torch_mlp(torch, layers)
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+        idx_all = torch.from_numpy(orders.astype(np.int64))
+        for epoch_idx in idx_all:
+            epoch_loss = torch.zeros(())
+            for idx in epoch_idx:
+                opt.zero_grad(set_to_none=True)
+                loss = criterion(model(x[idx]), y[idx])
+                loss.backward()
+                opt.step()
+                epoch_loss += loss.detach()
+        losses.append(float(epoch_loss) / len(epoch_idx))
+    return {"seconds": time.perf_counter() - start, "final_loss": np.asarray(losses)}
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    try:
+        import torch
+    except ImportError:
+        sys.exit("PyTorch is needed for the comparison: pip install -r benchmarks/requirements-bench.txt")
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(cores)
+    # before JAX starts its CPU backend: one host device per core for (a2); programs on one device (a, b) still
+    # use every core for their own ops
+    jax.config.update("jax_num_cpu_devices", args.host_devices)
+
+    N, B = args.members, args.batch_size
+    dataset = data.mnist1d()
+    num_train = dataset.x_train.shape[0]
+    if B > num_train:
+        sys.exit(f"--batch-size {B} is larger than the training set ({num_train})")
+    steps_per_epoch = num_train // B
+    default_epochs = 4 if args.quick else 10
+    epochs = default_epochs if args.steps is None else math.ceil(args.steps / steps_per_epoch)
+    steps = epochs * steps_per_epoch
+    repeats = args.repeats or (3 if args.quick else 5)
+    loop_n = min(N, args.loop_members or N)
+
+    place = member_sharding(N) if args.host_devices > 1 else None
+    info = machine()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, JAX {info['jax']} on {info['backend']} "
+          f"({info['device']}), PyTorch {torch.__version__} with {torch.get_num_threads()} threads "
+          f"(= cores); XLA_FLAGS={info['xla_flags']!r}; {len(jax.devices())} host device(s) for (a2)"
+          + ("" if place or args.host_devices == 1 else f" (skipped: {N} members don't split evenly)"))
+    print(f"load average at start: {load_average()}")
+    print(f"setup: {N} MLPs (2 hidden layers), MNIST-1D {num_train} train examples, batch {B}, "
+          f"{steps} steps ({epochs} epochs x {steps_per_epoch}), SGD lr {LR} momentum {MOMENTUM} "
+          f"wd {WEIGHT_DECAY}; sequential ways (b, c, d) train {loop_n} of the {N} members")
+
+    mm = matmul_flops()
+    print("matmul float32 (JAX): " + ", ".join(f"{n}^2 {r / 1e9:.0f} GFLOP/s" for n, r in mm["per_size"].items())
+          + f" -> peak {mm['best'] / 1e9:.0f} GFLOP/s")
+
+    x_train = jnp.asarray(dataset.x_train)
+    x_np, y_np = np.asarray(dataset.x_train, np.float32), np.asarray(dataset.y_train)
+    results = {"machine": info, "args": vars(args), "members": N, "batch_size": B, "steps": steps,
+               "epochs": epochs, "loop_members": loop_n, "torch": torch.__version__,
+               "torch_threads": torch.get_num_threads(), "matmul_flops": mm["best"],
+               "matmul_flops_per_size": {str(k): v for k, v in mm["per_size"].items()}, "widths": {}}
+    for width in args.widths:
+        spec, fresh = lljax_setup(width, N, B, epochs, dataset)
+        loads = {}
+        with ForeignLoad() as load:
+            a = run_vmapped(spec, fresh, x_train, repeats)
+        loads["vmapped_lljax"] = load.fraction
+        a2 = None
+        if place:
+            with ForeignLoad() as load:
+                a2 = run_vmapped(spec, fresh, x_train, repeats, place)
+            loads["vmapped_lljax_sharded"] = load.fraction
+        with ForeignLoad() as load:
+            b = run_single_loop(spec, fresh, x_train, loop_n)
+        loads["loop_lljax"] = load.fraction
+        init = initial_params(fresh, loop_n)
+        orders = lljax_batch_orders(spec, fresh, loop_n)
+        # untimed warm-up: PyTorch's first steps pay for thread-pool start-up and lazy allocation
+        run_torch_dataloader(torch, init[:1], x_np, y_np, B, 1)
+        run_torch_tuned(torch, init[:1], x_np, y_np, orders[:1, :1])
+        with ForeignLoad() as load:
+            c = run_torch_dataloader(torch, init, x_np, y_np, B, epochs)
+        loads["pytorch_dataloader"] = load.fraction
+        with ForeignLoad() as load:
+            d = run_torch_tuned(torch, init, x_np, y_np, orders)
+        loads["pytorch_tuned"] = load.fraction
+        rate = {"vmapped_lljax": N * steps / a["seconds"],
+                **({"vmapped_lljax_sharded": N * steps / a2["seconds"]} if a2 else {}),
+                "loop_lljax": loop_n * steps / b["seconds"],
+                "pytorch_dataloader": loop_n * steps / c["seconds"], "pytorch_tuned": loop_n * steps / d["seconds"]}
+        flops_per_model_step = 6 * macs_per_example(width) * B
+        flops = flops_per_model_step * rate["vmapped_lljax"]
+        agree_b = float(np.max(np.abs(b["final_loss"] - a["final_loss"][:loop_n])))
+        agree_d = float(np.max(np.abs(d["final_loss"] - a["final_loss"][:loop_n])))
+        row = {"model_steps_per_s": rate,
+               "speedup_vs": {k: rate["vmapped_lljax"] / v for k, v in rate.items() if k != "vmapped_lljax"},
+               "compile_seconds": {"vmapped": a["compile_seconds"], "single": b["compile_seconds"]},
+               "vmapped_seconds_all": a["seconds_all"], "vmapped_flops": flops,
+               "fraction_of_matmul": flops / mm["best"],
+               "final_train_loss_mean": {"vmapped_lljax": float(a["final_loss"].mean()),
+                                         "loop_lljax": float(b["final_loss"].mean()),
+                                         "pytorch_dataloader": float(c["final_loss"].mean()),
+                                         "pytorch_tuned": float(d["final_loss"].mean())},
+               "max_loss_diff_vs_vmapped": {"loop_lljax": agree_b, "pytorch_tuned_same_order": agree_d},
+               "diverged": a["diverged"], "cpu_used_by_other_processes": loads}
+        if a2:
+            flops2 = flops_per_model_step * rate["vmapped_lljax_sharded"]
+            row.update(vmapped_sharded_flops=flops2, fraction_of_matmul_sharded=flops2 / mm["best"],
+                       sharded_seconds_all=a2["seconds_all"], compile_seconds_sharded=a2["compile_seconds"],
+                       speedup_sharded_vs_pytorch_dataloader=rate["vmapped_lljax_sharded"] / rate["pytorch_dataloader"])
+            row["max_loss_diff_vs_vmapped"]["vmapped_sharded"] = float(np.max(np.abs(a2["final_loss"] - a["final_loss"])))
+        results["widths"][str(width)] = row
+        print(f"\nwidth {width}: model-steps/s (higher is better)")
+        names = {"vmapped_lljax": "(a) vmapped lljax", "vmapped_lljax_sharded":
+                 f"(a2) vmapped, {len(jax.devices())} host devices", "loop_lljax": "(b) loop of single lljax",
+                 "pytorch_dataloader": "(c) PyTorch DataLoader loop", "pytorch_tuned": "(d) PyTorch tuned loop"}
+        for k, v in rate.items():
+            ratio = "" if k.startswith("vmapped") else f"   (a) is {rate['vmapped_lljax'] / v:6.2f}x faster" + (
+                f", (a2) {rate['vmapped_lljax_sharded'] / v:6.2f}x" if a2 else "")
+            busy = "" if loads.get(k) is None else f"   [other processes: {100 * loads[k]:.0f}% CPU]"
+            print(f"  {names[k]:30s} {v:10.0f}{ratio}{busy}")
+        print(f"  (a) compile {a['compile_seconds']:.2f} s (excluded), runs {', '.join(f'{t:.2f}' for t in a['seconds_all'])} s;"
+              f" (b) compile {b['compile_seconds']:.2f} s")
+        print(f"  (a) reaches {flops / 1e9:.1f} GFLOP/s = {100 * flops / mm['best']:.1f}% of the matmul peak "
+              f"(6 x {macs_per_example(width)} MACs per example)"
+              + (f"; (a2) {flops2 / 1e9:.1f} GFLOP/s = {100 * flops2 / mm['best']:.1f}%" if a2 else ""))
+        print(f"  final train loss (last-epoch mean): " + ", ".join(
+            f"{k} {v:.4f}" for k, v in row["final_train_loss_mean"].items()))
+        print("  per-member final loss vs (a): " + ", ".join(
+            f"{k} max |diff| {v:.1e}" for k, v in row["max_loss_diff_vs_vmapped"].items())
+              + " ((d) uses lljax's batch order and initial weights)")
+
+    results["load_average_end"] = load_average()
+    print(f"\nload average at end: {results['load_average_end']}")
+    headline = "32" if "32" in results["widths"] else str(args.widths[0])
+    results["speedup_vs_pytorch"] = results["widths"][headline]["speedup_vs"]["pytorch_dataloader"]
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1, default=float)
+        print(f"wrote {args.out}")
+    print(f"speedup_vs_pytorch: {results['speedup_vs_pytorch']:.2f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
