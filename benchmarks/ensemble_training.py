@@ -21,8 +21,9 @@ momentum 0.9 and weight decay 5e-4, constant learning rate) are trained
 It reports model-steps per second (models x SGD steps / wall time) for each way and the ratios, measures the
 machine's dense float32 matmul FLOP/s in JAX (best of several large square products) and the fraction of it
 that (a) reaches, counting 6 x MACs per example for forward + backward. PyTorch runs with as many intra-op
-threads as the machine has cores. Expected on the 2-core dev CPU (see benchmarks/RESULTS.md): (a) is 10-20x
-faster than (c) at width 32 and reaches about a quarter of the matmul rate at width 128.
+threads as the machine has cores. The matmul rate is measured before and after the training runs and the
+higher one is used. Expected on the 2-core dev CPU (benchmarks/RESULTS.md): at width 32 (a) is about 17x
+faster than (c) and (a2) about 33x; at width 128 (a) reaches about a quarter of the matmul rate, (a2) ~45%.
 
 The last line printed is `speedup_vs_pytorch: X.XX`, (a) over (c) at width 32 (or the first width given).
 """
@@ -413,6 +414,17 @@ def main(argv=None) -> dict:
             f"{k} max |diff| {v:.1e}" for k, v in row["max_loss_diff_vs_vmapped"].items())
               + " ((d) uses lljax's batch order and initial weights)")
 
+    mm_end = matmul_flops()
+    results["matmul_flops_end"] = mm_end["best"]
+    print(f"\nmatmul float32 (JAX) again: {mm_end['best'] / 1e9:.0f} GFLOP/s (start: {mm['best'] / 1e9:.0f})")
+    if mm_end["best"] > mm["best"]:  # the fractions use the higher, i.e. the more demanding, peak
+        results["matmul_flops"] = mm_end["best"]
+        for width, row in results["widths"].items():
+            row["fraction_of_matmul"] = row["vmapped_flops"] / mm_end["best"]
+            if "vmapped_sharded_flops" in row:
+                row["fraction_of_matmul_sharded"] = row["vmapped_sharded_flops"] / mm_end["best"]
+            print(f"  width {width}: (a) {100 * row['fraction_of_matmul']:.1f}% of this peak"
+                  + (f", (a2) {100 * row['fraction_of_matmul_sharded']:.1f}%" if "vmapped_sharded_flops" in row else ""))
     results["load_average_end"] = load_average()
     print(f"\nload average at end: {results['load_average_end']}")
     headline = "32" if "32" in results["widths"] else str(args.widths[0])
