@@ -219,7 +219,10 @@ def top_eigenvalues(loss_fn: LossFn, params: Params, batch, k: int = 1, *, key: 
                     num_steps: int = 32) -> TopEigenvalues:
     """The k largest Hessian eigenvalues of `loss_fn(., batch)` at `params` by Lanczos (replacing the paper's
     power iteration): `num_steps` HVPs, capped at the parameter count, where it is exact."""
-    matvec, flat = _flat_hvp(loss_fn, params, batch)
+    return _top_eigenvalues(*_flat_hvp(loss_fn, params, batch), k, key, num_steps)
+
+
+def _top_eigenvalues(matvec, flat, k, key, num_steps) -> TopEigenvalues:
     n = flat.shape[0]
     if not 1 <= k <= min(num_steps, n):
         raise LLJaxError(f"k={k} eigenvalues needs 1 <= k <= min(num_steps={num_steps}, parameters={n})")
@@ -254,7 +257,10 @@ def trace(loss_fn: LossFn, params: Params, batch, *, key: jax.Array | None = Non
     """
     if method not in TRACE_METHODS:
         raise LLJaxError(f"unknown trace method {method!r}; choose one of {', '.join(TRACE_METHODS)}")
-    matvec, flat = _flat_hvp(loss_fn, params, batch)
+    return _trace(*_flat_hvp(loss_fn, params, batch), key, method, num_probes, exact_max_params)
+
+
+def _trace(matvec, flat, key, method, num_probes, exact_max_params) -> TraceEstimate:
     n, dtype = flat.shape[0], flat.dtype
     if method == "auto":
         method = "exact" if n <= exact_max_params else "hutchpp"
@@ -273,12 +279,11 @@ def trace(loss_fn: LossFn, params: Params, batch, *, key: jax.Array | None = Non
         return TraceEstimate(samples.mean(), samples.std(ddof=1) / jnp.sqrt(num_probes))
     if num_probes < 6:
         raise LLJaxError(f"Hutch++ needs at least 6 probes (a third to sketch, two to estimate), got {num_probes}")
-    sketch_key, probe_key = jax.random.split(key)
     rank = min(num_probes // 3, n)
     num_hutchinson = num_probes - 2 * rank
-    basis, _ = jnp.linalg.qr(batched(_rademacher(sketch_key, (n, rank), dtype)))
+    sketch, probes = jnp.split(_rademacher(key, (n, rank + num_hutchinson), dtype), [rank], axis=1)
+    basis, _ = jnp.linalg.qr(batched(sketch))
     exact_part = jnp.sum(basis * batched(basis))
-    probes = _rademacher(probe_key, (n, num_hutchinson), dtype)
     probes = probes - basis @ (basis.T @ probes)
     samples = jnp.sum(probes * batched(probes), axis=0)
     return TraceEstimate(exact_part + samples.mean(), samples.std(ddof=1) / jnp.sqrt(num_hutchinson))
@@ -298,9 +303,12 @@ def spectral_density(loss_fn: LossFn, params: Params, batch, *, key: jax.Array, 
                      num_steps: int = 64) -> SpectralDensity:
     """Hessian eigenvalue density by stochastic Lanczos quadrature (Lin et al. 2016; Ghorbani et al. 2019;
     PyHessian's `density`): `num_runs` Lanczos runs of `num_steps` steps from Rademacher starts, vmapped."""
+    return _spectral_density(*_flat_hvp(loss_fn, params, batch), key, num_runs, num_steps)
+
+
+def _spectral_density(matvec, flat, key, num_runs, num_steps) -> SpectralDensity:
     if num_runs <= 0:
         raise LLJaxError(f"spectral density needs a positive number of runs, got {num_runs}")
-    matvec, flat = _flat_hvp(loss_fn, params, batch)
 
     def run(run_key):
         v0 = _rademacher(run_key, flat.shape, flat.dtype)
@@ -375,14 +383,13 @@ def hessian_metrics(loss_fn: LossFn, params: Params, batch, key: jax.Array,
     metrics). For an ensemble: `jax.jit(jax.vmap(lambda p, bs, b, k: hessian_metrics(models.loss_fn(spec, bs),
     p, b, k, config)))`."""
     eig_key, trace_key, density_key = jax.random.split(key, 3)
-    top = top_eigenvalues(loss_fn, params, batch, config.top_k, key=eig_key, num_steps=config.lanczos_steps)
-    tr = trace(loss_fn, params, batch, key=trace_key, method=config.trace_method, num_probes=config.trace_probes,
-               exact_max_params=config.exact_trace_max_params)
+    # One linearisation serves all three: the primal forward/backward pass runs once.
+    matvec, flat = _flat_hvp(loss_fn, params, batch)
+    top = _top_eigenvalues(matvec, flat, config.top_k, eig_key, config.lanczos_steps)
+    tr = _trace(matvec, flat, trace_key, config.trace_method, config.trace_probes, config.exact_trace_max_params)
     if config.density_runs:
-        density = spectral_density(loss_fn, params, batch, key=density_key, num_runs=config.density_runs,
-                                   num_steps=config.density_steps)
+        density = _spectral_density(matvec, flat, density_key, config.density_runs, config.density_steps)
     else:
-        dtype = top.eigenvalues.dtype
-        density = SpectralDensity(jnp.zeros((0, config.density_steps), dtype),
-                                  jnp.zeros((0, config.density_steps), dtype))
+        empty = jnp.zeros((0, config.density_steps), flat.dtype)
+        density = SpectralDensity(empty, empty)
     return HessianMetrics(top.eigenvalues, top.residuals, tr.trace, tr.standard_error, *density)

@@ -1,0 +1,285 @@
+"""lljax.hessian in float64 against exact references: dense `jax.hessian` + `numpy.linalg.eigh` on tiny models,
+and quadratics with a prescribed spectrum."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from lljax import hessian, models
+from lljax.errors import LLJaxError
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    with jax.enable_x64(True):
+        yield
+
+
+@functools.cache
+def tiny_model(name, width, seed=0, num_samples=16, length=12):
+    """(loss_fn, params float64, batch float64, dense Hessian (n, n)) for a tiny model on random inputs."""
+    spec = models.ModelSpec(name, width)
+    params, batch_stats = models.init(spec, jax.random.key(seed), (length,))
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    x = jax.random.normal(jax.random.key(seed + 100), (num_samples, length), jnp.float64)
+    y = jax.random.randint(jax.random.key(seed + 200), (num_samples,), 0, 10)
+    loss_fn = models.loss_fn(spec, batch_stats)
+    flat, unravel = ravel_pytree(params)
+    dense = jax.jit(jax.hessian(lambda f: loss_fn(unravel(f), (x, y))))(flat)
+    return loss_fn, params, (x, y), np.asarray(dense)
+
+
+def prescribed_matrix(eigenvalues, seed=0):
+    """U diag(eigenvalues) U^T with U a random orthogonal matrix."""
+    n = len(eigenvalues)
+    u, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(n, n)))
+    return u @ np.diag(eigenvalues) @ u.T
+
+
+def quadratic_loss(params, matrix):
+    """0.5 w^T A w over a pytree w, the matrix handed in as the batch so quadratics share compiled programs."""
+    w = ravel_pytree(params)[0]
+    return 0.5 * w @ matrix @ w
+
+
+def quadratic_params(n):
+    return {"a": jnp.ones((n - 3,), jnp.float64), "b": jnp.ones((3,), jnp.float64)}
+
+
+MODELS = [("mlp", 4), ("cnn", 2)]
+LANCZOS_STEPS = 40  # fewer than the parameter count: a genuine Krylov approximation, not a full decomposition
+TRACE_KEYS = 20
+DENSITY_RUNS = 64
+
+
+@pytest.fixture(scope="module", params=MODELS, ids=[m for m, _ in MODELS])
+def model(request):
+    """Everything the tests check on one tiny model, computed in one compiled program (compiling dominates)."""
+    with jax.enable_x64(True):
+        loss_fn, params, batch, dense = tiny_model(*request.param)
+        flat, unravel = ravel_pytree(params)
+        v = jax.random.normal(jax.random.key(1), flat.shape, jnp.float64)
+
+        def stochastic_traces(method):
+            one = lambda k: hessian.trace(loss_fn, params, batch, key=k, method=method, num_probes=30)
+            return jax.vmap(one)(jax.random.split(jax.random.key(11), TRACE_KEYS))
+
+        @jax.jit
+        def compute(params):
+            return dict(
+                product=ravel_pytree(hessian.hvp(loss_fn, params, batch, unravel(v)))[0],
+                top=hessian.top_eigenvalues(loss_fn, params, batch, 3, key=jax.random.key(2),
+                                            num_steps=LANCZOS_STEPS),
+                auto=hessian.trace(loss_fn, params, batch),
+                exact=hessian.trace(loss_fn, params, batch, method="exact"),
+                density=hessian.spectral_density(loss_fn, params, batch, key=jax.random.key(4), num_runs=DENSITY_RUNS,
+                                                 num_steps=24),
+                hutchinson=stochastic_traces("hutchinson"),
+                hutchpp=stochastic_traces("hutchpp"),
+            )
+
+        return dict(compute(params), v=np.asarray(v), dense=dense, n=flat.shape[0])
+
+
+def test_hvp_matches_dense_hessian(model):
+    np.testing.assert_allclose(model["product"], model["dense"] @ model["v"], rtol=1e-10, atol=1e-12)
+
+
+def test_dataset_hvp_with_ragged_batch_equals_full_batch():
+    loss_fn, params, _, _ = tiny_model("mlp", 4)
+    x = jax.random.normal(jax.random.key(7), (23, 12), jnp.float64)
+    y = jax.random.randint(jax.random.key(8), (23,), 0, 10)
+    v = jax.tree.map(lambda p: jax.random.normal(jax.random.key(9), p.shape, p.dtype), params)
+    sizes = (5, 23, 40)  # ragged last batch, one exact batch, one batch larger than the data
+
+    @jax.jit
+    def products(p, d, u):
+        return hessian.hvp(loss_fn, p, d, u), [hessian.dataset_hvp(loss_fn, p, d, u, size) for size in sizes]
+
+    full, accumulated = products(params, (x, y), v)
+    for size, product in zip(sizes, accumulated):
+        np.testing.assert_allclose(ravel_pytree(product)[0], ravel_pytree(full)[0], rtol=1e-12, atol=1e-14,
+                                   err_msg=f"batch size {size}")
+
+
+def test_top_eigenvalues_and_trace_match_dense(model):
+    dense, top = model["dense"], model["top"]
+    exact = np.linalg.eigvalsh(dense)[::-1]
+    assert LANCZOS_STEPS < model["n"]
+    np.testing.assert_allclose(top.eigenvalues, exact[:3], rtol=1e-6)
+    # Each Ritz value lies within its residual bound of an eigenvalue.
+    assert np.all(np.abs(np.asarray(top.eigenvalues) - exact[:3]) <= np.asarray(top.residuals) + 1e-12)
+    assert model["n"] <= hessian.EXACT_TRACE_MAX_PARAMS  # so 'auto' is exact
+    for method in ("auto", "exact"):
+        np.testing.assert_allclose(model[method].trace, np.trace(dense), rtol=1e-6)
+        assert model[method].standard_error == 0
+
+
+SPECTRA = {
+    "negative": np.concatenate([[-0.5, -1.0, -1.5], -np.linspace(3.0, 9.0, 27)]),  # the largest is not the dominant
+    # 12 distinct values: Lanczos breaks down and restarts twice to find 4.0 three times within 20 steps
+    "repeated": np.concatenate([[4.0] * 3, [2.0] * 5, [-3.0] * 4, [0.0] * 10, np.linspace(-2, -1, 8)]),
+    # eigenvalues 1e-9 apart: no breakdown is declared, yet the cluster is resolved without ghost copies
+    "clustered": np.concatenate([3.0 + 1e-9 * np.arange(4), [1.0, 1.0 + 1e-7], [0.0] * 16, np.linspace(-2, -1, 8)]),
+}
+
+
+def test_top_eigenvalues_of_prescribed_spectra():
+    matrices = jnp.asarray(np.stack([prescribed_matrix(spectrum) for spectrum in SPECTRA.values()]))
+    run = lambda steps: jax.vmap(lambda a: hessian.top_eigenvalues(quadratic_loss, quadratic_params(30), a, 3,
+                                                                   key=jax.random.key(0), num_steps=steps))
+    top, unconverged = jax.jit(lambda a: (run(20)(a), run(6)(a)))(matrices)
+    for i, (name, spectrum) in enumerate(SPECTRA.items()):
+        exact = np.sort(spectrum)[::-1]
+        np.testing.assert_allclose(top.eigenvalues[i], exact[:3], rtol=1e-6, err_msg=name)
+        # Each Ritz value lies within its residual bound of an eigenvalue, converged or not.
+        assert np.all(np.abs(np.asarray(top.eigenvalues[i]) - exact[:3]) <= np.asarray(top.residuals[i]) + 1e-12)
+        for value, bound in zip(np.asarray(unconverged.eigenvalues[i]), np.asarray(unconverged.residuals[i])):
+            assert np.min(np.abs(spectrum - value)) <= bound * (1 + 1e-8) + 1e-14, name
+        assert np.max(np.asarray(unconverged.residuals[i])) > 1e-3, name  # six steps cannot converge all three
+
+
+STEPPED = np.repeat([5.0, 2.0, -1.0, -4.0], [3, 4, 2, 1])  # 4 distinct values in 10 dimensions
+
+
+def test_breakdown_is_masked_without_restart():
+    matrix = prescribed_matrix(STEPPED)
+    v0 = jax.random.normal(jax.random.key(3), (10,), jnp.float64)
+    result = jax.jit(lambda a, v: hessian.lanczos(lambda u: a @ u, v, 10))(matrix, v0)
+    assert int(result.num_valid) == 4
+    np.testing.assert_allclose(result.ritz_values[:4], [5.0, 2.0, -1.0, -4.0], rtol=1e-10)
+    assert np.all(np.isnan(np.asarray(result.ritz_values[4:])))
+    assert np.all(np.asarray(result.ritz_weights[4:]) == 0)
+    # The quadrature weights are the squared projections of the start vector on each eigenspace.
+    eigenvalues, vectors = np.linalg.eigh(matrix)
+    q0 = np.asarray(v0) / np.linalg.norm(v0)
+    expected = [np.sum((vectors[:, np.isclose(eigenvalues, lam)].T @ q0) ** 2) for lam in (5.0, 2.0, -1.0, -4.0)]
+    np.testing.assert_allclose(result.ritz_weights[:4], expected, rtol=1e-8)
+    assert np.all(np.asarray(result.residuals[:4]) < 1e-10)
+
+
+def test_restart_finds_every_eigenvalue_with_multiplicity():
+    matrix = prescribed_matrix(STEPPED)
+    v0 = jax.random.normal(jax.random.key(3), (10,), jnp.float64)
+    # More steps than the dimension: the basis fills the space, then the rest is masked.
+    result = jax.jit(lambda a, v: hessian.lanczos(lambda u: a @ u, v, 14, key=jax.random.key(4)))(matrix, v0)
+    assert int(result.num_valid) == 10
+    np.testing.assert_allclose(result.ritz_values[:10], np.sort(STEPPED)[::-1], rtol=1e-10, atol=1e-12)
+    assert np.all(np.isnan(np.asarray(result.ritz_values[10:])))
+    np.testing.assert_allclose(np.sum(result.ritz_weights), 1.0, rtol=1e-12)
+
+
+def test_density_is_gauss_quadrature_of_the_start_vector(model):
+    density, dense = model["density"], model["dense"]
+    assert density.nodes.shape == density.weights.shape == (DENSITY_RUNS, 24)
+    np.testing.assert_allclose(np.sum(density.weights), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(np.sum(density.weights, axis=1), 1 / DENSITY_RUNS, rtol=1e-12)
+    # Gauss quadrature with m nodes integrates moments up to 2m - 1 exactly: sum_i w_i t_i^p = v^T H^p v / runs.
+    run_keys = jax.random.split(jax.random.key(4), DENSITY_RUNS)
+    scale = np.max(np.abs(np.linalg.eigvalsh(dense)))
+    for run in range(3):
+        v = np.asarray(jax.random.rademacher(run_keys[run], (dense.shape[0],), jnp.float64))
+        v = v / np.linalg.norm(v)
+        for p in range(0, 12):
+            quadrature = np.sum(density.weights[run] * (density.nodes[run] / scale) ** p)
+            exact = v @ np.linalg.matrix_power(dense / scale, p) @ v / DENSITY_RUNS
+            np.testing.assert_allclose(quadrature, exact, rtol=1e-8, atol=1e-14)
+
+
+def test_density_matches_smoothed_exact_spectrum(model):
+    density, exact = model["density"], np.linalg.eigvalsh(model["dense"])
+    sigma = 0.05 * (exact.max() - exact.min())
+    grid = jnp.linspace(exact.min() - 8 * sigma, exact.max() + 8 * sigma, 400)
+    estimated = hessian.smooth_density(density.nodes, density.weights, grid, sigma)
+    reference = hessian.smooth_density(jnp.asarray(exact), jnp.full(exact.shape, 1 / exact.size), grid, sigma)
+    spacing = float(grid[1] - grid[0])
+    np.testing.assert_allclose(np.sum(estimated) * spacing, 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.sum(reference) * spacing, 1.0, rtol=1e-6)
+    assert np.sum(np.abs(estimated - reference)) * spacing < 0.05  # L1 distance between the two densities
+
+
+def test_smooth_density_skips_masked_nodes():
+    grid = jnp.linspace(-5, 5, 11)
+    with_nan = hessian.smooth_density(jnp.array([0.0, jnp.nan]), jnp.array([1.0, 0.0]), grid, 1.0)
+    alone = hessian.smooth_density(jnp.array([0.0]), jnp.array([1.0]), grid, 1.0)
+    np.testing.assert_allclose(with_nan, alone)
+    np.testing.assert_allclose(alone, np.exp(-0.5 * np.asarray(grid) ** 2) / np.sqrt(2 * np.pi))
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutchpp"])
+def test_stochastic_trace_within_three_standard_errors(model, method):
+    exact, estimates = np.trace(model["dense"]), model[method]
+    z = (np.asarray(estimates.trace) - exact) / np.asarray(estimates.standard_error)
+    assert np.sum(np.abs(z) > 3) <= 1
+    # The mean of the independent estimates is within 3 of its own standard errors too (the estimator is unbiased).
+    mean_se = np.sqrt(np.sum(np.asarray(estimates.standard_error) ** 2)) / TRACE_KEYS
+    assert abs(np.mean(estimates.trace) - exact) <= 3 * mean_se
+
+
+def test_hutchpp_beats_hutchinson_on_a_decaying_spectrum():
+    # Hutch++ (Meyer et al. 2021) needs O(1/eps) probes where Hutchinson needs O(1/eps^2) when the spectrum decays.
+    spectrum = 1.0 / np.arange(1, 101) ** 1.5
+    matrix, params = jnp.asarray(prescribed_matrix(spectrum)), quadratic_params(100)
+
+    @jax.jit
+    def errors(keys):
+        one = lambda method: lambda k: hessian.trace(quadratic_loss, params, matrix, key=k, method=method,
+                                                     num_probes=30)
+        return {m: jax.vmap(one(m))(keys).trace - spectrum.sum() for m in ("hutchinson", "hutchpp")}
+
+    rms = {m: np.sqrt(np.mean(np.asarray(e) ** 2)) for m, e in errors(jax.random.split(jax.random.key(3), 20)).items()}
+    assert rms["hutchpp"] < 0.2 * rms["hutchinson"]
+
+
+def test_vmapped_metrics_equal_loop_over_members():
+    spec = models.ModelSpec("mlp", 4)
+    config = hessian.HessianConfig(top_k=2, lanczos_steps=20, trace_method="hutchpp", trace_probes=12,
+                                   density_runs=2, density_steps=8)
+    members = [models.init(spec, jax.random.key(s), (12,)) for s in range(3)]
+    params = jax.tree.map(lambda *p: jnp.stack(p).astype(jnp.float64), *[m[0] for m in members])
+    batch_stats = jax.tree.map(lambda *b: jnp.stack(b), *[m[1] for m in members])
+    x = jax.random.normal(jax.random.key(1), (3, 16, 12), jnp.float64)
+    y = jax.random.randint(jax.random.key(2), (3, 16), 0, 10)
+    keys = jax.random.split(jax.random.key(3), 3)
+    metrics = lambda p, bs, b, k: hessian.hessian_metrics(models.loss_fn(spec, bs), p, b, k, config)
+    vmapped = jax.jit(jax.vmap(metrics))(params, batch_stats, (x, y), keys)
+    assert vmapped.top_eigenvalues.shape == (3, 2) and vmapped.density_nodes.shape == (3, 2, 8)
+    for i in range(3):
+        member = jax.tree.map(lambda a: a[i], (params, batch_stats, (x, y), keys))
+        single = jax.jit(metrics)(*member)
+        for field, a, b in zip(hessian.HessianMetrics._fields, single, vmapped):
+            np.testing.assert_allclose(a, b[i], rtol=1e-9, atol=1e-12, err_msg=field)
+
+
+def test_float32_default_path_without_recompiling():
+    _, _, (x, y), dense = tiny_model("mlp", 4)
+    with jax.enable_x64(False):
+        spec = models.ModelSpec("mlp", 4)
+        params, batch_stats = models.init(spec, jax.random.key(0), (12,))
+        batch = (jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32))
+        run = jax.jit(lambda p, k: hessian.hessian_metrics(models.loss_fn(spec, batch_stats), p, batch, k))
+        metrics = run(params, jax.random.key(1))
+        run(jax.tree.map(lambda a: 2 * a, params), jax.random.key(2))
+    assert run._cache_size() == 1
+    assert metrics.top_eigenvalues.dtype == jnp.float32 and metrics.trace.dtype == jnp.float32
+    np.testing.assert_allclose(metrics.top_eigenvalues, np.linalg.eigvalsh(dense)[::-1][:3], rtol=1e-4)
+    np.testing.assert_allclose(metrics.trace, np.trace(dense), rtol=1e-4)
+    np.testing.assert_allclose(np.sum(metrics.density_weights), 1.0, rtol=1e-5)
+
+
+def test_bad_input_raises():
+    params = quadratic_params(10)
+    matrix = jnp.eye(10)
+    with pytest.raises(LLJaxError, match="trace method"):
+        hessian.trace(quadratic_loss, params, matrix, method="spectral")
+    with pytest.raises(LLJaxError, match="pass a key"):
+        hessian.trace(quadratic_loss, params, matrix, method="hutchpp")
+    with pytest.raises(LLJaxError, match="k=12"):
+        hessian.top_eigenvalues(quadratic_loss, params, matrix, 12, key=jax.random.key(0))
+    with pytest.raises(LLJaxError, match="top_k"):
+        hessian.HessianConfig(top_k=5, lanczos_steps=4)
+    with pytest.raises(LLJaxError, match="disagree"):
+        hessian.dataset_hvp(quadratic_loss, params, (jnp.ones(3), jnp.ones(4)), params, 2)
