@@ -34,7 +34,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -151,10 +150,11 @@ def lljax_setup(width, members, batch_size, epochs, dataset):
     spec = train.TrainSpec(models.ModelSpec("mlp", width), batch_size, epochs, dataset.x_train.shape[0],
                            "constant")
     keys = jax.random.split(jax.random.key(0), members)
-    const = lambda v: jnp.full((members,), v, jnp.float32)
-    hyper = train.Hyper(const(LR), const(WEIGHT_DECAY), const(MOMENTUM), const(1.0), const(0.0))
+    hyper = train.Hyper(*(jnp.full((members,), v, jnp.float32) for v in (LR, WEIGHT_DECAY, MOMENTUM, 1.0, 0.0)))
     labels = jnp.asarray(dataset.y_train)
-    fresh = lambda: train.init_ensemble(spec, keys, hyper, labels, (NUM_INPUTS,))
+
+    def fresh():
+        return train.init_ensemble(spec, keys, hyper, labels, (NUM_INPUTS,))
     return spec, fresh
 
 
@@ -188,8 +188,10 @@ def member_sharding(count: int):
 
 def run_single_loop(spec, fresh, x_train, count):
     """(b): the same program at N = 1, called once per member from Python."""
+    def one(tree, i):
+        return jax.tree.map(lambda v: v[i:i + 1], tree)
+
     state, member = fresh()
-    one = lambda tree, i: jax.tree.map(lambda v: v[i:i + 1], tree)
     first_state, first_member = one(state, 0), one(member, 0)
     compile_s = _timed(lambda: jax.block_until_ready(
         train.train_ensemble(spec, first_state, first_member, x_train, 0, 0)))
@@ -391,8 +393,10 @@ def main(argv=None) -> dict:
             flops2 = flops_per_model_step * rate["vmapped_lljax_sharded"]
             row.update(vmapped_sharded_flops=flops2, fraction_of_matmul_sharded=flops2 / mm["best"],
                        sharded_seconds_all=a2["seconds_all"], compile_seconds_sharded=a2["compile_seconds"],
-                       speedup_sharded_vs_pytorch_dataloader=rate["vmapped_lljax_sharded"] / rate["pytorch_dataloader"])
-            row["max_loss_diff_vs_vmapped"]["vmapped_sharded"] = float(np.max(np.abs(a2["final_loss"] - a["final_loss"])))
+                       speedup_sharded_vs_pytorch_dataloader=(rate["vmapped_lljax_sharded"]
+                                                              / rate["pytorch_dataloader"]))
+            row["max_loss_diff_vs_vmapped"]["vmapped_sharded"] = float(
+                np.max(np.abs(a2["final_loss"] - a["final_loss"])))
         results["widths"][str(width)] = row
         print(f"\nwidth {width}: model-steps/s (higher is better)")
         names = {"vmapped_lljax": "(a) vmapped lljax", "vmapped_lljax_sharded":
@@ -403,12 +407,13 @@ def main(argv=None) -> dict:
                 f", (a2) {rate['vmapped_lljax_sharded'] / v:6.2f}x" if a2 else "")
             busy = "" if loads.get(k) is None else f"   [other processes: {100 * loads[k]:.0f}% CPU]"
             print(f"  {names[k]:30s} {v:10.0f}{ratio}{busy}")
-        print(f"  (a) compile {a['compile_seconds']:.2f} s (excluded), runs {', '.join(f'{t:.2f}' for t in a['seconds_all'])} s;"
+        runs = ", ".join(f"{t:.2f}" for t in a["seconds_all"])
+        print(f"  (a) compile {a['compile_seconds']:.2f} s (excluded), runs {runs} s;"
               f" (b) compile {b['compile_seconds']:.2f} s")
         print(f"  (a) reaches {flops / 1e9:.1f} GFLOP/s = {100 * flops / mm['best']:.1f}% of the matmul peak "
               f"(6 x {macs_per_example(width)} MACs per example)"
               + (f"; (a2) {flops2 / 1e9:.1f} GFLOP/s = {100 * flops2 / mm['best']:.1f}%" if a2 else ""))
-        print(f"  final train loss (last-epoch mean): " + ", ".join(
+        print("  final train loss (last-epoch mean): " + ", ".join(
             f"{k} {v:.4f}" for k, v in row["final_train_loss_mean"].items()))
         print("  per-member final loss vs (a): " + ", ".join(
             f"{k} max |diff| {v:.1e}" for k, v in row["max_loss_diff_vs_vmapped"].items())
@@ -423,8 +428,9 @@ def main(argv=None) -> dict:
             row["fraction_of_matmul"] = row["vmapped_flops"] / mm_end["best"]
             if "vmapped_sharded_flops" in row:
                 row["fraction_of_matmul_sharded"] = row["vmapped_sharded_flops"] / mm_end["best"]
+            sharded = row.get("fraction_of_matmul_sharded")
             print(f"  width {width}: (a) {100 * row['fraction_of_matmul']:.1f}% of this peak"
-                  + (f", (a2) {100 * row['fraction_of_matmul_sharded']:.1f}%" if "vmapped_sharded_flops" in row else ""))
+                  + ("" if sharded is None else f", (a2) {100 * sharded:.1f}%"))
     results["load_average_end"] = load_average()
     print(f"\nload average at end: {results['load_average_end']}")
     headline = "32" if "32" in results["widths"] else str(args.widths[0])
