@@ -31,6 +31,9 @@ log-log against FLOPs per example, widths outside the measured range the nearest
 CPU, where only small widths are measured, that makes the wide-model projection rough). One device; with D
 devices and at least D members per program divide by about D.
 
+Expected on the 2-core dev CPU (benchmarks/RESULTS.md, "ResNet18 throughput"): (a) is 0.36-0.47x of (b) at
+widths 2..16 (XLA:CPU convolutions vs oneDNN); --quick takes about a minute. GPU figures: not yet measured.
+
 The last line printed is `speedup_vs_pytorch: X.XX`, (a) over (b) at the widest measured width.
 """
 from __future__ import annotations
