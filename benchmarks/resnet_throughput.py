@@ -238,7 +238,8 @@ def torch_resnet18(torch, width, num_classes=10):
 
 def load_lljax_weights(torch, np, model, params, batch_stats, i):
     """Copy member i of lljax's (params, batch_stats) into the torch model (flax kernels are HWIO)."""
-    t = lambda a: torch.from_numpy(np.array(a))  # a writable copy
+    def t(a):
+        return torch.from_numpy(np.array(a))  # a writable copy
 
     def conv(module, p):
         module.weight.copy_(t(p["kernel"][i].transpose(3, 2, 0, 1)))
@@ -417,9 +418,9 @@ def main(argv=None) -> dict:
               f"= {100 * flops_b / peak:5.1f}% of matmul peak"
               + (f", {100 * flops_b / vendor:5.2f}% of vendor peak" if vendor else ""))
         print(f"  (a) / (b) = {rate_a / rate_b:.2f}" + ("" if same_device else "  (NOT the same device)"))
+        losses = row["epoch0_loss_mean"]
         print(f"  check: mean training loss over the {steps} steps, member(s) 0..{loop_n - 1}: lljax "
-              f"{row['epoch0_loss_mean']['vmapped_lljax']:.5f}, PyTorch {row['epoch0_loss_mean']['pytorch_sequential']:.5f}"
-              f" (max |diff| {agree:.1e})")
+              f"{losses['vmapped_lljax']:.5f}, PyTorch {losses['pytorch_sequential']:.5f} (max |diff| {agree:.1e})")
 
     grid_a, grid_b = project_grid(lljax_measured), project_grid(torch_measured)
     results["projection"] = {"lljax": grid_a, "pytorch_sequential": grid_b, "widths": PAPER_WIDTHS,
@@ -428,8 +429,9 @@ def main(argv=None) -> dict:
     print(f"\nprojected paper grid ({len(PAPER_WIDTHS)} widths 1..128 x {len(PAPER_BATCH_SIZES)} batch sizes "
           f"16..1024 x {PAPER_SEEDS} seeds x {PAPER_EPOCHS} epochs of {CIFAR_TRAIN} images, "
           f"{grid_a['examples_per_width'] * len(PAPER_WIDTHS) / 1e9:.1f} G training examples) on this machine:")
+    wide_share = sum(grid_a["per_width_seconds"][w] for w in (64, 91, 128)) / grid_a["total_seconds"]
     print(f"  lljax {hours(grid_a['total_seconds'])}, PyTorch one by one {hours(grid_b['total_seconds'])}; "
-          f"widths 64..128 are {100 * sum(grid_a['per_width_seconds'][w] for w in (64, 91, 128)) / grid_a['total_seconds']:.0f}% "
+          f"widths 64..128 are {100 * wide_share:.0f}% "
           "of it" + (" (their FLOP/s extrapolated from the widest measured width)" if max(widths) < 128 else ""))
     headline = str(max(widths))
     results["speedup_vs_pytorch"] = results["widths"][headline]["speedup_vs_pytorch"]

@@ -164,8 +164,8 @@ def test_memory_estimate_grows_with_the_model_and_excludes_shared_inputs(monkeyp
     small = sharding.memory_estimate(fn, *args, in_axes=axes)
     assert small.source == "memory_analysis"
     assert small.shared == x.size * 4
-    is_key = lambda leaf: jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-    own = sum(8 * leaf.size if is_key(leaf) else leaf.nbytes for leaf in jax.tree.leaves((state, member))) / M
+    own = sum(8 * leaf.size if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf.nbytes
+              for leaf in jax.tree.leaves((state, member))) / M
     assert small.per_member >= own
     assert small.per_member < 100 * own  # the estimate is of the right order, not a bound from nowhere
 
