@@ -17,3 +17,17 @@ def mnist1d():
     from lljax import data
 
     return data.mnist1d()
+
+
+# A test that hangs (e.g. a runtime deadlock inside XLA, which no Python signal can interrupt) must fail the run
+# quickly instead of eating CI's time limit: dump every thread's stack and exit after this many seconds.
+TEST_TIME_LIMIT_S = 600
+
+
+@pytest.fixture(autouse=True)
+def _watchdog():
+    import faulthandler
+
+    faulthandler.dump_traceback_later(TEST_TIME_LIMIT_S, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
