@@ -1,3 +1,4 @@
+import functools
 import gzip
 import pickle
 import random
@@ -157,3 +158,95 @@ def test_epoch_order_and_batches_stay_in_subset():
     seen = np.concatenate([np.asarray(data.batch_indices(order, view.size, j, 4)) for j in range(5)])
     assert set(seen.tolist()) == subset  # 20 draws from a 10-example subset wrap around it, never leave it
     assert np.array_equal(seen[:10], seen[10:20])
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _epoch_orders_jit(view, key, epochs):
+    return jax.vmap(lambda e: data.epoch_order(jax.random.fold_in(key, e), view))(jnp.arange(epochs))
+
+
+def _epoch_orders(view, key, epochs):
+    """(epochs, N) epoch orders as training draws them: fold_in(key, epoch)."""
+    return np.asarray(_epoch_orders_jit(view, key, epochs))
+
+
+@pytest.mark.parametrize("n, fraction", [(4000, 1.0), (4000, 0.3), (37, 0.5), (1, 1.0)])
+def test_epoch_order_is_a_permutation_with_the_subset_first(n, fraction):
+    view = data.training_view(jax.random.key(5), jnp.zeros(n, jnp.int32), 10, fraction, 0.0)
+    size = int(view.size)
+    orders = _epoch_orders(view, jax.random.key(6), 3)
+    for order in orders:
+        np.testing.assert_array_equal(np.sort(order), np.arange(n))
+        assert set(order[:size].tolist()) == set(np.asarray(view.order[:size]).tolist())
+        np.testing.assert_array_equal(order[size:], np.asarray(view.order[size:]))  # the unused rest stays put
+
+
+def test_epoch_order_is_deterministic_and_new_each_epoch():
+    view = data.training_view(jax.random.key(1), jnp.zeros(500, jnp.int32), 10, 0.6, 0.0)
+    key = jax.random.key(2)
+    again = _epoch_orders(view, key, 4)
+    orders = _epoch_orders(view, key, 4)
+    np.testing.assert_array_equal(orders, again)
+    np.testing.assert_array_equal(orders[1], np.asarray(data.epoch_order(jax.random.fold_in(key, 1), view)))
+    size = int(view.size)
+    assert len({tuple(o[:size]) for o in orders}) == 4
+    assert not np.array_equal(orders[0], _epoch_orders(view, jax.random.key(3), 1)[0])
+
+
+def test_epoch_order_vmapped_over_views_equals_loop():
+    # views of different subset sizes in one vmap: the size is traced
+    labels = jnp.zeros(300, jnp.int32)
+    views = [data.training_view(jax.random.key(i), labels, 10, f, 0.0) for i, f in enumerate((0.1, 0.5, 1.0))]
+    keys = jax.random.split(jax.random.key(9), 3)
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *views)
+    batched = np.asarray(jax.jit(jax.vmap(data.epoch_order))(keys, stacked))
+    for i, view in enumerate(views):
+        np.testing.assert_array_equal(batched[i], np.asarray(data.epoch_order(keys[i], view)))
+
+
+def _rank_in_view(view, orders):
+    """Each entry of `orders` as its position in view.order (0..size-1 inside the subset)."""
+    rank = np.empty(len(view.order), np.int64)
+    rank[np.asarray(view.order)] = np.arange(len(view.order))
+    return rank[orders]
+
+
+def test_epoch_order_positions_are_uniform_small():
+    # every (position, element) pair of a 6-example subset over 6000 epochs: expected 1000 each. chi^2 with
+    # (6-1)^2 = 25 degrees of freedom; 80 is p ~ 1e-7 for a uniform shuffle
+    view = data.training_view(jax.random.key(3), jnp.zeros(10, jnp.int32), 10, 0.6, 0.0)
+    size = int(view.size)
+    ranks = _rank_in_view(view, _epoch_orders(view, jax.random.key(4), 6000)[:, :size])
+    counts = np.stack([np.bincount(ranks[:, p], minlength=size) for p in range(size)])
+    expected = len(ranks) / size
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 80, (chi2, counts)
+
+
+def test_epoch_order_positions_are_uniform_at_dataset_size():
+    # MNIST-1D size, where sort keys hold only 19 random bits and ties occur every round: the mean rank (in
+    # the view's order) found at each position must be (size - 1) / 2 with no trend across positions (ties
+    # broken by slot and never re-randomised would put low ranks first)
+    view = data.training_view(jax.random.key(7), jnp.zeros(4000, jnp.int32), 10, 0.75, 0.0)
+    size, epochs = int(view.size), 400
+    ranks = _rank_in_view(view, _epoch_orders(view, jax.random.key(8), epochs)[:, :size])
+    mean_rank_P = ranks.mean(0)
+    sd = np.sqrt((size ** 2 - 1) / 12 / epochs)  # of one position's mean rank
+    z = (mean_rank_P - (size - 1) / 2) / sd
+    assert np.abs(z).max() < 5.5, np.abs(z).max()
+    assert abs(np.corrcoef(np.arange(size), mean_rank_P)[0, 1]) < 4 / np.sqrt(size)
+    # and each example lands in the first half of the epoch as often as in the second
+    position_of = np.empty_like(ranks)
+    np.put_along_axis(position_of, ranks, np.arange(size)[None, :].repeat(epochs, 0), 1)
+    early = (position_of < size // 2).mean(0)
+    assert np.abs(early - 0.5).max() < 5.5 * 0.5 / np.sqrt(epochs)
+
+
+def test_epoch_order_fallback_for_huge_datasets_keeps_the_contract(monkeypatch):
+    monkeypatch.setattr(data, "_PACKED_SHUFFLE_MAX_N", 10)
+    view = data.training_view(jax.random.key(1), jnp.zeros(50, jnp.int32), 10, 0.4, 0.0)
+    order = np.asarray(data.epoch_order(jax.random.key(2), view))
+    size = int(view.size)
+    np.testing.assert_array_equal(np.sort(order), np.arange(50))
+    assert set(order[:size].tolist()) == set(np.asarray(view.order[:size]).tolist())
+    assert not np.array_equal(order[:size], np.asarray(view.order[:size]))
