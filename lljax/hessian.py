@@ -2,8 +2,8 @@
 
 The local metrics of Yang et al. 2021 ("Taxonomizing local versus global structure in neural network loss
 landscapes"), which the paper computes with PyHessian (Yao et al. 2020): the top Hessian eigenvalue (power
-iteration there, Lanczos here), the trace (Hutchinson there; exact, Hutch++ or Hutchinson here) and the
-spectral density (stochastic Lanczos quadrature, Ghorbani et al. 2019; Lin et al. 2016).
+iteration there, Lanczos here), the trace (Hutchinson there; exact, Krylov-deflated Hutchinson, Hutch++ or
+Hutchinson here) and the spectral density (stochastic Lanczos quadrature, Ghorbani et al. 2019; Lin et al. 2016).
 
 Every function is for ONE model, given `loss_fn(params, batch) -> scalar` and a parameter pytree; ensembles
 are `jax.jit(jax.vmap(...))` of them. All algorithms run a fixed number of steps, so vmapped members never
@@ -25,9 +25,12 @@ from lljax.errors import LLJaxError
 
 Params = Any
 LossFn = Callable[[Params, Any], jax.Array]
-TRACE_METHODS = ("auto", "exact", "hutchpp", "hutchinson")
-# 'auto' computes the trace exactly (one HVP per parameter) up to this many parameters, else Hutch++.
+TRACE_METHODS = ("auto", "exact", "krylov", "hutchpp", "hutchinson")
+# 'auto' computes the trace exactly (one HVP per parameter) up to this many parameters, else by 'krylov'.
 EXACT_TRACE_MAX_PARAMS = 1024
+# Stochastic trace probes multiplied at a time: 1 is fastest on a CPU (see `_columns_matvec`); an accelerator
+# may prefer more, but the member axis of an ensemble already gives it parallel work.
+PROBE_BATCH_SIZE = 1
 
 
 # ------------------------------------------------------------------------------------------ Hessian-vector
@@ -202,8 +205,12 @@ def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, num_steps: 
     Returns Ritz values with residual bounds and quadrature weights (`LanczosResult`). A breakdown restarts
     from a random vector when `key` is given and is masked out otherwise (see `lanczos_step`).
     """
+    return lanczos_result(_lanczos_run(matvec, v0, num_steps, key, breakdown_tol))
+
+
+def _lanczos_run(matvec, v0, num_steps, key=None, breakdown_tol=None) -> LanczosState:
     step = lambda _, state: lanczos_step(matvec, state, key, breakdown_tol)
-    return lanczos_result(jax.lax.fori_loop(0, num_steps, step, lanczos_init(v0, num_steps)))
+    return jax.lax.fori_loop(0, num_steps, step, lanczos_init(v0, num_steps))
 
 
 # ---------------------------------------------------------------------------------- top eigenvalues
@@ -219,17 +226,18 @@ def top_eigenvalues(loss_fn: LossFn, params: Params, batch, k: int = 1, *, key: 
                     num_steps: int = 32) -> TopEigenvalues:
     """The k largest Hessian eigenvalues of `loss_fn(., batch)` at `params` by Lanczos (replacing the paper's
     power iteration): `num_steps` HVPs, capped at the parameter count, where it is exact."""
-    return _top_eigenvalues(*_flat_hvp(loss_fn, params, batch), k, key, num_steps)
+    return _top_eigenvalues(*_flat_hvp(loss_fn, params, batch), k, key, num_steps)[0]
 
 
-def _top_eigenvalues(matvec, flat, k, key, num_steps) -> TopEigenvalues:
+def _top_eigenvalues(matvec, flat, k, key, num_steps) -> tuple[TopEigenvalues, LanczosState]:
     n = flat.shape[0]
     if not 1 <= k <= min(num_steps, n):
         raise LLJaxError(f"k={k} eigenvalues needs 1 <= k <= min(num_steps={num_steps}, parameters={n})")
     start_key, restart_key = jax.random.split(key)
     v0 = jax.random.normal(start_key, flat.shape, flat.dtype)
-    result = lanczos(matvec, v0, min(num_steps, n), key=restart_key)
-    return TopEigenvalues(result.ritz_values[:k], result.residuals[:k])
+    state = _lanczos_run(matvec, v0, min(num_steps, n), restart_key)
+    result = lanczos_result(state)
+    return TopEigenvalues(result.ritz_values[:k], result.residuals[:k]), state
 
 
 # ------------------------------------------------------------------------------------------------- trace
@@ -262,47 +270,81 @@ def _orthonormal_columns(a):
     return jax.lax.fori_loop(0, a.shape[1], add_column, jnp.zeros_like(a))
 
 
+def _columns_matvec(matvec, vectors_nk, batch_size):
+    """H applied to each column of vectors (n, k), `batch_size` columns at a time. Vmapping all k at once makes
+    every intermediate k times larger; on a CPU that spills the caches and halves the HVP rate (measured)."""
+    return jax.lax.map(matvec, vectors_nk.T, batch_size=min(batch_size, vectors_nk.shape[1])).T
+
+
+def _deflated_hutchinson(matvec, probes_nk, basis_mn, batch_size):
+    """Hutchinson samples z'^T H z' (k,) of the probes projected off the orthonormal rows of basis (m, n)."""
+    probes_nk = probes_nk - basis_mn.T @ (basis_mn @ probes_nk)
+    return jnp.sum(probes_nk * _columns_matvec(matvec, probes_nk, batch_size), axis=0)
+
+
 def trace(loss_fn: LossFn, params: Params, batch, *, key: jax.Array | None = None, method: str = "auto",
-          num_probes: int = 99, exact_max_params: int = EXACT_TRACE_MAX_PARAMS) -> TraceEstimate:
+          num_probes: int = 99, exact_max_params: int = EXACT_TRACE_MAX_PARAMS,
+          probe_batch_size: int = PROBE_BATCH_SIZE) -> TraceEstimate:
     """Trace of the Hessian of `loss_fn(., batch)` at `params`.
 
-    method: 'exact' sums e_i^T H e_i (one HVP per parameter, batched); 'hutchpp' is Hutch++ (Meyer et al.
-    2021: a third of the probes sketch the top subspace, whose trace is exact, the rest are Hutchinson probes on
-    its complement); 'hutchinson' averages v^T H v over Rademacher probes (the paper's estimator, with a fixed
-    probe count instead of its stopping rule); 'auto' is 'exact' up to `exact_max_params` parameters, else
-    'hutchpp'. The standard error is that of the stochastic part (conditional on the sketch for Hutch++).
+    method: 'exact' sums e_i^T H e_i (one HVP per parameter, batched); 'hutchinson' averages v^T H v over
+    Rademacher probes (the paper's estimator, with a fixed probe count instead of its stopping rule); 'hutchpp'
+    is Hutch++ (Meyer et al. 2021: a third of the probes sketch the top subspace, whose trace is exact, the rest
+    are Hutchinson probes on its complement); 'krylov' is Hutch++ with a Lanczos Krylov space as the low-rank part
+    (a third of the HVPs for Lanczos, whose basis's trace is the sum of its alphas at no extra cost, the rest for
+    probes on its complement; `hessian_metrics` reuses its top-eigenvalue Lanczos run, so there every HVP goes to
+    probes); 'auto' is 'exact' up to `exact_max_params` parameters, else 'krylov'. The standard error is that of
+    the stochastic part (conditional on the low-rank part). Probes are multiplied `probe_batch_size` at a time.
     """
     if method not in TRACE_METHODS:
         raise LLJaxError(f"unknown trace method {method!r}; choose one of {', '.join(TRACE_METHODS)}")
-    return _trace(*_flat_hvp(loss_fn, params, batch), key, method, num_probes, exact_max_params)
+    return _trace(*_flat_hvp(loss_fn, params, batch), key, method, num_probes, exact_max_params, probe_batch_size)
 
 
-def _trace(matvec, flat, key, method, num_probes, exact_max_params) -> TraceEstimate:
+def _trace(matvec, flat, key, method, num_probes, exact_max_params, probe_batch_size=PROBE_BATCH_SIZE,
+           lanczos_state: LanczosState | None = None) -> TraceEstimate:
     n, dtype = flat.shape[0], flat.dtype
     if method == "auto":
-        method = "exact" if n <= exact_max_params else "hutchpp"
+        method = "exact" if n <= exact_max_params else "krylov"
     if method == "exact":
         diagonal = jax.lax.map(lambda i: matvec(jax.nn.one_hot(i, n, dtype=dtype))[i], jnp.arange(n),
                                batch_size=min(n, 256))
         return TraceEstimate(jnp.sum(diagonal), jnp.zeros((), dtype))
     if key is None:
         raise LLJaxError(f"trace method {method!r} is stochastic: pass a key")
-    batched = jax.vmap(matvec, in_axes=1, out_axes=1)
+    if probe_batch_size <= 0:
+        raise LLJaxError(f"probe batch size must be positive, got {probe_batch_size}")
     if method == "hutchinson":
         if num_probes < 2:
             raise LLJaxError(f"Hutchinson needs at least 2 probes for a standard error, got {num_probes}")
-        probes = _rademacher(key, (n, num_probes), dtype)
-        samples = jnp.sum(probes * batched(probes), axis=0)
+        samples = _deflated_hutchinson(matvec, _rademacher(key, (n, num_probes), dtype), jnp.zeros((0, n), dtype),
+                                       probe_batch_size)
         return TraceEstimate(samples.mean(), samples.std(ddof=1) / jnp.sqrt(num_probes))
+    if method == "krylov":
+        if lanczos_state is None:
+            if num_probes < 3:
+                raise LLJaxError(f"the Krylov trace needs at least 3 HVPs (Lanczos and two probes), got {num_probes}")
+            start_key, restart_key, key = jax.random.split(key, 3)
+            steps = min(max(num_probes // 3, 1), n)
+            lanczos_state = _lanczos_run(matvec, jax.random.normal(start_key, (n,), dtype), steps, restart_key)
+            num_probes = num_probes - steps
+        elif num_probes < 2:
+            raise LLJaxError(f"the Krylov trace needs at least 2 probes for a standard error, got {num_probes}")
+        # alpha_j = q_j^T H q_j, so the trace of H on the (orthonormal) Krylov basis is the sum of the alphas;
+        # rows not reached (after an exhausted breakdown) are zero and carry alpha 0.
+        steps = lanczos_state.alphas.shape[0]
+        samples = _deflated_hutchinson(matvec, _rademacher(key, (n, num_probes), dtype),
+                                       lanczos_state.basis[:steps], probe_batch_size)
+        return TraceEstimate(jnp.sum(lanczos_state.alphas) + samples.mean(),
+                             samples.std(ddof=1) / jnp.sqrt(num_probes))
     if num_probes < 6:
         raise LLJaxError(f"Hutch++ needs at least 6 probes (a third to sketch, two to estimate), got {num_probes}")
     rank = min(num_probes // 3, n)
     num_hutchinson = num_probes - 2 * rank
     sketch, probes = jnp.split(_rademacher(key, (n, rank + num_hutchinson), dtype), [rank], axis=1)
-    basis = _orthonormal_columns(batched(sketch))
-    exact_part = jnp.sum(basis * batched(basis))
-    probes = probes - basis @ (basis.T @ probes)
-    samples = jnp.sum(probes * batched(probes), axis=0)
+    basis = _orthonormal_columns(_columns_matvec(matvec, sketch, probe_batch_size))
+    exact_part = jnp.sum(basis * _columns_matvec(matvec, basis, probe_batch_size))
+    samples = _deflated_hutchinson(matvec, probes, basis.T, probe_batch_size)
     return TraceEstimate(exact_part + samples.mean(), samples.std(ddof=1) / jnp.sqrt(num_hutchinson))
 
 
@@ -355,8 +397,11 @@ class HessianConfig:
                     estimates are noisy at that size)
     top_k           number of top eigenvalues
     lanczos_steps   Lanczos steps (HVPs) for the top eigenvalues
-    trace_method    'auto' (exact up to `exact_trace_max_params`, else Hutch++), 'exact', 'hutchpp', 'hutchinson'
-    trace_probes    HVPs spent by a stochastic trace method
+    trace_method    'auto' (exact up to `exact_trace_max_params`, else 'krylov'), 'exact', 'krylov', 'hutchpp',
+                    'hutchinson' (see `trace`); 'krylov' deflates the top-eigenvalue Lanczos basis here
+    trace_probes    HVPs spent by a stochastic trace method (for 'krylov' all are probes: its Lanczos part is
+                    the top-eigenvalue run, already paid for)
+    probe_batch_size  trace probes multiplied at a time (1 is fastest on a CPU)
     density_runs    stochastic Lanczos quadrature runs for the spectral density (0: no density)
     density_steps   Lanczos steps per density run
     """
@@ -369,11 +414,12 @@ class HessianConfig:
     exact_trace_max_params: int = EXACT_TRACE_MAX_PARAMS
     density_runs: int = 4
     density_steps: int = 64
+    probe_batch_size: int = PROBE_BATCH_SIZE
 
     def __post_init__(self):
         if self.trace_method not in TRACE_METHODS:
             raise LLJaxError(f"unknown trace method {self.trace_method!r}; choose one of {', '.join(TRACE_METHODS)}")
-        for name in ("num_samples", "top_k", "lanczos_steps", "trace_probes", "density_steps"):
+        for name in ("num_samples", "top_k", "lanczos_steps", "trace_probes", "density_steps", "probe_batch_size"):
             if getattr(self, name) <= 0:
                 raise LLJaxError(f"{name} must be positive, got {getattr(self, name)}")
         if self.density_runs < 0:
@@ -402,8 +448,9 @@ def hessian_metrics(loss_fn: LossFn, params: Params, batch, key: jax.Array,
     eig_key, trace_key, density_key = jax.random.split(key, 3)
     # One linearisation serves all three: the primal forward/backward pass runs once.
     matvec, flat = _flat_hvp(loss_fn, params, batch)
-    top = _top_eigenvalues(matvec, flat, config.top_k, eig_key, config.lanczos_steps)
-    tr = _trace(matvec, flat, trace_key, config.trace_method, config.trace_probes, config.exact_trace_max_params)
+    top, lanczos_state = _top_eigenvalues(matvec, flat, config.top_k, eig_key, config.lanczos_steps)
+    tr = _trace(matvec, flat, trace_key, config.trace_method, config.trace_probes, config.exact_trace_max_params,
+                config.probe_batch_size, lanczos_state)
     if config.density_runs:
         density = _spectral_density(matvec, flat, density_key, config.density_runs, config.density_steps)
     else:
