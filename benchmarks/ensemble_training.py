@@ -22,10 +22,12 @@ momentum 0.9 and weight decay 5e-4, constant learning rate) are trained
       script reports how far their final losses are apart as a correctness check).
 
 It reports model-steps per second (models x SGD steps / wall time; padding members not counted) for each way
-and the ratios, measures the machine's dense float32 matmul FLOP/s in JAX (best of several large square
-products, one device, all cores) and the fraction of it that (a) reaches, counting 6 x MACs per example for
-forward + backward. PyTorch runs with as many intra-op threads as the machine has cores. The matmul rate is
-measured before and after the training runs and the higher one is used. Expected on the 2-core dev CPU
+and the ratios. Wall time is the median over repeats for (a) and (a1), N x the median per-model time for the
+sequential ways: robust to bursts of other processes' work on a shared machine (the JSON also holds the best
+repeat and the plain totals). It measures the machine's dense float32 matmul FLOP/s in JAX (best of several
+large square products, one device, all cores) before, between and after the widths, takes the highest, and
+reports the fraction of it that (a) reaches, counting 6 x MACs per example for forward + backward. PyTorch
+runs with as many intra-op threads as the machine has cores. Expected on the 2-core dev CPU
 (benchmarks/RESULTS.md): at width 32 (a) about 40x faster than (c); at width 128 (a) near half the matmul
 rate.
 
@@ -194,7 +196,7 @@ def run_vmapped(spec, fresh, x_train, repeats, mesh=None, epochs_per_call=None):
             jax.block_until_ready(state)  # the pipeline waits here for its progress bar and checkpoints
         times.append(time.perf_counter() - start)
     state = sharding.unpad(state, count)
-    return {"seconds": min(times), "seconds_all": times, "compile_seconds": compile_s,
+    return {"seconds_all": times, "compile_seconds": compile_s,
             "final_loss": np.asarray(state.loss), "diverged": int(np.asarray(state.diverged).sum()),
             "padded_members": sharding.member_count(member) - count,
             "devices": 1 if mesh is None else mesh.size,
@@ -212,14 +214,13 @@ def run_single_loop(spec, fresh, x_train, count):
         train.train_ensemble(spec, first_state, first_member, x_train, 0, 0)))
     singles = [(one(state, i), one(member, i)) for i in range(count)]
     jax.block_until_ready(singles)
-    losses = []
-    start = time.perf_counter()
+    losses, per_model = [], []
     for s, m in singles:
+        start = time.perf_counter()
         s = train.train_ensemble(spec, s, m, x_train, 0, spec.epochs)
-        losses.append(s.loss)
-    jax.block_until_ready(losses)
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "compile_seconds": compile_s, "final_loss": np.concatenate(losses)}
+        losses.append(jax.block_until_ready(s.loss))
+        per_model.append(time.perf_counter() - start)
+    return {"seconds_per_model": per_model, "compile_seconds": compile_s, "final_loss": np.concatenate(losses)}
 
 
 def lljax_batch_orders(spec, fresh, count) -> np.ndarray:
@@ -267,9 +268,9 @@ def run_torch_dataloader(torch, init, x_np, y_np, batch_size, epochs):
     from torch.utils.data import DataLoader, TensorDataset
     dataset = TensorDataset(torch.from_numpy(x_np), torch.from_numpy(y_np.astype(np.int64)))
     criterion = torch.nn.CrossEntropyLoss()
-    losses, steps = [], 0
-    start = time.perf_counter()
+    losses, steps, per_model = [], 0, []
     for i, layers in enumerate(init):
+        start = time.perf_counter()
         model = torch_mlp(torch, layers)
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
@@ -286,7 +287,8 @@ def run_torch_dataloader(torch, init, x_np, y_np, batch_size, epochs):
                 count += 1
                 steps += 1
         losses.append(epoch_loss / count)
-    return {"seconds": time.perf_counter() - start, "final_loss": np.asarray(losses), "steps": steps}
+        per_model.append(time.perf_counter() - start)
+    return {"seconds_per_model": per_model, "final_loss": np.asarray(losses), "steps": steps}
 
 
 def run_torch_tuned(torch, init, x_np, y_np, batch_orders):
@@ -295,9 +297,9 @@ def run_torch_tuned(torch, init, x_np, y_np, batch_orders):
     x = torch.from_numpy(x_np)
     y = torch.from_numpy(y_np.astype(np.int64))
     criterion = torch.nn.CrossEntropyLoss()
-    losses = []
-    start = time.perf_counter()
+    losses, per_model = [], []
     for layers, orders in zip(init, batch_orders):
+        start = time.perf_counter()
         model = torch_mlp(torch, layers)
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
         idx_all = torch.from_numpy(orders.astype(np.int64))
@@ -310,7 +312,8 @@ def run_torch_tuned(torch, init, x_np, y_np, batch_orders):
                 opt.step()
                 epoch_loss += loss.detach()
         losses.append(float(epoch_loss) / len(epoch_idx))
-    return {"seconds": time.perf_counter() - start, "final_loss": np.asarray(losses)}
+        per_model.append(time.perf_counter() - start)
+    return {"seconds_per_model": per_model, "final_loss": np.asarray(losses)}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -389,9 +392,14 @@ def main(argv=None) -> dict:
         run_torch_tuned(torch, init[:1], x_np, y_np, orders[:1, :1])
         c = measure("pytorch_dataloader", lambda: run_torch_dataloader(torch, init, x_np, y_np, B, epochs))
         d = measure("pytorch_tuned", lambda: run_torch_tuned(torch, init, x_np, y_np, orders))
-        rate = {"vmapped_lljax": N * steps / a["seconds"], "vmapped_one_device": N * steps / a1["seconds"],
-                "loop_lljax": loop_n * steps / b["seconds"],
-                "pytorch_dataloader": loop_n * steps / c["seconds"], "pytorch_tuned": loop_n * steps / d["seconds"]}
+        # medians (of the repeats; of the per-model times for the sequential ways): a burst of another
+        # process's work on this shared machine then slows a minority of the samples, not the figure
+        rate = {"vmapped_lljax": N * steps / np.median(a["seconds_all"]),
+                "vmapped_one_device": N * steps / np.median(a1["seconds_all"]),
+                **{k: steps / np.median(r["seconds_per_model"]) for k, r in
+                   (("loop_lljax", b), ("pytorch_dataloader", c), ("pytorch_tuned", d))}}
+        rate_total = {k: (N * steps / min(r["seconds_all"]) if "seconds_all" in r
+                          else loop_n * steps / sum(r["seconds_per_model"])) for k, r in runs.items()}
         flops_per_model_step = 6 * macs_per_example(width) * B
         flops = {k: flops_per_model_step * rate[k] for k in ("vmapped_lljax", "vmapped_one_device")}
 
@@ -403,7 +411,10 @@ def main(argv=None) -> dict:
                "speedup_one_device_vs_pytorch_dataloader": rate["vmapped_one_device"] / rate["pytorch_dataloader"],
                "compile_seconds": {"vmapped": a["compile_seconds"], "one_device": a1["compile_seconds"],
                                    "single": b["compile_seconds"]},
+               "model_steps_per_s_best_repeat_or_total": rate_total,
                "vmapped_seconds_all": a["seconds_all"], "one_device_seconds_all": a1["seconds_all"],
+               "seconds_per_model": {k: runs[k]["seconds_per_model"] for k in
+                                     ("loop_lljax", "pytorch_dataloader", "pytorch_tuned")},
                "vmapped_flops": flops["vmapped_lljax"], "one_device_flops": flops["vmapped_one_device"],
                "fraction_of_matmul": flops["vmapped_lljax"] / mm["best"],
                "fraction_of_matmul_one_device": flops["vmapped_one_device"] / mm["best"],
@@ -419,6 +430,8 @@ def main(argv=None) -> dict:
                "diverged": a["diverged"], "cpu_used_by_other_processes": loads,
                "load_average_at_start": load_averages}
         results["widths"][str(width)] = row
+        mm_after = matmul_flops()["best"]
+        results.setdefault("matmul_flops_after_each_width", []).append(mm_after)
         print(f"\nwidth {width}: model-steps/s (higher is better)")
         for k, v in rate.items():
             ratio = "" if k == "vmapped_lljax" else f"   (a) is {rate['vmapped_lljax'] / v:6.2f}x faster"
@@ -440,14 +453,15 @@ def main(argv=None) -> dict:
             f"{k} max |diff| {v:.1e}" for k, v in row["max_loss_diff_vs_vmapped"].items())
               + " ((d) uses lljax's batch order and initial weights)")
 
-    mm_end = matmul_flops()
-    results["matmul_flops_end"] = mm_end["best"]
-    print(f"\nmatmul float32 (JAX) again: {mm_end['best'] / 1e9:.0f} GFLOP/s (start: {mm['best'] / 1e9:.0f})")
-    if mm_end["best"] > mm["best"]:  # the fractions use the higher, i.e. the more demanding, peak
-        results["matmul_flops"] = mm_end["best"]
+    later = results["matmul_flops_after_each_width"]
+    peak = max([mm["best"], *later])
+    print("\nmatmul float32 (JAX) after each width: " + ", ".join(f"{r / 1e9:.0f}" for r in later)
+          + f" GFLOP/s (start: {mm['best'] / 1e9:.0f})")
+    if peak > mm["best"]:  # the fractions use the highest, i.e. the most demanding, peak
+        results["matmul_flops"] = peak
         for width, row in results["widths"].items():
-            row["fraction_of_matmul"] = row["vmapped_flops"] / mm_end["best"]
-            row["fraction_of_matmul_one_device"] = row["one_device_flops"] / mm_end["best"]
+            row["fraction_of_matmul"] = row["vmapped_flops"] / peak
+            row["fraction_of_matmul_one_device"] = row["one_device_flops"] / peak
             print(f"  width {width}: (a) {100 * row['fraction_of_matmul']:.1f}% of this peak, "
                   f"(a1) {100 * row['fraction_of_matmul_one_device']:.1f}%")
     results["load_average_end"] = load_average()
