@@ -24,12 +24,12 @@ momentum 0.9 and weight decay 5e-4, constant learning rate) are trained
 It reports model-steps per second (models x SGD steps / wall time; padding members not counted) for each way
 and the ratios. Wall time is the median over repeats for (a) and (a1), N x the median per-model time for the
 sequential ways: robust to bursts of other processes' work on a shared machine (the JSON also holds the best
-repeat and the plain totals). It measures the machine's dense float32 matmul FLOP/s in JAX (best of several
-large square products, one device, all cores) before, between and after the widths, takes the highest, and
-reports the fraction of it that (a) reaches, counting 6 x MACs per example for forward + backward. PyTorch
-runs with as many intra-op threads as the machine has cores. Expected on the 2-core dev CPU
-(benchmarks/RESULTS.md): at width 32 (a) about 40x faster than (c); at width 128 (a) near half the matmul
-rate.
+repeat and the plain totals). PyTorch runs with as many intra-op threads as the machine has cores and with 1;
+the faster counts. It measures the machine's dense float32 matmul FLOP/s in JAX (best of several large square
+products, one device, all cores) before, between and after the widths, takes the highest, and reports the
+fraction of it that (a) reaches, counting 6 x MACs per example for forward + backward. Expected on the 2-core
+dev CPU (benchmarks/RESULTS.md): at width 32 (a) about 40x faster than (c); at width 128 (a) near half the
+matmul rate.
 
 The last line printed is `speedup_vs_pytorch: X.XX`, (a) over (c) at width 32 (or the first width given).
 The machine may be shared: the load average and the CPU share other processes took during each measurement
@@ -68,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=None, help="timed repeats of the vmapped run (best is kept)")
     p.add_argument("--loop-members", type=int, default=None,
                    help="how many of the N members the sequential ways (b, c, d) train; their per-model cost "
-                        "does not depend on N, so a subset gives the same rate (default N)")
+                        "does not depend on N, so a subset gives the same rate (default N; --quick 16)")
     p.add_argument("--host-devices", type=int, default=os.cpu_count() or 1,
                    help="JAX CPU devices (a) shards the members over (default: the number of cores, as the "
                         "pipeline)")
@@ -341,14 +341,14 @@ def main(argv=None) -> dict:
     steps = epochs * steps_per_epoch
     epochs_per_call = max(1, math.ceil(epochs / 10))  # experiment.train_group's progress resolution
     repeats = args.repeats or (3 if args.quick else 5)
-    loop_n = min(N, args.loop_members or N)
+    loop_n = min(N, args.loop_members or (16 if args.quick else N))
 
     mesh = sharding.member_mesh()
     padded = -(-N // mesh.size) * mesh.size
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, JAX {info['jax']} on {info['backend']} "
-          f"({info['device']}), PyTorch {torch.__version__} with {torch.get_num_threads()} threads "
-          f"(= cores); XLA_FLAGS={info['xla_flags']!r}")
+          f"({info['device']}), PyTorch {torch.__version__} with {cores} or 1 intra-op threads (the faster "
+          f"counts); XLA_FLAGS={info['xla_flags']!r}")
     print(f"(a) shards {N} members (padded to {padded}) over {mesh.size} JAX CPU device(s) "
           f"(jax_num_cpu_devices={args.host_devices}), {epochs_per_call} epoch(s) per call")
     print(f"load average at start: {load_average()}")
@@ -365,7 +365,7 @@ def main(argv=None) -> dict:
     results = {"machine": info, "args": vars(args), "members": N, "padded_members": padded,
                "devices": mesh.size, "batch_size": B, "steps": steps, "epochs": epochs,
                "epochs_per_call": epochs_per_call, "loop_members": loop_n, "torch": torch.__version__,
-               "torch_threads": torch.get_num_threads(), "matmul_flops": mm["best"],
+               "torch_threads_tried": sorted({cores, 1}), "matmul_flops": mm["best"],
                "matmul_flops_per_size": {str(k): v for k, v in mm["per_size"].items()},
                "load_average_start": load_average(), "widths": {}}
     names = {"vmapped_lljax": f"(a) vmapped, {mesh.size} devices", "vmapped_one_device": "(a1) vmapped, 1 device",
@@ -387,11 +387,29 @@ def main(argv=None) -> dict:
         b = measure("loop_lljax", lambda: run_single_loop(spec, fresh, x_train, loop_n))
         init = initial_params(fresh, loop_n)
         orders = lljax_batch_orders(spec, fresh, loop_n)
-        # untimed warm-up: PyTorch's first steps pay for thread-pool start-up and lazy allocation
-        run_torch_dataloader(torch, init[:1], x_np, y_np, B, 1)
-        run_torch_tuned(torch, init[:1], x_np, y_np, orders[:1, :1])
-        c = measure("pytorch_dataloader", lambda: run_torch_dataloader(torch, init, x_np, y_np, B, epochs))
-        d = measure("pytorch_tuned", lambda: run_torch_tuned(torch, init, x_np, y_np, orders))
+        torch_threads = {}
+
+        def measure_torch(name, fn):
+            """PyTorch's best of `cores` intra-op threads and 1 (equal on a quiet machine; with another
+            process busy, multi-threaded PyTorch collapses, which would flatter lljax)."""
+            best = None
+            for threads in dict.fromkeys((cores, 1)):
+                torch.set_num_threads(threads)
+                fn(warm_up=True)  # untimed: thread-pool start-up and lazy allocation
+                key = f"{name}@{threads}"
+                measure(key, fn)
+                rate_ = 1 / np.median(runs[key]["seconds_per_model"])
+                if best is None or rate_ > best[0]:
+                    best = (rate_, key, threads)
+            torch.set_num_threads(cores)
+            runs[name], loads[name], load_averages[name] = runs[best[1]], loads[best[1]], load_averages[best[1]]
+            torch_threads[name] = best[2]
+            return runs[name]
+
+        c = measure_torch("pytorch_dataloader", lambda warm_up=False: run_torch_dataloader(
+            torch, init[:1] if warm_up else init, x_np, y_np, B, 1 if warm_up else epochs))
+        d = measure_torch("pytorch_tuned", lambda warm_up=False: run_torch_tuned(
+            torch, init[:1] if warm_up else init, x_np, y_np, orders[:1, :1] if warm_up else orders))
         # medians (of the repeats; of the per-model times for the sequential ways): a burst of another
         # process's work on this shared machine then slows a minority of the samples, not the figure
         rate = {"vmapped_lljax": N * steps / np.median(a["seconds_all"]),
@@ -400,6 +418,7 @@ def main(argv=None) -> dict:
                    (("loop_lljax", b), ("pytorch_dataloader", c), ("pytorch_tuned", d))}}
         rate_total = {k: (N * steps / min(r["seconds_all"]) if "seconds_all" in r
                           else loop_n * steps / sum(r["seconds_per_model"])) for k, r in runs.items()}
+        rate_median_by_threads = {k: steps / np.median(r["seconds_per_model"]) for k, r in runs.items() if "@" in k}
         flops_per_model_step = 6 * macs_per_example(width) * B
         flops = {k: flops_per_model_step * rate[k] for k in ("vmapped_lljax", "vmapped_one_device")}
 
@@ -412,9 +431,9 @@ def main(argv=None) -> dict:
                "compile_seconds": {"vmapped": a["compile_seconds"], "one_device": a1["compile_seconds"],
                                    "single": b["compile_seconds"]},
                "model_steps_per_s_best_repeat_or_total": rate_total,
+               "pytorch_model_steps_per_s_by_threads": rate_median_by_threads, "pytorch_threads_used": torch_threads,
                "vmapped_seconds_all": a["seconds_all"], "one_device_seconds_all": a1["seconds_all"],
-               "seconds_per_model": {k: runs[k]["seconds_per_model"] for k in
-                                     ("loop_lljax", "pytorch_dataloader", "pytorch_tuned")},
+               "seconds_per_model": {k: r["seconds_per_model"] for k, r in runs.items() if "seconds_per_model" in r},
                "vmapped_flops": flops["vmapped_lljax"], "one_device_flops": flops["vmapped_one_device"],
                "fraction_of_matmul": flops["vmapped_lljax"] / mm["best"],
                "fraction_of_matmul_one_device": flops["vmapped_one_device"] / mm["best"],
@@ -438,7 +457,8 @@ def main(argv=None) -> dict:
             notes = ([] if loads.get(k) is None else [f"other processes: {100 * loads[k]:.0f}% CPU"]) + (
                 [] if load_averages.get(k) is None else [f"load avg {load_averages[k]:.2f}"])
             busy = f"   [{', '.join(notes)}]" if notes else ""
-            print(f"  {names[k]:30s} {v:10.0f}{ratio}{busy}")
+            threads = f" ({torch_threads[k]} thread{'s' * (torch_threads[k] > 1)})" if k in torch_threads else ""
+            print(f"  {(names[k] + threads):38s} {v:10.0f}{ratio}{busy}")
         print(f"  (a1) is {row['speedup_one_device_vs_pytorch_dataloader']:.2f}x faster than (c)")
         print(f"  (a) compile {a['compile_seconds']:.2f} s (excluded), runs "
               + ", ".join(f"{t:.2f}" for t in a["seconds_all"]) + " s; (a1) runs "
