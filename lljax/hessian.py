@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from lljax.errors import LLJaxError
@@ -169,6 +170,67 @@ def lanczos_step(matvec: Callable, state: LanczosState, key: jax.Array | None = 
     )
 
 
+def _round_robin(m: int) -> np.ndarray:
+    """(m - 1, m // 2, 2) disjoint index pairs per round, every pair of 0..m-1 exactly once (m even)."""
+    players = np.arange(m)
+    rounds = []
+    for _ in range(m - 1):
+        rounds.append(np.stack([players[:m // 2], players[::-1][:m // 2]], axis=1))
+        players = np.concatenate([players[:1], np.roll(players[1:], 1)])
+    return np.asarray(rounds, np.int32)
+
+
+def _small_eigh(a, max_sweeps: int = 50):
+    """Eigenvalues (ascending) and eigenvectors of a small symmetric matrix (m, m) by cyclic Jacobi rotations
+    in round-robin order (each round rotates m/2 disjoint pairs at once), to machine precision.
+
+    Why not `jnp.linalg.eigh`: jaxlib's CPU eigh of a batch (what vmap makes of it) splits the batch over XLA's
+    intra-op thread pool and blocks waiting for it; with the pool busy (vmapped programs, several CPU devices)
+    that deadlocks (jax 0.10). These matrices are tiny (Lanczos steps squared), and pure JAX also shards."""
+    m = a.shape[-1]
+    if m % 2:  # pad with a decoupled eigenvalue below every other one, dropped at the end
+        low = jnp.min(jnp.diag(a)) - jnp.sum(jnp.abs(a)) - 1
+        a = jnp.pad(a, ((0, 1), (0, 1))).at[m, m].set(low)
+    n = a.shape[-1]
+    schedule = jnp.asarray(_round_robin(n))
+    tol = jnp.finfo(a.dtype).eps * jnp.linalg.norm(a)
+
+    def rotate(pairs, carry):
+        a, v = carry
+        p, q = pairs[:, 0], pairs[:, 1]
+        app, aqq, apq = a[p, p], a[q, q], a[p, q]
+        nonzero = apq != 0
+        tau = (aqq - app) / (2 * jnp.where(nonzero, apq, 1))
+        t = jnp.where(tau >= 0, 1.0, -1.0) / (jnp.abs(tau) + jnp.sqrt(1 + tau ** 2))
+        t = jnp.where(nonzero, t, 0)
+        c = 1 / jnp.sqrt(1 + t ** 2)
+        s = t * c
+        rows_p, rows_q = a[p], a[q]
+        a = a.at[p].set(c[:, None] * rows_p - s[:, None] * rows_q).at[q].set(s[:, None] * rows_p + c[:, None] * rows_q)
+        cols_p, cols_q = a[:, p], a[:, q]
+        a = a.at[:, p].set(cols_p * c - cols_q * s).at[:, q].set(cols_p * s + cols_q * c)
+        vp, vq = v[:, p], v[:, q]
+        v = v.at[:, p].set(vp * c - vq * s).at[:, q].set(vp * s + vq * c)
+        return a.at[p, q].set(0).at[q, p].set(0), v
+
+    def sweep(carry):
+        a, v, k = carry
+        a, v = jax.lax.fori_loop(0, n - 1, lambda r, c: rotate(schedule[r], c), (a, v))
+        return a, v, k + 1
+
+    def unfinished(carry):
+        a, _, k = carry
+        return (k < max_sweeps) & (jnp.linalg.norm(a - jnp.diag(jnp.diag(a))) > tol)
+
+    a, v, _ = jax.lax.while_loop(unfinished, sweep, (a, jnp.eye(n, dtype=a.dtype), 0))
+    values = jnp.diag(a)
+    order = jnp.argsort(values)
+    values, v = values[order], v[:, order]
+    if n != m:
+        values, v = values[1:], v[:m, 1:]
+    return values, v
+
+
 def lanczos_result(state: LanczosState) -> LanczosResult:
     """Ritz values, quadrature weights and residual bounds from the tridiagonal of a finished run."""
     valid, alphas, betas = state.valid, state.alphas, state.betas
@@ -182,7 +244,7 @@ def lanczos_result(state: LanczosState) -> LanczosResult:
     lowest = jnp.min(jnp.where(valid, alphas - radius, jnp.inf))
     diag = jnp.where(valid, alphas, lowest - 1 - size)
     tridiagonal = jnp.diag(diag) + jnp.diag(offdiag, 1) + jnp.diag(offdiag, -1)
-    values, vectors = jnp.linalg.eigh(tridiagonal)
+    values, vectors = _small_eigh(tridiagonal)
     values, vectors = values[::-1], vectors[:, ::-1]
     num_valid = jnp.sum(valid)
     kept = jnp.arange(m) < num_valid

@@ -304,3 +304,19 @@ def test_bad_input_raises():
         hessian.HessianConfig(top_k=5, lanczos_steps=4)
     with pytest.raises(LLJaxError, match="disagree"):
         hessian.dataset_hvp(quadratic_loss, params, (jnp.ones(3), jnp.ones(4)), params, 2)
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 32, 33])
+def test_small_eigh_equals_lapack_with_repeated_and_negative_eigenvalues(m):
+    """The pure-JAX Jacobi eigensolver behind Lanczos (jaxlib's batched CPU eigh can deadlock) against LAPACK."""
+    rng = np.random.default_rng(m)
+    spectrum = np.concatenate([[3.0, 3.0, -2.0], rng.normal(size=m)])[:m]
+    q = np.linalg.qr(rng.normal(size=(m, m)))[0]
+    a = q @ np.diag(spectrum) @ q.T
+    with jax.enable_x64(True):
+        values, vectors = jax.jit(jax.vmap(hessian._small_eigh))(jnp.asarray(np.stack([a, 2 * a])))
+    values, vectors = np.asarray(values), np.asarray(vectors)
+    for k, scale in enumerate((1, 2)):
+        np.testing.assert_allclose(values[k], np.sort(scale * spectrum), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(vectors[k] @ np.diag(values[k]) @ vectors[k].T, scale * a, atol=1e-12)
+        np.testing.assert_allclose(vectors[k].T @ vectors[k], np.eye(m), atol=1e-12)
