@@ -47,6 +47,20 @@ def parser(description: str, presets: dict[str, dict]) -> argparse.ArgumentParse
                    help=f"metric families to compute (default: all of "
                         f"{', '.join(experiment.METRIC_FAMILIES + experiment.PAIR_FAMILIES)})")
     p.add_argument("--seed", type=int, help="base random seed (default 0)")
+    g = p.add_argument_group("metrics")
+    g.add_argument("--hessian-samples", type=int, help="training samples for the Hessian metrics (default 1000)")
+    g.add_argument("--hessian-top-k", type=int, help="top Hessian eigenvalues per model (default 3)")
+    g.add_argument("--max-pairs", type=int, help="pairs of seeds per grid point for curves/CKA/L2 (default all)")
+    g.add_argument("--curve-epochs", type=int, help="curve-fitting epochs (default: the training epochs)")
+    g.add_argument("--curve-lr", type=float, help="curve-fitting learning rate (default 0.05)")
+    g.add_argument("--curve-points", type=int, help="points along t where curves are evaluated (default 21)")
+    g = p.add_argument_group("phase rule (see lljax/phases.py)")
+    g.add_argument("--phase-train-loss", type=float, help="fitted when mean training loss < this, nats (default 0.05)")
+    g.add_argument("--phase-mc-band", type=float,
+                   help="barrier when mc < -band; mc is a fraction of training error (default 0.01)")
+    g.add_argument("--phase-cka", type=float, help="IV-B when CKA of softmax outputs >= this, else IV-A (default 0.7)")
+    p.add_argument("--max-members-per-chunk", type=int,
+                   help="cap on models per compiled call (default: sized from device memory)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -66,6 +80,7 @@ def main(argv: Sequence[str] | None = None, description: str = "Phase diagram of
          presets: dict[str, dict] | None = None) -> int:
     presets = experiment.PRESETS if presets is None else presets
     args = parser(description, presets).parse_args(argv)
+    experiment.use_all_cpu_cores()
     try:
         config = config_from_args(args, presets)
         experiment.enable_compilation_cache()

@@ -20,12 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lljax import checkpoint, data, ensemble, models, similarity, train
+from lljax import checkpoint, curves, data, ensemble, hessian, models, phases, sharding, similarity, train
 from lljax.errors import LLJaxError
 
 # Metric families a run can compute; 'loss' (training and test loss/accuracy) is always computed.
-METRIC_FAMILIES = ("loss",)
-PAIR_FAMILIES = ("cka", "l2")
+METRIC_FAMILIES = ("loss", "hessian")
+PAIR_FAMILIES = ("curves", "cka", "l2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,10 +47,31 @@ class Config:
     shared_data: bool = True  # all seeds at a grid point see one training view (subset and noisy labels)
     epochs: int = 30
     schedule: str = "step"
-    metrics: tuple[str, ...] = ("loss",)
+    metrics: tuple[str, ...] = METRIC_FAMILIES + PAIR_FAMILIES
     seed: int = 0
     eval_batch_size: int = 1000
+    max_pairs: int | None = None  # pairs of seeds per grid point for the pair metrics (None: all)
     cka_samples: int = 768  # mixup probe inputs for CKA (the paper's 768)
+    hessian_samples: int = 1000  # training samples of the Hessian (the paper's 200 gives noisy estimates)
+    hessian_top_k: int = 3
+    hessian_density_runs: int = 4  # stochastic Lanczos quadrature runs for the spectral density
+    curve_epochs: int | None = None  # curve-fitting epochs (None: the training epochs)
+    curve_lr: float = 0.05
+    curve_batch_size: int = 128
+    curve_points: int = 21  # t grid on which curves are evaluated (the reference code used 5)
+    phase_train_loss: float = phases.Thresholds.train_loss
+    phase_mc_band: float = phases.Thresholds.mc_band
+    phase_cka: float = phases.Thresholds.cka
+    max_members_per_chunk: int | None = None  # cap on members per compiled call (None: sized from memory)
+
+    @property
+    def thresholds(self) -> phases.Thresholds:
+        return phases.Thresholds(self.phase_train_loss, self.phase_mc_band, self.phase_cka)
+
+    @property
+    def hessian(self) -> hessian.HessianConfig:
+        return hessian.HessianConfig(num_samples=self.hessian_samples, top_k=self.hessian_top_k,
+                                     density_runs=self.hessian_density_runs)
 
     def knob_values(self) -> dict[str, tuple]:
         return {"width": self.widths, "batch_size": self.batch_sizes, "lr": self.lrs,
@@ -119,6 +140,17 @@ def validate(config: Config) -> None:
     for m in config.metrics:
         if m not in known:
             raise LLJaxError(f"unknown metric {m!r}; choose from {', '.join(known)}")
+    config.thresholds, config.hessian  # noqa: B018 -- both validate their fields
+    positive = {"eval_batch_size": config.eval_batch_size, "cka_samples": config.cka_samples,
+                "curve_batch_size": config.curve_batch_size, "curve_epochs": config.curve_epochs or 1,
+                "max_pairs": config.max_pairs or 1, "max_members_per_chunk": config.max_members_per_chunk or 1}
+    for name, value in positive.items():
+        if not float(value).is_integer() or value < 1:
+            raise LLJaxError(f"{name.replace('_', ' ')} must be a positive integer, got {value}")
+    if config.curve_points < 2:
+        raise LLJaxError(f"curve points must be at least 2 (the two endpoints), got {config.curve_points}")
+    if not math.isfinite(config.curve_lr) or config.curve_lr <= 0:
+        raise LLJaxError(f"curve learning rate must be positive, got {config.curve_lr}")
 
 
 def validate_with_data(config: Config, dataset: data.Dataset) -> None:
@@ -174,11 +206,54 @@ class Progress:
             self.stream.flush()
 
 
+# ------------------------------------------------------------------------------------------ placement
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a group's ensemble programs run: the member (or pair) axis sharded over a mesh of every device,
+    at most `cap` members per call (None: as many as memory allows, see `chunk_for`)."""
+
+    mesh: Any
+    cap: int | None = None
+
+    def chunk_for(self, count: int, estimate: Callable[[], int] | None = None) -> int:
+        """Members per call for `count` members. With no user cap: all of them on a CPU (host memory is large
+        and shared), else as many as `sharding.chunk_size` fits in device memory by `estimate()`, the bytes
+        one member needs."""
+        if self.cap is not None:
+            return min(self.cap, count)
+        if estimate is None or jax.default_backend() == "cpu":
+            return count
+        return min(count, sharding.chunk_size(estimate(), num_devices=self.mesh.size))
+
+    def map(self, fn: Callable, *member_args, chunk: int | None = None):
+        """`fn(*member_args)` (every argument with a leading member axis; bind shared inputs in `fn`) over
+        chunks of members sharded on the mesh; host numpy outputs, member for member equal to one call."""
+        count = sharding.member_count(member_args)
+        return sharding.map_chunks(fn, member_args, chunk or self.chunk_for(count), self.mesh)
+
+
+def default_placement(cap: int | None = None) -> Placement:
+    return Placement(sharding.member_mesh(), cap)
+
+
+def use_all_cpu_cores() -> None:
+    """Split the CPU into one JAX device per core, so sharding the member axis uses every core (XLA:CPU runs
+    one program on a single device mostly on one thread for small models). Must run before JAX's backend
+    starts; a no-op afterwards or when the user set the device count."""
+    try:
+        if "jax_num_cpu_devices" not in os.environ.get("JAX_FLAGS", "") and \
+                "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+            jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+    except RuntimeError:  # the backend is already initialised: keep its devices
+        pass
+
+
 # ------------------------------------------------------------------------------------------ one group
 
 @dataclasses.dataclass
 class GroupContext:
-    """What metric families see of a trained group."""
+    """What metric families see of a trained group: state and member views as host arrays (M, ...)."""
 
     config: Config
     spec: train.TrainSpec
@@ -187,62 +262,209 @@ class GroupContext:
     state: train.MemberState
     member: train.Member
     key: jax.Array
+    placement: Placement
+
+
+def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_dir, epochs, progress, label,
+                 checkpoint_seconds):
+    """Train one chunk of members (padded to the mesh) to `epochs`, resuming from and saving checkpoints."""
+    state, member = train.init_ensemble(spec, keys, hyper, labels, x_train.shape[1:], view_keys)
+    state, member = sharding.shard_members((state, member), placement.mesh)
+    every = max(1, math.ceil(epochs / 10))  # epochs per call: the progress bar's resolution
+    epoch, last_save = 0, time.time()
+    step = checkpoint.latest_step(ckpt_dir) if ckpt_dir is not None else None
+    if step is not None:
+        state = sharding.shard_members(checkpoint.restore(ckpt_dir, step, state), placement.mesh)
+        epoch = step
+        progress(step, f"{label}: resumed at epoch {step}")
+    while epoch < epochs:
+        stop = min(epoch + every, epochs)
+        state = train.train_ensemble(spec, state, member, x_train, epoch, stop)
+        jax.block_until_ready(state)
+        if ckpt_dir is not None and (stop == epochs or time.time() - last_save > checkpoint_seconds):
+            checkpoint.save(ckpt_dir, stop, state)  # the last one keeps the trained ensemble for re-analysis
+            last_save = time.time()
+        progress(stop - epoch, f"{label} epoch {stop}/{epochs}")
+        epoch = stop
+    return sharding.to_host((state, member))
 
 
 def train_group(config: Config, dataset: data.Dataset, group: ensemble.Group,
                 members: Sequence[ensemble.MemberConfig], ckpt_dir: Path | None,
                 progress: Callable[[float, str], None] = lambda amount, message: None,
-                checkpoint_seconds: float = 60.0) -> GroupContext:
-    """Train one group, resuming from its newest checkpoint in `ckpt_dir` if any, and saving one there at most
-    every `checkpoint_seconds` (training is deterministic per epoch, so where it resumes does not matter)."""
+                checkpoint_seconds: float = 60.0, placement: Placement | None = None) -> GroupContext:
+    """Train one group, members sharded over every device and split into chunks that fit memory, resuming
+    each chunk from its newest checkpoint in `ckpt_dir` if any and saving one at most every
+    `checkpoint_seconds` (training is deterministic per epoch, so where it resumes does not matter)."""
+    placement = placement or default_placement(config.max_members_per_chunk)
     spec = train.TrainSpec(models.ModelSpec(config.model, group.width, dataset.num_classes, config.depth),
                            group.batch_size, config.epochs, len(dataset.y_train), config.schedule)
     group_members = [members[i] for i in group.members]
-    column = lambda name: jnp.asarray([getattr(m, name) for m in group_members], jnp.float32)
+    count = len(group_members)
+    column = lambda name: np.asarray([getattr(m, name) for m in group_members], np.float32)
     hyper = train.Hyper(column("lr"), column("weight_decay"), column("momentum"), column("data_fraction"),
                         column("label_noise"))
     keys = jax.vmap(member_key, in_axes=(None, 0))(config.seed, jnp.asarray([m.seed for m in group_members]))
-    view_keys = None
     if config.shared_data:  # the paper's setting: seeds differ in initialisation and batch order only
-        view_keys = jnp.stack([jax.random.fold_in(jax.random.key(config.seed), VIEW_STREAM)] * len(group_members))
-    state, member = train.init_ensemble(spec, keys, hyper, jnp.asarray(dataset.y_train),
-                                        dataset.x_train.shape[1:], view_keys)
-    x_train = jnp.asarray(dataset.x_train)
-    every = max(1, math.ceil(config.epochs / 10))  # epochs per call: the progress bar's resolution
-    epoch, last_save = 0, time.time()
-    if ckpt_dir is not None:
-        step = checkpoint.latest_step(ckpt_dir)
-        if step is not None:
-            state, epoch = checkpoint.restore(ckpt_dir, step, state), step
-            progress(step, f"group {group.index}: resumed at epoch {step}")
-    label = f"width {group.width}, batch {group.batch_size}, {len(group_members)} members"
-    while epoch < config.epochs:
-        stop = min(epoch + every, config.epochs)
-        state = train.train_ensemble(spec, state, member, x_train, epoch, stop)
-        jax.block_until_ready(state)
-        if ckpt_dir is not None and stop < config.epochs and time.time() - last_save > checkpoint_seconds:
-            checkpoint.save(ckpt_dir, stop, state)
-            last_save = time.time()
-        progress(stop - epoch, f"group {group.index} ({label}) epoch {stop}/{config.epochs}")
-        epoch = stop
-    return GroupContext(config, spec, dataset, group_members, state, member,
-                        jax.random.fold_in(jax.random.key(config.seed), 10_000 + group.index))
+        view_keys = jnp.stack([jax.random.fold_in(jax.random.key(config.seed), VIEW_STREAM)] * count)
+    else:
+        view_keys = jax.vmap(lambda k: jax.random.fold_in(k, VIEW_STREAM))(keys)
+    labels = jnp.asarray(dataset.y_train)
+    x_train = sharding.replicate(jnp.asarray(dataset.x_train), placement.mesh)
 
+    def estimate():  # bytes per member of one training epoch, from XLA's memory analysis (compiles, runs nothing)
+        one = jax.tree.map(lambda a: a[:1], (keys, hyper, view_keys))
+        state, member = jax.eval_shape(lambda k, h, v: train.init_ensemble(spec, k, h, labels, x_train.shape[1:],
+                                                                           v), *one)
+        return sharding.bytes_per_member_estimate(
+            lambda s, m, x: train.train_ensemble(spec, s, m, x, 0, 1), state, member, x_train, in_axes=(0, 0, None))
+
+    chunk = placement.chunk_for(count, estimate)
+    size = -(-chunk // placement.mesh.size) * placement.mesh.size  # every chunk the same size: one program
+    parts = []
+    for c, start in enumerate(range(0, count, size)):
+        piece, real = sharding.pad_members(jax.tree.map(lambda a: a[start:start + size], (keys, hyper, view_keys)),
+                                           size)
+        folder = None if ckpt_dir is None else (ckpt_dir if size >= count else ckpt_dir / f"chunk-{c}")
+        label = f"group {group.index} (width {group.width}, batch {group.batch_size}, {count} members" + \
+            (f", chunk {c + 1}/{-(-count // size)})" if size < count else ")")
+        parts.append(sharding.unpad(_train_chunk(spec, *piece, labels, x_train, placement, folder, config.epochs,
+                                                 progress, label, checkpoint_seconds), real))
+    state, member = jax.tree.map(lambda *a: np.concatenate(a), *parts) if len(parts) > 1 else parts[0]
+    return GroupContext(config, spec, dataset, group_members, state, member,
+                        jax.random.fold_in(jax.random.key(config.seed), 10_000 + group.index), placement)
+
+
+# ------------------------------------------------------------------------------------------ metric families
 
 def loss_metrics(ctx: GroupContext) -> dict[str, np.ndarray]:
     """Per-member training loss/accuracy on the member's own view and labels, test loss/accuracy on the clean
     test set; BatchNorm in inference mode; accuracies in [0, 1]."""
-    ds, s = ctx.dataset, ctx.state
-    train_loss, train_acc = train.evaluate_ensemble(ctx.spec.model, s.params, s.batch_stats,
-                                                    jnp.asarray(ds.x_train), ctx.member.view.labels,
-                                                    ctx.member.view.mask, ctx.config.eval_batch_size)
-    y_test = jnp.broadcast_to(jnp.asarray(ds.y_test), (len(ctx.members), len(ds.y_test)))
-    test_loss, test_acc = train.evaluate_ensemble(ctx.spec.model, s.params, s.batch_stats, jnp.asarray(ds.x_test),
-                                                  y_test, None, ctx.config.eval_batch_size)
+    ds, s, mesh = ctx.dataset, ctx.state, ctx.placement.mesh
+    x_train, x_test = sharding.replicate(jnp.asarray(ds.x_train), mesh), sharding.replicate(jnp.asarray(ds.x_test), mesh)
+    y_test = np.broadcast_to(ds.y_test, (len(ctx.members), len(ds.y_test)))
+    evaluate = lambda x: lambda p, bs, y, w: train.evaluate_ensemble(ctx.spec.model, p, bs, x, y, w,
+                                                                      ctx.config.eval_batch_size)
+    train_loss, train_acc = ctx.placement.map(evaluate(x_train), s.params, s.batch_stats, ctx.member.view.labels,
+                                              ctx.member.view.mask)
+    test_loss, test_acc = ctx.placement.map(lambda p, bs, y: evaluate(x_test)(p, bs, y, None), s.params,
+                                            s.batch_stats, y_test)
     return {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-            "diverged": s.diverged}
+            "diverged": np.asarray(s.diverged)}
 
 
+def weighted_loss(spec: models.ModelSpec, batch_stats) -> Callable:
+    """loss(params, (x_SX, y_S, w_S)): the w-weighted mean cross-entropy, BatchNorm in inference mode."""
+    def loss(params, batch):
+        x, y, w = batch
+        ce = models.cross_entropy(models.apply(spec, params, batch_stats, x)[0], y)
+        return jnp.sum(w * ce) / jnp.sum(w)
+    return loss
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _hessian_program(spec: models.ModelSpec, config: hessian.HessianConfig, params, batch_stats, x_MSX, y_MS,
+                     w_MS, keys_M) -> hessian.HessianMetrics:
+    one = lambda p, bs, x, y, w, k: hessian.hessian_metrics(weighted_loss(spec, bs), p, (x, y, w), k, config)
+    return jax.vmap(one)(params, batch_stats, x_MSX, y_MS, w_MS, keys_M)
+
+
+def member_samples(view: data.View, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(M, S) indices of the first S = min(count, N) examples of each member's subset (a random subset of it,
+    wrapping around when the subset is smaller) and their (M, S) labels."""
+    order, size, labels = np.asarray(view.order), np.asarray(view.size), np.asarray(view.labels)
+    positions = np.arange(min(count, order.shape[1]))[None, :] % size[:, None]
+    idx = np.take_along_axis(order, positions, axis=1)
+    return idx, np.take_along_axis(labels, idx, axis=1)
+
+
+def hessian_metrics(ctx: GroupContext) -> dict[str, np.ndarray]:
+    """Top-k eigenvalues, trace (with its standard error) and spectral density of every member's training-loss
+    Hessian on `hessian_samples` examples of its own view and labels (BatchNorm in inference mode)."""
+    config = ctx.config.hessian
+    idx, y = member_samples(ctx.member.view, config.num_samples)
+    size = np.asarray(ctx.member.view.size)
+    # a subset smaller than the sample count is used once, not repeated: later copies get weight 0
+    w = (np.arange(idx.shape[1])[None, :] < size[:, None]).astype(np.float32)
+    keys = jax.random.split(jax.random.fold_in(ctx.key, 2), len(ctx.members))
+    out = ctx.placement.map(functools.partial(_hessian_program, ctx.spec.model, config), ctx.state.params,
+                            ctx.state.batch_stats, ctx.dataset.x_train[idx], y, w, keys)
+    eig = np.asarray(out.top_eigenvalues)
+    columns = {"hessian_top_eig": eig[:, 0], **{f"hessian_eig_{i + 1}": eig[:, i] for i in range(1, eig.shape[1])},
+               "hessian_top_residual": np.asarray(out.top_residuals)[:, 0],
+               "hessian_trace": np.asarray(out.trace), "hessian_trace_se": np.asarray(out.trace_se)}
+    return {**columns, "hessian_density_nodes": np.asarray(out.density_nodes),
+            "hessian_density_weights": np.asarray(out.density_weights)}
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "shared_x", "epochs", "batch_size", "num_ts",
+                                             "eval_batch_size"))
+def _curve_program(apply_fn, starts, ends, batch_stats, x_train, y_train, x_test, y_test, keys, lr, weight_decay,
+                   *, shared_x: bool, epochs: int, batch_size: int, num_ts: int, eval_batch_size: int):
+    """For P pairs: fit a one-bend Bezier curve and evaluate it and the straight segment on `num_ts` points."""
+    ts = jnp.asarray(curves.default_ts(num_ts), jnp.float32)
+
+    def one(a, b, bs, x, y, k, lr_, wd):
+        curve, losses = curves.fit_curve(apply_fn, curves.init_curve(a, b, num_bends=1), x, y, k, batch_stats=bs,
+                                         epochs=epochs, batch_size=batch_size, lr=lr_, weight_decay=wd)
+        evaluate = lambda c: curves.evaluate_curve(apply_fn, c, bs, x, y, x_test, y_test, ts,
+                                                   bn_chunk_size=eval_batch_size, eval_batch_size=eval_batch_size)
+        return evaluate(curve), evaluate(curves.init_curve(a, b, num_bends=0)), losses
+
+    x_axis = None if shared_x else 0
+    return jax.vmap(one, in_axes=(0, 0, 0, x_axis, 0, 0, 0, 0))(starts, ends, batch_stats, x_train, y_train, keys,
+                                                                 lr, weight_decay)
+
+
+def curve_metrics(ctx: GroupContext, pairs: np.ndarray) -> dict[str, np.ndarray]:
+    """Mode connectivity of every pair (Yang et al. 2021): a quadratic Bezier curve between the two members,
+    its bend fitted on member a's training view and labels (SGD momentum 0.9 at `curve_lr`, the members'
+    weight decay), evaluated with BatchNorm statistics recomputed at each t. mc on training error (the
+    paper's), on training loss and on test error; `barrier_linear` is mc of the straight segment."""
+    cfg, ds = ctx.config, ctx.dataset
+    view = ctx.member.view
+    order, size, labels = (np.asarray(v) for v in (view.order, view.size, view.labels))
+    a, b = pairs[:, 0], pairs[:, 1]
+    take = lambda tree, i: jax.tree.map(lambda leaf: np.asarray(leaf)[i], tree)
+    num_ts = cfg.curve_points
+    out = {name: np.zeros((len(pairs), num_ts), np.float32) for name in
+           ("curve_train_err", "curve_train_loss", "curve_test_err", "curve_test_loss", "line_train_err",
+            "line_train_loss", "line_test_err")}
+    fit_epochs = cfg.curve_epochs or cfg.epochs
+    out["curve_fit_loss"] = np.zeros((len(pairs), fit_epochs), np.float32)
+    x_test, y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
+    keys = jax.random.split(jax.random.fold_in(ctx.key, 3), len(pairs))
+    for n in np.unique(size[a]):  # pairs whose subsets have the same size share one program
+        sel = np.flatnonzero(size[a] == n)
+        idx = order[a[sel], :n]
+        shared_x = bool((idx == idx[:1]).all())
+        x = jnp.asarray(ds.x_train[idx[0]]) if shared_x else ds.x_train[idx]
+        y = np.take_along_axis(labels[a[sel]], idx, axis=1)
+        wd = np.asarray([ctx.members[i].weight_decay for i in a[sel]], np.float32)
+        program = functools.partial(
+            _curve_program, curves.model_apply(ctx.spec.model), x_test=x_test, y_test=y_test, shared_x=shared_x,
+            epochs=fit_epochs, batch_size=min(cfg.curve_batch_size, int(n)), num_ts=num_ts,
+            eval_batch_size=cfg.eval_batch_size)
+        lr = np.full(len(sel), cfg.curve_lr, np.float32)
+        if shared_x:
+            fitted, line, losses = ctx.placement.map(
+                lambda s, e, bs, y_, k, lr_, wd_: program(s, e, bs, x, y_, keys=k, lr=lr_, weight_decay=wd_),
+                take(ctx.state.params, a[sel]), take(ctx.state.params, b[sel]),
+                take(ctx.state.batch_stats, a[sel]), y, keys[sel], lr, wd)
+        else:
+            fitted, line, losses = ctx.placement.map(
+                lambda s, e, bs, x_, y_, k, lr_, wd_: program(s, e, bs, x_, y_, keys=k, lr=lr_, weight_decay=wd_),
+                take(ctx.state.params, a[sel]), take(ctx.state.params, b[sel]),
+                take(ctx.state.batch_stats, a[sel]), x, y, keys[sel], lr, wd)
+        for name, value in (("curve_train_err", fitted.train_err), ("curve_train_loss", fitted.train_loss),
+                            ("curve_test_err", fitted.test_err), ("curve_test_loss", fitted.test_loss),
+                            ("line_train_err", line.train_err), ("line_train_loss", line.train_loss),
+                            ("line_test_err", line.test_err), ("curve_fit_loss", losses)):
+            out[name][sel] = value
+    mc = lambda e: np.asarray(curves.mode_connectivity(e))
+    return {"mc": mc(out["curve_train_err"]), "mc_loss": mc(out["curve_train_loss"]),
+            "mc_test": mc(out["curve_test_err"]), "barrier_linear": mc(out["line_train_err"]),
+            "barrier_linear_loss": mc(out["line_train_loss"]), **out}
 @functools.partial(jax.jit, static_argnums=0)
 def ensemble_logits(spec: models.ModelSpec, params, batch_stats, x_NX) -> jax.Array:
     """(M, N, C) logits of every member on the same inputs, BatchNorm in inference mode."""
@@ -254,22 +476,26 @@ def cka_metrics(ctx: GroupContext, pairs: np.ndarray) -> dict[str, np.ndarray]:
     with lambda ~ Beta(16, 16) (Yang et al. 2021)."""
     x = jnp.asarray(ctx.dataset.x_train)
     probe = similarity.mixup_inputs(jax.random.fold_in(ctx.key, 1), x, num=min(ctx.config.cka_samples, len(x)))
-    logits = ensemble_logits(ctx.spec.model, ctx.state.params, ctx.state.batch_stats, probe)
+    probe = sharding.replicate(probe, ctx.placement.mesh)
+    logits = ctx.placement.map(lambda p, bs: ensemble_logits(ctx.spec.model, p, bs, probe), ctx.state.params,
+                               ctx.state.batch_stats)
     matrices = similarity.all_pairs_output_cka(logits)
     a, b = pairs[:, 0], pairs[:, 1]
-    return {"cka_softmax": matrices["softmax"][a, b], "cka_logits": matrices["logits"][a, b]}
+    return {"cka_softmax": np.asarray(matrices["softmax"])[a, b], "cka_logits": np.asarray(matrices["logits"])[a, b]}
 
 
 def l2_metrics(ctx: GroupContext, pairs: np.ndarray) -> dict[str, np.ndarray]:
     """L2 distance between the two members' parameters."""
-    return {"l2": similarity.all_pairs_l2(ctx.state.params)[pairs[:, 0], pairs[:, 1]]}
+    return {"l2": np.asarray(similarity.all_pairs_l2(ctx.state.params))[pairs[:, 0], pairs[:, 1]]}
 
 
-# name -> (function of a trained group returning per-member arrays (M, ...), relative cost for the progress bar)
-MEMBER_METRICS: dict[str, tuple[Callable[[GroupContext], dict], float]] = {"loss": (loss_metrics, 0.02)}
+# name -> (function of a trained group returning per-member arrays (M, ...), relative cost for the progress bar
+# in units of training)
+MEMBER_METRICS: dict[str, tuple[Callable[[GroupContext], dict], float]] = {
+    "loss": (loss_metrics, 0.02), "hessian": (hessian_metrics, 0.1)}
 # name -> (function of a trained group and its pairs (P, 2) of member positions returning per-pair arrays, cost)
 PAIR_METRICS: dict[str, tuple[Callable[[GroupContext, np.ndarray], dict], float]] = {
-    "cka": (cka_metrics, 0.01), "l2": (l2_metrics, 0.005)}
+    "curves": (curve_metrics, 1.0), "cka": (cka_metrics, 0.01), "l2": (l2_metrics, 0.005)}
 
 
 def measure_group(ctx: GroupContext, metrics: Sequence[str],
@@ -281,9 +507,10 @@ def measure_group(ctx: GroupContext, metrics: Sequence[str],
         fn, cost = MEMBER_METRICS[name]
         out.update({f"member/{k}": np.asarray(v) for k, v in fn(ctx).items()})
         progress(cost * ctx.config.epochs, f"{name} metrics")
-    pairs = np.asarray(ensemble.pairs_within_points(ctx.members, range(len(ctx.members))), np.int32).reshape(-1, 2)
+    pairs = np.asarray(ensemble.pairs_within_points(ctx.members, range(len(ctx.members)), ctx.config.max_pairs),
+                       np.int32).reshape(-1, 2)
     out["pair/a"], out["pair/b"] = pairs[:, 0], pairs[:, 1]
-    for name in [m for m in metrics if m in PAIR_METRICS]:
+    for name in [m for m in PAIR_METRICS if m in metrics]:
         fn, cost = PAIR_METRICS[name]
         if len(pairs):
             out.update({f"pair/{k}": np.asarray(v) for k, v in fn(ctx, pairs).items()})
@@ -354,6 +581,7 @@ def run(config: Config, out_dir: str | os.PathLike, progress: bool = True, datas
                       for m in set(config.metrics) | {"loss"})
     bar = Progress(len(groups) * config.epochs * (1 + metric_cost), enabled=progress)
     (out_dir / "groups").mkdir(exist_ok=True)
+    placement = default_placement(config.max_members_per_chunk)
     group_metrics = []
     for group in groups:
         path = out_dir / "groups" / f"group-{group.index}.npz"
@@ -362,8 +590,7 @@ def run(config: Config, out_dir: str | os.PathLike, progress: bool = True, datas
             bar.update(config.epochs * (1 + metric_cost), f"group {group.index}: already done")
             continue
         ckpt_dir = out_dir / "checkpoints" / f"group-{group.index}"
-        ctx = train_group(config, dataset, group, members, ckpt_dir, bar.update, checkpoint_seconds)
-        checkpoint.save(ckpt_dir, config.epochs, ctx.state)  # the trained ensemble, for resuming and re-analysis
+        ctx = train_group(config, dataset, group, members, ckpt_dir, bar.update, checkpoint_seconds, placement)
         metrics = measure_group(ctx, config.metrics, bar.update)
         checkpoint.save_arrays(path, metrics)
         group_metrics.append(metrics)

@@ -106,3 +106,36 @@ def lines(x_values: Sequence, series: dict[str, np.ndarray], x_label: str, y_lab
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def panels(series_YX: Sequence[Sequence[Sequence[tuple]]], x_values, y_values, x_knob: str, y_knob: str,
+           x_label: str, y_label: str, title: str, path, logy: bool = False) -> None:
+    """Small multiples over a 2-D grid: panel (i, j) at (x_values[j], y_values[i]) draws its list of series
+    (xs, ys, label, matplotlib style dict); an empty list leaves the panel blank."""
+    rows, cols = len(y_values), len(x_values)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 + 2.1 * cols, 0.9 + 1.7 * rows), dpi=100, squeeze=False,
+                             sharex=True)
+    for i in range(rows):
+        for j in range(cols):
+            ax = axes[rows - 1 - i, j]  # the first y value at the bottom, as in the heatmaps
+            for xs, ys, label, style in series_YX[i][j]:
+                ax.plot(xs, ys, label=label, **style)
+            if logy:
+                ax.set_yscale("log")
+            ax.tick_params(labelsize=6)
+            if i == 0:
+                ax.set_xlabel(f"{x_label}\n{KNOB_LABELS.get(x_knob, x_knob)} = {_ticks([x_values[j]])[0]}", fontsize=7)
+            if j == 0:
+                ax.set_ylabel(f"{KNOB_LABELS.get(y_knob, y_knob)} = {_ticks([y_values[i]])[0]}\n{y_label}",
+                              fontsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    for ax in axes.flat:
+        if ax.get_legend_handles_labels()[0]:
+            handles, labels = ax.get_legend_handles_labels()
+            break
+    if handles:
+        fig.legend(handles, labels, loc="upper right", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
