@@ -151,3 +151,67 @@ def test_seeds_share_the_training_view_unless_asked_not_to(shared):
     ctx = experiment.train_group(config, tiny_dataset(), group, members, None)
     labels, masks = np.asarray(ctx.member.view.labels), np.asarray(ctx.member.view.mask)
     assert np.array_equal(labels[0], labels[1]) == shared and np.array_equal(masks[0], masks[1]) == shared
+
+
+ALL_METRICS = dict(metrics=("loss", "hessian", "curves", "cka", "l2"), hessian_samples=64, hessian_top_k=2,
+                   curve_epochs=3, curve_points=5, cka_samples=32)
+
+
+def test_every_metric_family_lands_in_the_tables_figures_and_report(tmp_path):
+    out = tmp_path / "run"
+    experiment.run(tiny_config(**ALL_METRICS), out, progress=False, dataset=tiny_dataset())
+    members, pairs, grid = (read_csv(out / f"{name}.csv") for name in ("members", "pairs", "grid"))
+    for row in members:
+        assert float(row["hessian_top_eig"]) >= float(row["hessian_eig_2"])
+        assert float(row["hessian_trace_se"]) >= 0 and np.isfinite(float(row["hessian_trace"]))
+    assert len(pairs) == 4
+    for row in pairs:
+        assert -1 <= float(row["mc"]) <= 1 and -1 <= float(row["barrier_linear"]) <= 1
+        assert {"mc_loss", "mc_test", "cka_softmax", "cka_logits", "l2"} <= set(row)
+    curve_rows = read_csv(out / "curves.csv")
+    assert len(curve_rows) == 4 * 5 and {float(r["t"]) for r in curve_rows} == {0, 0.25, 0.5, 0.75, 1}
+    for r in curve_rows:  # the curve and the line share their endpoints
+        if float(r["t"]) in (0, 1):
+            assert float(r["curve_train_err"]) == float(r["line_train_err"])
+    phases_in_grid = {r["phase"] for r in grid}
+    assert phases_in_grid <= {"I", "II", "III", "IV-A", "IV-B", "?"}
+    for r in grid:  # the label is the documented rule applied to the row's means
+        expected = experiment.phases.classify(float(r["train_loss_mean"]), float(r["mc_mean"]),
+                                              float(r["cka_softmax_mean"]), experiment.Config().thresholds)
+        assert r["phase"] == str(expected)
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert {"phase_map.png", "double_descent.png", "hessian_density.png", "curves_along_t.png", "mc.png",
+            "hessian_top_eig.png", "hessian_trace.png", "cka_softmax.png", "l2.png"} <= figures
+    report = (out / "report.md").read_text()
+    assert "## Correlation with test accuracy" in report and "| mc | all |" in report
+    for name in figures:
+        assert f"(figures/{name})" in report
+
+
+def test_run_on_two_cpu_devices_equals_one_device(tmp_path):
+    """Members (and pairs) sharded over 2 CPU devices give the numbers of a single-device run."""
+    script = TINY + textwrap.dedent(f"""
+        import sys
+        from lljax import experiment
+        experiment.use_all_cpu_cores()
+        import jax
+        assert len(jax.devices()) == 2, jax.devices()
+        config = experiment.Config(**{{**dict(widths=(5,), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=3,
+                                             epochs=4), **{ALL_METRICS!r}}})
+        experiment.run(config, sys.argv[1], progress=False, dataset=tiny_dataset())
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "two")], env=env, check=True,
+                   capture_output=True, timeout=400)
+    experiment.run(tiny_config(widths=(5,), seeds=3, **ALL_METRICS), tmp_path / "one", progress=False,
+                   dataset=tiny_dataset())
+    for name in ("members", "pairs"):
+        one, two = read_csv(tmp_path / "one" / f"{name}.csv"), read_csv(tmp_path / "two" / f"{name}.csv")
+        assert len(one) == len(two) > 0
+        for a, b in zip(one, two):
+            assert a.keys() == b.keys()
+            for key in a:
+                if a[key] in ("True", "False"):
+                    assert a[key] == b[key]
+                else:
+                    np.testing.assert_allclose(float(a[key]), float(b[key]), rtol=2e-3, atol=2e-4, err_msg=key)
