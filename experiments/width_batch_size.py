@@ -10,18 +10,14 @@ size to be fitted, connected and similar (IV-B) and the narrow ones to show barr
 """
 import sys
 
-from lljax import cli
-
-PAPER_WIDTHS = (2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128)
-PAPER_BATCH_SIZES = (16, 19, 24, 27, 32, 44, 64, 92, 128, 180, 256, 364, 512, 724, 1024)
+from lljax import cli, experiment
 
 PRESETS = {
-    "quick": dict(model="mlp", widths=(4, 16, 64), batch_sizes=(16, 64, 256), lrs=(0.05,), seeds=2, epochs=20,
+    "quick": dict(model="mlp", widths=(8, 32, 128), batch_sizes=(16, 64, 256), lrs=(0.1,), seeds=2, epochs=30,
                   hessian_samples=500),
-    "default": dict(model="mlp", widths=(2, 4, 8, 16, 32, 64, 128), batch_sizes=(16, 32, 64, 128, 256, 512),
-                    lrs=(0.05,), seeds=3, epochs=60),
-    "paper": dict(dataset="cifar10", model="resnet18", widths=PAPER_WIDTHS, batch_sizes=PAPER_BATCH_SIZES,
-                  lrs=(0.05,), weight_decays=(5e-4,), seeds=5, epochs=100, eval_batch_size=500),
+    "default": dict(model="mlp", widths=(4, 8, 16, 32, 64, 128), batch_sizes=(16, 32, 64, 128, 256, 512),
+                    lrs=(0.1,), seeds=3, epochs=60),
+    "paper": experiment.PRESETS["paper"],
 }
 
 if __name__ == "__main__":

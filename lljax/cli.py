@@ -52,7 +52,7 @@ def parser(description: str, presets: dict[str, dict]) -> argparse.ArgumentParse
     g.add_argument("--hessian-top-k", type=int, help="top Hessian eigenvalues per model (default 3)")
     g.add_argument("--max-pairs", type=int, help="pairs of seeds per grid point for curves/CKA/L2 (default all)")
     g.add_argument("--curve-epochs", type=int, help="curve-fitting epochs (default: the training epochs)")
-    g.add_argument("--curve-lr", type=float, help="curve-fitting learning rate (default 0.05)")
+    g.add_argument("--curve-lr", type=float, help="curve-fitting learning rate (default 0.2)")
     g.add_argument("--curve-points", type=int, help="points along t where curves are evaluated (default 21)")
     g = p.add_argument_group("phase rule (see lljax/phases.py)")
     g.add_argument("--phase-train-loss", type=float, help="fitted when mean training loss < this, nats (default 0.05)")

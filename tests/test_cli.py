@@ -1,10 +1,12 @@
 import re
+import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from lljax import cli
+from lljax import cli, experiment
 
 
 @pytest.mark.parametrize("args,match", [
@@ -47,3 +49,41 @@ def test_options_override_the_preset():
         ["--out", "o", "--epochs", "7", "--lrs", "0.1", "0.2"])
     config = cli.config_from_args(args, {"quick": dict(widths=(1, 2), epochs=3)})
     assert config.widths == (1, 2) and config.epochs == 7 and config.lrs == (0.1, 0.2)
+
+
+STUDIES = sorted(p for p in (Path(__file__).resolve().parents[1] / "experiments").glob("*.py")
+                 if p.name != "paper_grid_phases.py")
+
+
+@pytest.mark.parametrize("script", STUDIES, ids=lambda p: p.stem)
+def test_every_study_preset_is_a_valid_configuration(script):
+    presets = runpy.run_path(str(script)).get("PRESETS", experiment.PRESETS)
+    assert "quick" in presets
+    for name, values in presets.items():
+        config = cli.config_from_args(cli.parser("study", presets).parse_args(["--out", "x", "--preset", name]),
+                                      presets)
+        experiment.validate(config)
+        swept = [k for k, v in config.knob_values().items() if len(v) > 1]
+        assert len(swept) >= 1 and config.seeds >= 2, name
+
+
+@pytest.mark.parametrize("option,value,field,expected", [
+    ("--phase-mc-band", "0.02", "phase_mc_band", 0.02), ("--phase-cka", "0.5", "phase_cka", 0.5),
+    ("--hessian-samples", "300", "hessian_samples", 300), ("--max-pairs", "1", "max_pairs", 1),
+    ("--max-members-per-chunk", "4", "max_members_per_chunk", 4), ("--curve-lr", "0.1", "curve_lr", 0.1),
+])
+def test_metric_and_phase_options_reach_the_configuration(option, value, field, expected):
+    args = cli.parser("study", experiment.PRESETS).parse_args(["--out", "x", option, value])
+    assert getattr(cli.config_from_args(args, experiment.PRESETS), field) == expected
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--phase-mc-band", "1.5"], r"mc_band must be in \[0, 1\)"),
+    (["--hessian-samples", "0"], "num_samples must be positive"),
+    (["--max-members-per-chunk", "0"], "max members per chunk must be a positive integer"),
+])
+def test_bad_metric_options_are_one_line_errors(tmp_path, capsys, args, match):
+    code = cli.main([*args, "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and re.search(match, err) and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
