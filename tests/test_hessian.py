@@ -81,7 +81,6 @@ def model(request):
                                                  num_steps=24),
                 hutchinson=stochastic_traces("hutchinson"),
                 hutchpp=stochastic_traces("hutchpp"),
-                krylov=stochastic_traces("krylov"),
                 # the trace reusing the top-eigenvalue Lanczos basis, as the pipeline computes it
                 metrics_krylov=jax.vmap(lambda k: hessian.hessian_metrics(loss_fn, params, batch, k, KRYLOV_METRICS))(
                     jax.random.split(jax.random.key(12), TRACE_KEYS)),
@@ -215,7 +214,7 @@ def test_smooth_density_skips_masked_nodes():
     np.testing.assert_allclose(alone, np.exp(-0.5 * np.asarray(grid) ** 2) / np.sqrt(2 * np.pi))
 
 
-@pytest.mark.parametrize("method", ["hutchinson", "hutchpp", "krylov", "metrics_krylov"])
+@pytest.mark.parametrize("method", ["hutchinson", "hutchpp", "metrics_krylov"])
 def test_stochastic_trace_within_three_standard_errors(model, method):
     exact, estimates = np.trace(model["dense"]), model[method]
     if method == "metrics_krylov":
@@ -234,15 +233,19 @@ def test_hutchpp_beats_hutchinson_on_a_decaying_spectrum():
     matrix, params = jnp.asarray(prescribed_matrix(spectrum)), quadratic_params(100)
 
     @jax.jit
-    def errors(keys):
+    def estimates(keys):
         one = lambda method: lambda k: hessian.trace(quadratic_loss, params, matrix, key=k, method=method,
                                                      num_probes=30)
-        return {m: jax.vmap(one(m))(keys).trace - spectrum.sum() for m in ("hutchinson", "hutchpp", "krylov")}
+        return {m: jax.vmap(one(m))(keys) for m in ("hutchinson", "hutchpp", "krylov")}
 
-    rms = {m: np.sqrt(np.mean(np.asarray(e) ** 2)) for m, e in errors(jax.random.split(jax.random.key(3), 20)).items()}
+    results = estimates(jax.random.split(jax.random.key(3), 20))
+    rms = {m: np.sqrt(np.mean((np.asarray(e.trace) - spectrum.sum()) ** 2)) for m, e in results.items()}
     assert rms["hutchpp"] < 0.2 * rms["hutchinson"]
     # A Krylov space of 10 steps captures the top of the spectrum better than Hutch++'s one-pass sketch of rank 10.
     assert rms["krylov"] < rms["hutchpp"]
+    # The stand-alone Krylov trace (its own Lanczos run) is unbiased with an honest standard error.
+    krylov = results["krylov"]
+    assert np.sum(np.abs(np.asarray(krylov.trace) - spectrum.sum()) > 3 * np.asarray(krylov.standard_error)) <= 1
 
 
 def test_krylov_trace_is_exact_once_lanczos_spans_the_space():
