@@ -113,8 +113,7 @@ def panels(series_YX: Sequence[Sequence[Sequence[tuple]]], x_values, y_values, x
     """Small multiples over a 2-D grid: panel (i, j) at (x_values[j], y_values[i]) draws its list of series
     (xs, ys, label, matplotlib style dict); an empty list leaves the panel blank."""
     rows, cols = len(y_values), len(x_values)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 + 2.1 * cols, 0.9 + 1.7 * rows), dpi=100, squeeze=False,
-                             sharex=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 + 2.1 * cols, 1.3 + 1.7 * rows), dpi=100, squeeze=False)
     for i in range(rows):
         for j in range(cols):
             ax = axes[rows - 1 - i, j]  # the first y value at the bottom, as in the heatmaps
@@ -128,14 +127,15 @@ def panels(series_YX: Sequence[Sequence[Sequence[tuple]]], x_values, y_values, x
             if j == 0:
                 ax.set_ylabel(f"{KNOB_LABELS.get(y_knob, y_knob)} = {_ticks([y_values[i]])[0]}\n{y_label}",
                               fontsize=7)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
+    handles, labels = [], []
     for ax in axes.flat:
         if ax.get_legend_handles_labels()[0]:
             handles, labels = ax.get_legend_handles_labels()
             break
-    if handles:
-        fig.legend(handles, labels, loc="upper right", fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    legend = len(labels) > 1
+    if legend:
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.05 if legend else 0, 1, 1))
     fig.savefig(path)
     plt.close(fig)

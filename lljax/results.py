@@ -256,7 +256,7 @@ def write_panel_figures(outcome, grid: Sequence[dict], out_dir: Path) -> list[Pa
                     panels[i][j] = [(grid_t, np.maximum(density, 1e-8), "density", {"lw": 1})]
             path = out_dir / f"hessian_density{suffix}.png"
             plots.panels(panels, x_values, y_values if y else [""], x, y or "", "Hessian eigenvalue", "density",
-                         "Hessian spectral density (SLQ, Gaussian width 1% of the range; mean over seeds)" + suffix,
+                         "Hessian spectral density (SLQ, smoothed; mean over seeds)" + suffix.replace("__", "  "),
                          path, logy=True)
             written.append(path)
         if any(along["curve_train_err"].get(p) for row in points for p in row):
@@ -273,7 +273,7 @@ def write_panel_figures(outcome, grid: Sequence[dict], out_dir: Path) -> list[Pa
                                      {"lw": 1, "ls": "--"})]
             path = out_dir / f"curves_along_t{suffix}.png"
             plots.panels(panels, x_values, y_values if y else [""], x, y or "", "t", "error",
-                         "error along the path between two seeds (mean over pairs)" + suffix, path)
+                         "error along the path between two seeds (mean over pairs)" + suffix.replace("__", "  "), path)
             written.append(path)
     return written
 
@@ -398,7 +398,8 @@ def report(outcome, grid: Sequence[dict], figures: Sequence[Path], out_dir: Path
               "[members.csv](members.csv); per pair: [pairs.csv](pairs.csv); along the curves: "
               "[curves.csv](curves.csv)).", "",
               "| " + " | ".join(c.removesuffix("_mean") for c in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_format(r.get(c, "")) for c in columns) + " |" for r in grid] + [""]
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in grid] + [""]
     lines += ["## Figures", ""] + [f"- [{p.stem}](figures/{p.name})" for p in figures] + [""]
     text = "\n".join(lines)
     checkpoint.write_atomic(out_dir / "report.md", text)
