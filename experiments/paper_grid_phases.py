@@ -66,8 +66,8 @@ def main(argv=None) -> int:
              "wide, fitted, connected, similar region (IV-B) holds the best test accuracy, as the paper reads "
              "its Figure 2.", "",
              "| metric | figure |", "|---|---|"]
-    lines += [f"| {name} | ![{name}]({name}.png) |" for name in ("test_acc", "mc", "cka_softmax", "train_loss",
-                                                                   "log_top_eig")]
+    names = ("test_acc", "mc", "cka_softmax", "train_loss", "log_top_eig")
+    lines += [f"| {name} | ![{name}]({name}.png) |" for name in names]
     (out / "index.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out}/index.md and figures; best {best}")
     return 0

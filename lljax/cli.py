@@ -26,8 +26,8 @@ LIST_OPTIONS = {"widths": int, "batch_sizes": int, "lrs": float, "weight_decays"
 
 def parser(description: str, presets: dict[str, dict]) -> argparse.ArgumentParser:
     p = _Parser(description=description)
-    p.add_argument("--out", required=True, help="results folder (created; an existing one with the same "
-                                                  "configuration is resumed)")
+    p.add_argument("--out", required=True,
+                   help="results folder (created; an existing one with the same configuration is resumed)")
     p.add_argument("--preset", choices=sorted(presets), default="quick" if "quick" in presets else None,
                    help="base settings that the options below override (default: quick)")
     p.add_argument("--dataset", choices=data.DATASETS)

@@ -349,10 +349,12 @@ def loss_metrics(ctx: GroupContext) -> dict[str, np.ndarray]:
     """Per-member training loss/accuracy on the member's own view and labels, test loss/accuracy on the clean
     test set; BatchNorm in inference mode; accuracies in [0, 1]."""
     ds, s, mesh = ctx.dataset, ctx.state, ctx.placement.mesh
-    x_train, x_test = sharding.replicate(jnp.asarray(ds.x_train), mesh), sharding.replicate(jnp.asarray(ds.x_test), mesh)
+    x_train, x_test = (sharding.replicate(jnp.asarray(x), mesh) for x in (ds.x_train, ds.x_test))
     y_test = np.broadcast_to(ds.y_test, (len(ctx.members), len(ds.y_test)))
-    evaluate = lambda x: lambda p, bs, y, w: train.evaluate_ensemble(ctx.spec.model, p, bs, x, y, w,
-                                                                      ctx.config.eval_batch_size)
+
+    def evaluate(x):
+        return lambda p, bs, y, w: train.evaluate_ensemble(ctx.spec.model, p, bs, x, y, w, ctx.config.eval_batch_size)
+
     train_loss, train_acc = ctx.placement.map(evaluate(x_train), s.params, s.batch_stats, ctx.member.view.labels,
                                               ctx.member.view.mask)
     test_loss, test_acc = ctx.placement.map(lambda p, bs, y: evaluate(x_test)(p, bs, y, None), s.params,
@@ -420,8 +422,8 @@ def _curve_program(apply_fn, starts, ends, batch_stats, x_train, y_train, x_test
         return evaluate(curve), evaluate(curves.init_curve(a, b, num_bends=0)), losses
 
     x_axis = None if shared_x else 0
-    return jax.vmap(one, in_axes=(0, 0, 0, x_axis, 0, 0, 0, 0))(starts, ends, batch_stats, x_train, y_train, keys,
-                                                                 lr, weight_decay)
+    return jax.vmap(one, in_axes=(0, 0, 0, x_axis, 0, 0, 0, 0))(
+        starts, ends, batch_stats, x_train, y_train, keys, lr, weight_decay)
 
 
 def curve_metrics(ctx: GroupContext, pairs: np.ndarray) -> dict[str, np.ndarray]:
@@ -473,6 +475,8 @@ def curve_metrics(ctx: GroupContext, pairs: np.ndarray) -> dict[str, np.ndarray]
     return {"mc": mc(out["curve_train_err"]), "mc_loss": mc(out["curve_train_loss"]),
             "mc_test": mc(out["curve_test_err"]), "barrier_linear": mc(out["line_train_err"]),
             "barrier_linear_loss": mc(out["line_train_loss"]), **out}
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def ensemble_logits(spec: models.ModelSpec, params, batch_stats, x_NX) -> jax.Array:
     """(M, N, C) logits of every member on the same inputs, BatchNorm in inference mode."""

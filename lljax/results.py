@@ -212,8 +212,9 @@ def arrays_by_point(outcome, kind: str, name: str) -> dict[tuple, list[np.ndarra
 
 def _representative(values: list, most: int) -> list:
     """At most `most` values spread evenly over the list, the ends included."""
-    return values if len(values) <= most else [values[i] for i in np.unique(np.linspace(0, len(values) - 1, most)
-                                                                               .round().astype(int))]
+    if len(values) <= most:
+        return values
+    return [values[i] for i in np.unique(np.linspace(0, len(values) - 1, most).round().astype(int))]
 
 
 def _point(rows_knobs: dict, x: str, xv, y: str | None, yv) -> tuple:
@@ -232,8 +233,8 @@ def write_panel_figures(outcome, grid: Sequence[dict], out_dir: Path) -> list[Pa
         return []
     nodes, weights = arrays_by_point(outcome, "member", "hessian_density_nodes"), \
         arrays_by_point(outcome, "member", "hessian_density_weights")
-    along = {name: arrays_by_point(outcome, "pair", name) for name in ("curve_train_err", "line_train_err",
-                                                                        "curve_test_err")}
+    along = {name: arrays_by_point(outcome, "pair", name)
+             for name in ("curve_train_err", "line_train_err", "curve_test_err")}
     x_values = _representative(list(knob_values[x]), 6)
     y_values = _representative(list(knob_values[y]), 4) if y else [None]
     written = []
@@ -246,7 +247,8 @@ def write_panel_figures(outcome, grid: Sequence[dict], out_dir: Path) -> list[Pa
                 for j, p in enumerate(row):
                     if not nodes.get(p) or np.asarray(nodes[p]).size == 0:
                         continue
-                    n, w = np.concatenate([a.ravel() for a in nodes[p]]), np.concatenate([a.ravel() for a in weights[p]])
+                    n = np.concatenate([a.ravel() for a in nodes[p]])
+                    w = np.concatenate([a.ravel() for a in weights[p]])
                     w = w / len(nodes[p]) / max(1, nodes[p][0].shape[0])  # mean over members and runs: mass 1
                     finite = n[np.isfinite(n)]
                     low, high = finite.min(), finite.max()

@@ -177,8 +177,8 @@ def evaluate(spec: ModelSpec, params, batch_stats, x_NX: jax.Array, y_N: jax.Arr
 def init_ensemble(spec: TrainSpec, keys: jax.Array, hyper: Hyper, labels_N: jax.Array,
                   input_shape: tuple[int, ...], view_keys: jax.Array | None = None) -> tuple[MemberState, Member]:
     """`init_member` over members: keys (M,), hyper fields (M,), optional view_keys (M,)."""
-    return jax.vmap(init_member, in_axes=(None, 0, 0, None, None, 0))(spec, keys, hyper, labels_N, input_shape,
-                                                                       view_keys)
+    return jax.vmap(init_member, in_axes=(None, 0, 0, None, None, 0))(
+        spec, keys, hyper, labels_N, input_shape, view_keys)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",), donate_argnames=("state",))

@@ -14,8 +14,8 @@ def knobs(**overrides):
 def test_grid_is_the_cartesian_product_times_seeds():
     members = ensemble.grid_members(knobs(width=(4, 8), lr=(0.1, 0.2, 0.3)), seeds=2)
     assert len(members) == 2 * 3 * 2
-    assert {(m.width, m.lr, m.seed) for m in members} == {(w, lr, s) for w in (4, 8) for lr in (0.1, 0.2, 0.3)
-                                                         for s in (0, 1)}
+    expected = {(w, lr, s) for w in (4, 8) for lr in (0.1, 0.2, 0.3) for s in (0, 1)}
+    assert {(m.width, m.lr, m.seed) for m in members} == expected
     assert all(m.batch_size == 16 and m.momentum == 0.9 for m in members)
 
 

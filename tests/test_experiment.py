@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from lljax import data, experiment
+from lljax import experiment
 from lljax.errors import LLJaxError
 
 # A tiny dataset built the same way in this process and in subprocesses
@@ -23,7 +23,9 @@ TINY = textwrap.dedent("""
         y = ((x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0).astype(np.int32))
         return data.Dataset("tiny", x[:128], y[:128], x[128:], y[128:], 3)
 """)
-exec(TINY)
+_namespace: dict = {}
+exec(TINY, _namespace)
+tiny_dataset = _namespace["tiny_dataset"]
 
 
 def tiny_config(**overrides):
@@ -117,7 +119,7 @@ def test_bad_input_raises_before_creating_the_folder(tmp_path, overrides, match)
 
 
 def test_killed_run_resumes_to_identical_results(tmp_path):
-    script = TINY + textwrap.dedent(f"""
+    script = TINY + textwrap.dedent("""
         import sys
         from lljax import experiment
         experiment.enable_compilation_cache()  # the three processes compile once between them

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lljax import data, ensemble, models, train
+from lljax import ensemble, models, train
 from lljax.errors import LLJaxError
 
 
