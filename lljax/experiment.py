@@ -338,7 +338,8 @@ def train_group(config: Config, dataset: data.Dataset, group: ensemble.Group,
             (f", chunk {c + 1}/{-(-count // size)})" if size < count else ")")
         parts.append(sharding.unpad(_train_chunk(spec, *piece, labels, x_train, placement, folder, config.epochs,
                                                  progress, label, checkpoint_seconds), real))
-    state, member = jax.tree.map(lambda *a: np.concatenate(a), *parts) if len(parts) > 1 else parts[0]
+    join = lambda *a: jnp.concatenate(a) if isinstance(a[0], jax.Array) else np.concatenate(a)  # keys stay JAX
+    state, member = jax.tree.map(join, *parts) if len(parts) > 1 else parts[0]
     return GroupContext(config, spec, dataset, group_members, state, member,
                         jax.random.fold_in(jax.random.key(config.seed), 10_000 + group.index), placement)
 

@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -207,13 +208,28 @@ def test_run_on_two_cpu_devices_equals_one_device(tmp_path):
                    capture_output=True, timeout=400)
     experiment.run(tiny_config(widths=(5,), seeds=3, **ALL_METRICS), tmp_path / "one", progress=False,
                    dataset=tiny_dataset())
+    _assert_tables_close(tmp_path / "one", tmp_path / "two")
+
+
+def _assert_tables_close(dir_a, dir_b):
     for name in ("members", "pairs"):
-        one, two = read_csv(tmp_path / "one" / f"{name}.csv"), read_csv(tmp_path / "two" / f"{name}.csv")
-        assert len(one) == len(two) > 0
-        for a, b in zip(one, two):
+        a_rows, b_rows = read_csv(dir_a / f"{name}.csv"), read_csv(dir_b / f"{name}.csv")
+        assert len(a_rows) == len(b_rows) > 0
+        for a, b in zip(a_rows, b_rows):
             assert a.keys() == b.keys()
             for key in a:
                 if a[key] in ("True", "False"):
                     assert a[key] == b[key]
                 else:
                     np.testing.assert_allclose(float(a[key]), float(b[key]), rtol=2e-3, atol=2e-4, err_msg=key)
+
+
+def test_members_split_into_chunks_give_the_same_results(tmp_path):
+    """A cap on members per compiled call (memory) changes nothing but how the work is cut."""
+    metrics = dict(ALL_METRICS, metrics=("loss", "hessian", "cka", "l2"))
+    config = tiny_config(widths=(5,), seeds=3, **metrics)
+    experiment.run(config, tmp_path / "whole", progress=False, dataset=tiny_dataset())
+    experiment.run(dataclasses.replace(config, max_members_per_chunk=4), tmp_path / "chunked", progress=False,
+                   dataset=tiny_dataset())
+    assert (tmp_path / "chunked" / "checkpoints" / "group-0" / "chunk-1").is_dir()  # 6 members: 2 chunks of 4
+    _assert_tables_close(tmp_path / "whole", tmp_path / "chunked")
