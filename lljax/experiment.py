@@ -99,7 +99,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(model="mlp", widths=(8, 32, 128), lrs=(0.03, 0.1, 0.3), batch_sizes=(64,), seeds=2, epochs=30,
                   hessian_samples=500),
     # <= 10 minutes on a 2-core CPU.
-    "default": dict(model="mlp", widths=(4, 8, 16, 32, 64, 128), lrs=(0.01, 0.03, 0.1, 0.3), batch_sizes=(64,),
+    "default": dict(model="mlp", widths=(4, 8, 16, 32, 64, 128, 256), lrs=(0.01, 0.03, 0.1, 0.3), batch_sizes=(64,),
                     seeds=3, epochs=60),
     # The paper's main grid (Yang et al. 2021 Figure 2): ResNet18 on CIFAR-10 (--data-dir), 13 widths x 15 batch
     # sizes x 5 seeds = 975 models, 100 epochs, every metric. For GPUs; see docs/distributed.md.
