@@ -271,6 +271,11 @@ class GroupContext:
     member: train.Member
     key: jax.Array
     placement: Placement
+    chunk: int  # members per compiled call, as in training (memory)
+
+    def map(self, fn: Callable, *member_args):
+        """`Placement.map` in chunks of this group's size (metric programs need about what training needs)."""
+        return self.placement.map(fn, *member_args, chunk=self.chunk)
 
 
 def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_dir, epochs, progress, label,
@@ -341,7 +346,7 @@ def train_group(config: Config, dataset: data.Dataset, group: ensemble.Group,
     join = lambda *a: jnp.concatenate(a) if isinstance(a[0], jax.Array) else np.concatenate(a)  # keys stay JAX
     state, member = jax.tree.map(join, *parts) if len(parts) > 1 else parts[0]
     return GroupContext(config, spec, dataset, group_members, state, member,
-                        jax.random.fold_in(jax.random.key(config.seed), 10_000 + group.index), placement)
+                        jax.random.fold_in(jax.random.key(config.seed), 10_000 + group.index), placement, size)
 
 
 # ------------------------------------------------------------------------------------------ metric families
@@ -356,10 +361,10 @@ def loss_metrics(ctx: GroupContext) -> dict[str, np.ndarray]:
     def evaluate(x):
         return lambda p, bs, y, w: train.evaluate_ensemble(ctx.spec.model, p, bs, x, y, w, ctx.config.eval_batch_size)
 
-    train_loss, train_acc = ctx.placement.map(evaluate(x_train), s.params, s.batch_stats, ctx.member.view.labels,
-                                              ctx.member.view.mask)
-    test_loss, test_acc = ctx.placement.map(lambda p, bs, y: evaluate(x_test)(p, bs, y, None), s.params,
-                                            s.batch_stats, y_test)
+    train_loss, train_acc = ctx.map(evaluate(x_train), s.params, s.batch_stats, ctx.member.view.labels,
+                                    ctx.member.view.mask)
+    test_loss, test_acc = ctx.map(lambda p, bs, y: evaluate(x_test)(p, bs, y, None), s.params, s.batch_stats,
+                                  y_test)
     return {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
             "diverged": np.asarray(s.diverged)}
 
@@ -398,8 +403,8 @@ def hessian_metrics(ctx: GroupContext) -> dict[str, np.ndarray]:
     # a subset smaller than the sample count is used once, not repeated: later copies get weight 0
     w = (np.arange(idx.shape[1])[None, :] < size[:, None]).astype(np.float32)
     keys = jax.random.split(jax.random.fold_in(ctx.key, 2), len(ctx.members))
-    out = ctx.placement.map(functools.partial(_hessian_program, ctx.spec.model, config), ctx.state.params,
-                            ctx.state.batch_stats, ctx.dataset.x_train[idx], y, w, keys)
+    out = ctx.map(functools.partial(_hessian_program, ctx.spec.model, config), ctx.state.params,
+                  ctx.state.batch_stats, ctx.dataset.x_train[idx], y, w, keys)
     eig = np.asarray(out.top_eigenvalues)
     columns = {"hessian_top_eig": eig[:, 0], **{f"hessian_eig_{i + 1}": eig[:, i] for i in range(1, eig.shape[1])},
                "hessian_top_residual": np.asarray(out.top_residuals)[:, 0],
@@ -458,12 +463,12 @@ def curve_metrics(ctx: GroupContext, pairs: np.ndarray) -> dict[str, np.ndarray]
             eval_batch_size=cfg.eval_batch_size)
         lr = np.full(len(sel), cfg.curve_lr, np.float32)
         if shared_x:
-            fitted, line, losses = ctx.placement.map(
+            fitted, line, losses = ctx.map(
                 lambda s, e, bs, y_, k, lr_, wd_: program(s, e, bs, x, y_, keys=k, lr=lr_, weight_decay=wd_),
                 take(ctx.state.params, a[sel]), take(ctx.state.params, b[sel]),
                 take(ctx.state.batch_stats, a[sel]), y, keys[sel], lr, wd)
         else:
-            fitted, line, losses = ctx.placement.map(
+            fitted, line, losses = ctx.map(
                 lambda s, e, bs, x_, y_, k, lr_, wd_: program(s, e, bs, x_, y_, keys=k, lr=lr_, weight_decay=wd_),
                 take(ctx.state.params, a[sel]), take(ctx.state.params, b[sel]),
                 take(ctx.state.batch_stats, a[sel]), x, y, keys[sel], lr, wd)
@@ -490,8 +495,8 @@ def cka_metrics(ctx: GroupContext, pairs: np.ndarray) -> dict[str, np.ndarray]:
     x = jnp.asarray(ctx.dataset.x_train)
     probe = similarity.mixup_inputs(jax.random.fold_in(ctx.key, 1), x, num=min(ctx.config.cka_samples, len(x)))
     probe = sharding.replicate(probe, ctx.placement.mesh)
-    logits = ctx.placement.map(lambda p, bs: ensemble_logits(ctx.spec.model, p, bs, probe), ctx.state.params,
-                               ctx.state.batch_stats)
+    logits = ctx.map(lambda p, bs: ensemble_logits(ctx.spec.model, p, bs, probe), ctx.state.params,
+                     ctx.state.batch_stats)
     matrices = similarity.all_pairs_output_cka(logits)
     a, b = pairs[:, 0], pairs[:, 1]
     return {"cka_softmax": np.asarray(matrices["softmax"])[a, b], "cka_logits": np.asarray(matrices["logits"])[a, b]}
