@@ -29,13 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common import load_average, machine
 from lljax import curves, data, models, train
 
 NUM_INPUTS = 40  # MNIST-1D signal length
@@ -63,24 +63,6 @@ def parse_args(argv=None):
     if min(args.pairs, args.width, args.batch_size, args.epochs, args.train_epochs, args.torch_pairs) <= 0:
         p.error("--pairs, --width, --batch-size, --epochs, --train-epochs and --torch-pairs must be positive")
     return args
-
-
-def machine() -> dict:
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": name, "cores": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-            "python": platform.python_version()}
-
-
-def load_average():
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 # ------------------------------------------------------------------------------------------------- lljax

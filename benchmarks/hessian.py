@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -50,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from common import load_average, machine
 from lljax import data, hessian, models, train
 
 NUM_INPUTS = 40  # MNIST-1D signal length
@@ -76,24 +76,6 @@ def parse_args(argv=None):
     if min(args.members, args.width, args.samples, args.train_epochs, args.repeats) <= 0:
         p.error("--members, --width, --samples, --train-epochs and --repeats must be positive")
     return args
-
-
-def machine() -> dict:
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": name, "cores": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-            "python": platform.python_version()}
-
-
-def load_average() -> float:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return float("nan")
 
 
 def train_members(args, dataset):

@@ -42,9 +42,10 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
+
+from common import machine
 
 PAPER_WIDTHS = (1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128)
 # the batch sizes of the paper's measured grid (reference/paper_resnet18_cifar10_grid.csv)
@@ -80,17 +81,6 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------------------------------ the machine
-
-def machine(jax) -> dict:
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": name, "cores": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-            "device": str(jax.devices()[0].device_kind), "devices": jax.device_count(),
-            "xla_flags": os.environ.get("XLA_FLAGS", ""), "python": platform.python_version()}
 
 
 def matmul_flops(jax, jnp, sizes, repeats=5) -> float:
@@ -362,7 +352,7 @@ def main(argv=None) -> dict:
     torch_device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
     same_device = (torch_device == "cuda") == gpu
 
-    info = machine(jax)
+    info = machine()
     mesh = sharding.member_mesh()
     print(f"machine: {info['cpu']}, {info['cores']} cores; JAX {info['jax']} on {info['backend']} "
           f"({info['device']} x {info['devices']}); PyTorch {torch.__version__} on {torch_device}"
