@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from typing import Sequence
 
-from lljax import data, experiment, models
+from lljax import data, experiment, models, sharding
 from lljax.errors import LLJaxError
 
 
@@ -80,8 +80,9 @@ def main(argv: Sequence[str] | None = None, description: str = "Phase diagram of
          presets: dict[str, dict] | None = None) -> int:
     presets = experiment.PRESETS if presets is None else presets
     args = parser(description, presets).parse_args(argv)
-    experiment.use_all_cpu_cores()
     try:
+        sharding.initialize_distributed()  # several hosts, when the environment asks (docs/distributed.md)
+        experiment.use_all_cpu_cores()
         config = config_from_args(args, presets)
         experiment.enable_compilation_cache()
         experiment.run(config, args.out, progress=not args.no_progress)

@@ -250,7 +250,7 @@ def use_all_cpu_cores() -> None:
     one program on a single device mostly on one thread for small models). Must run before JAX's backend
     starts; a no-op afterwards or when the user set the device count."""
     try:
-        if "jax_num_cpu_devices" not in os.environ.get("JAX_FLAGS", "") and \
+        if not os.environ.get("JAX_NUM_CPU_DEVICES") and \
                 "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
             jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
     except RuntimeError:  # the backend is already initialised: keep its devices
