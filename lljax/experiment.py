@@ -96,8 +96,8 @@ PAPER_BATCH_SIZES = (16, 19, 24, 27, 32, 44, 64, 92, 128, 180, 256, 364, 512, 72
 
 PRESETS: dict[str, dict[str, Any]] = {
     # <= 2 minutes on a 2-core CPU: the paper's picture in miniature (width x learning rate).
-    "quick": dict(model="mlp", widths=(8, 32, 128), lrs=(0.03, 0.1, 0.3), batch_sizes=(64,), seeds=2, epochs=30,
-                  hessian_samples=500),
+    "quick": dict(model="mlp", widths=(8, 32, 128, 256), lrs=(0.03, 0.1, 0.3), batch_sizes=(64,), seeds=2,
+                  epochs=40, curve_epochs=60, hessian_samples=500),
     # <= 10 minutes on a 2-core CPU.
     "default": dict(model="mlp", widths=(4, 8, 16, 32, 64, 128, 256), lrs=(0.01, 0.03, 0.1, 0.3), batch_sizes=(64,),
                     seeds=3, epochs=60),
