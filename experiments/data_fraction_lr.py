@@ -11,10 +11,10 @@ import sys
 from lljax import cli
 
 PRESETS = {
-    "quick": dict(model="mlp", widths=(64,), data_fractions=(0.1, 0.3, 1.0), lrs=(0.01, 0.05, 0.25), seeds=2,
-                  epochs=20, hessian_samples=500),
-    "default": dict(model="mlp", widths=(64,), data_fractions=(0.05, 0.1, 0.2, 0.4, 0.7, 1.0),
-                    lrs=(0.005, 0.02, 0.08, 0.32), seeds=3, epochs=60),
+    "quick": dict(model="mlp", widths=(128,), data_fractions=(0.1, 0.3, 1.0), lrs=(0.03, 0.1, 0.3), seeds=2,
+                  epochs=40, curve_epochs=60, hessian_samples=500),
+    "default": dict(model="mlp", widths=(128,), data_fractions=(0.05, 0.1, 0.2, 0.4, 0.7, 1.0),
+                    lrs=(0.01, 0.03, 0.1, 0.3), seeds=3, epochs=60),
 }
 
 if __name__ == "__main__":

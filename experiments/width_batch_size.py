@@ -13,8 +13,8 @@ import sys
 from lljax import cli, experiment
 
 PRESETS = {
-    "quick": dict(model="mlp", widths=(8, 32, 128), batch_sizes=(16, 64, 256), lrs=(0.1,), seeds=2, epochs=30,
-                  hessian_samples=500),
+    "quick": dict(model="mlp", widths=(8, 32, 128), batch_sizes=(16, 64, 256), lrs=(0.1,), seeds=2, epochs=40,
+                  curve_epochs=60, hessian_samples=500),
     "default": dict(model="mlp", widths=(4, 8, 16, 32, 64, 128), batch_sizes=(16, 32, 64, 128, 256, 512),
                     lrs=(0.1,), seeds=3, epochs=60),
     "paper": experiment.PRESETS["paper"],
