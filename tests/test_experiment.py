@@ -233,3 +233,25 @@ def test_members_split_into_chunks_give_the_same_results(tmp_path):
                    dataset=tiny_dataset())
     assert (tmp_path / "chunked" / "checkpoints" / "group-0" / "chunk-1").is_dir()  # 6 members: 2 chunks of 4
     _assert_tables_close(tmp_path / "whole", tmp_path / "chunked")
+
+
+def test_on_an_accelerator_chunks_are_sized_from_device_memory(monkeypatch):
+    """Off the CPU the chunk comes from XLA's memory estimate of one member's training and the free memory."""
+    config = tiny_config(widths=(5,), seeds=3)
+    members = experiment.ensemble.grid_members(config.knob_values(), config.seeds)
+    group = experiment.ensemble.group_members(members)[0]
+    whole = experiment.train_group(config, tiny_dataset(), group, members, None)
+    estimates = []
+    real_chunk_size = experiment.sharding.chunk_size
+
+    def chunk_size(bytes_per_member, **kwargs):  # memory for about 2 members (half of it is the safety margin)
+        estimates.append(bytes_per_member)
+        return real_chunk_size(bytes_per_member, device_memory=4 * bytes_per_member + 1, **kwargs)
+
+    monkeypatch.setattr(experiment.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(experiment.sharding, "chunk_size", chunk_size)
+    chunked = experiment.train_group(config, tiny_dataset(), group, members, None)
+    assert len(estimates) == 1 and estimates[0] > 0
+    assert chunked.chunk == 2 < len(group.members)
+    for a, b in zip(experiment.jax.tree.leaves(whole.state.params), experiment.jax.tree.leaves(chunked.state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
