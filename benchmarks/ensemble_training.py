@@ -41,7 +41,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 
@@ -49,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common import load_average, machine
 from lljax import data, models, sharding, train
 
 NUM_INPUTS = 40  # MNIST-1D signal length
@@ -83,25 +83,6 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------------------------------- the machine
-
-def machine() -> dict:
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": name, "cores": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-            "device": str(jax.devices()[0].device_kind), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "python": platform.python_version()}
-
-
-def load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
-
 
 def matmul_flops(sizes=(2048, 4096), repeats=5) -> dict:
     """Best float32 dense matmul rate (FLOP/s) over square sizes, in JAX on the default device."""
