@@ -442,12 +442,7 @@ def curve_metrics(ctx: GroupContext, pairs: np.ndarray) -> dict[str, np.ndarray]
     order, size, labels = (np.asarray(v) for v in (view.order, view.size, view.labels))
     a, b = pairs[:, 0], pairs[:, 1]
     take = lambda tree, i: jax.tree.map(lambda leaf: np.asarray(leaf)[i], tree)
-    num_ts = cfg.curve_points
-    out = {name: np.zeros((len(pairs), num_ts), np.float32) for name in
-           ("curve_train_err", "curve_train_loss", "curve_test_err", "curve_test_loss", "line_train_err",
-            "line_train_loss", "line_test_err")}
-    fit_epochs = cfg.curve_epochs or cfg.epochs
-    out["curve_fit_loss"] = np.zeros((len(pairs), fit_epochs), np.float32)
+    out: dict[str, np.ndarray] = {}
     x_test, y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
     keys = jax.random.split(jax.random.fold_in(ctx.key, 3), len(pairs))
     for n in np.unique(size[a]):  # pairs whose subsets have the same size share one program
@@ -457,26 +452,23 @@ def curve_metrics(ctx: GroupContext, pairs: np.ndarray) -> dict[str, np.ndarray]
         x = jnp.asarray(ds.x_train[idx[0]]) if shared_x else ds.x_train[idx]
         y = np.take_along_axis(labels[a[sel]], idx, axis=1)
         wd = np.asarray([ctx.members[i].weight_decay for i in a[sel]], np.float32)
+        lr = np.full(len(sel), cfg.curve_lr, np.float32)
         program = functools.partial(
             _curve_program, curves.model_apply(ctx.spec.model), x_test=x_test, y_test=y_test, shared_x=shared_x,
-            epochs=fit_epochs, batch_size=min(cfg.curve_batch_size, int(n)), num_ts=num_ts,
-            eval_batch_size=cfg.eval_batch_size)
-        lr = np.full(len(sel), cfg.curve_lr, np.float32)
-        if shared_x:
-            fitted, line, losses = ctx.map(
-                lambda s, e, bs, y_, k, lr_, wd_: program(s, e, bs, x, y_, keys=k, lr=lr_, weight_decay=wd_),
-                take(ctx.state.params, a[sel]), take(ctx.state.params, b[sel]),
-                take(ctx.state.batch_stats, a[sel]), y, keys[sel], lr, wd)
-        else:
-            fitted, line, losses = ctx.map(
-                lambda s, e, bs, x_, y_, k, lr_, wd_: program(s, e, bs, x_, y_, keys=k, lr=lr_, weight_decay=wd_),
-                take(ctx.state.params, a[sel]), take(ctx.state.params, b[sel]),
-                take(ctx.state.batch_stats, a[sel]), x, y, keys[sel], lr, wd)
-        for name, value in (("curve_train_err", fitted.train_err), ("curve_train_loss", fitted.train_loss),
-                            ("curve_test_err", fitted.test_err), ("curve_test_loss", fitted.test_loss),
-                            ("line_train_err", line.train_err), ("line_train_loss", line.train_loss),
-                            ("line_test_err", line.test_err), ("curve_fit_loss", losses)):
-            out[name][sel] = value
+            epochs=cfg.curve_epochs or cfg.epochs, batch_size=min(cfg.curve_batch_size, int(n)),
+            num_ts=cfg.curve_points, eval_batch_size=cfg.eval_batch_size)
+
+        def call(s, e, bs, y_, k, lr_, wd_, *per_pair_x):  # x is a member argument only when pairs differ in it
+            return program(s, e, bs, per_pair_x[0] if per_pair_x else x, y_, keys=k, lr=lr_, weight_decay=wd_)
+
+        fitted, line, losses = ctx.map(call, take(ctx.state.params, a[sel]), take(ctx.state.params, b[sel]),
+                                       take(ctx.state.batch_stats, a[sel]), y, keys[sel], lr, wd,
+                                       *([] if shared_x else [x]))
+        values = {**{f"curve_{k}": getattr(fitted, k) for k in ("train_err", "train_loss", "test_err", "test_loss")},
+                  **{f"line_{k}": getattr(line, k) for k in ("train_err", "train_loss", "test_err")},
+                  "curve_fit_loss": losses}
+        for name, value in values.items():
+            out.setdefault(name, np.zeros((len(pairs), *np.shape(value)[1:]), np.float32))[sel] = value
     mc = lambda e: np.asarray(curves.mode_connectivity(e))
     return {"mc": mc(out["curve_train_err"]), "mc_loss": mc(out["curve_train_loss"]),
             "mc_test": mc(out["curve_test_err"]), "barrier_linear": mc(out["line_train_err"]),
