@@ -1,7 +1,9 @@
 """Checkpoints of training state (orbax) and atomic writes of result files, so a killed run resumes.
 
 Layout inside a run folder: `checkpoints/group-<g>/<epoch>/` holds the stacked `MemberState` of group g after
-`epoch` epochs (only the latest is kept); finished groups' metrics live in `groups/group-<g>.npz`.
+`epoch` epochs (only the latest is kept; the last one is the trained ensemble), or
+`checkpoints/group-<g>/chunk-<c>/<epoch>/` when the group trains in memory-sized chunks; finished groups'
+metrics live in `groups/group-<g>.npz`.
 """
 from __future__ import annotations
 
