@@ -234,6 +234,14 @@ class Placement:
             return count
         return min(count, sharding.chunk_size(estimate(), num_devices=self.mesh.size))
 
+    def passes_for(self, count: int, params) -> int:
+        """Sequential slices for `train.train_ensemble` when training `count` members (a multiple of the mesh
+        size) with parameters `params` (leaves (M, ...)): cache-sized slices on a CPU, one pass elsewhere."""
+        if jax.default_backend() != "cpu":
+            return 1
+        param_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params)) // count
+        return sharding.cpu_passes(count // self.mesh.size, param_bytes)
+
     def map(self, fn: Callable, *member_args, chunk: int | None = None):
         """`fn(*member_args)` (every argument with a leading member axis; bind shared inputs in `fn`) over
         chunks of members sharded on the mesh; host numpy outputs, member for member equal to one call."""
@@ -283,6 +291,7 @@ def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_
     """Train one chunk of members (padded to the mesh) to `epochs`, resuming from and saving checkpoints."""
     state, member = train.init_ensemble(spec, keys, hyper, labels, x_train.shape[1:], view_keys)
     state, member = sharding.shard_members((state, member), placement.mesh)
+    passes = placement.passes_for(sharding.member_count(member), state.params)
     every = max(1, math.ceil(epochs / 10))  # epochs per call: the progress bar's resolution
     epoch, last_save = 0, time.time()
     step = checkpoint.latest_step(ckpt_dir) if ckpt_dir is not None else None
@@ -292,7 +301,7 @@ def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_
         progress(step, f"{label}: resumed at epoch {step}")
     while epoch < epochs:
         stop = min(epoch + every, epochs)
-        state = train.train_ensemble(spec, state, member, x_train, epoch, stop)
+        state = train.train_ensemble(spec, state, member, x_train, epoch, stop, passes)
         jax.block_until_ready(state)
         if ckpt_dir is not None and (stop == epochs or time.time() - last_save > checkpoint_seconds):
             checkpoint.save(ckpt_dir, stop, state)  # the last one keeps the trained ensemble for re-analysis

@@ -255,3 +255,27 @@ def test_on_an_accelerator_chunks_are_sized_from_device_memory(monkeypatch):
     assert chunked.chunk == devices < len(group.members)
     for a, b in zip(experiment.jax.tree.leaves(whole.state.params), experiment.jax.tree.leaves(chunked.state.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_on_a_cpu_members_train_in_cache_sized_passes(monkeypatch):
+    """On a CPU a group trains in slices whose parameters fit the cache (`sharding.cpu_passes`); the numbers
+    are those of one pass. Off the CPU there is one pass."""
+    config = tiny_config(widths=(5,), seeds=4)  # 8 members
+    members = experiment.ensemble.grid_members(config.knob_values(), config.seeds)
+    group = experiment.ensemble.group_members(members)[0]
+    real_cpu_passes, chosen = experiment.sharding.cpu_passes, []
+
+    def cpu_passes(per_device, param_bytes):  # as if the cache held 1 byte: slices of the smallest size allowed
+        assert param_bytes == 4 * (8 * 5 + 5 + 5 * 5 + 5 + 5 * 3 + 3)  # one member's float32 MLP parameters
+        chosen.append(real_cpu_passes(per_device, param_bytes, cache_bytes=1))
+        return chosen[-1]
+
+    monkeypatch.setattr(experiment.sharding, "cpu_passes", cpu_passes)
+    sliced = experiment.train_group(config, tiny_dataset(), group, members, None)
+    assert chosen and chosen[-1] > 1
+    monkeypatch.setattr(experiment.sharding, "cpu_passes", lambda *args, **kwargs: 1)
+    whole = experiment.train_group(config, tiny_dataset(), group, members, None)
+    for a, b in zip(experiment.jax.tree.leaves(whole.state.params), experiment.jax.tree.leaves(sliced.state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(experiment.jax, "default_backend", lambda: "gpu")
+    assert whole.placement.passes_for(8, whole.state.params) == 1

@@ -186,6 +186,31 @@ def test_memory_estimate_grows_with_the_model_and_excludes_shared_inputs(monkeyp
         sharding.memory_estimate(fn, *args, in_axes=(0, 0))
 
 
+def test_cpu_passes_keep_a_slice_in_cache():
+    from lljax import sharding
+
+    mib = 2 ** 20
+    assert sharding.cpu_passes(32, 91_000, mib) == 4  # width-128 MLPs: 11 fit, slices of 8
+    assert sharding.cpu_passes(30, 91_000, mib) == 3  # slices of 10 (the largest divisor that fits)
+    assert sharding.cpu_passes(32, 11_000, mib) == 1  # small models: all at once
+    assert sharding.cpu_passes(32, 2 * mib, mib) == 32 // sharding.CPU_MIN_MEMBERS_PER_PASS  # never below the floor
+    assert sharding.cpu_passes(31, 2 * mib, mib) == 1  # a prime count: one slice of 31 rather than 31 of 1
+    assert sharding.cpu_passes(1, 2 * mib, mib) == 1
+
+
+def test_cpu_cache_bytes_reads_sysfs(tmp_path):
+    from lljax import sharding
+
+    for index, level, kind, size in [(0, 1, "Data", "48K"), (1, 1, "Instruction", "32K"), (2, 2, "Unified", "2M")]:
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(f"{value}\n")
+    assert sharding.cpu_cache_bytes(2, str(tmp_path)) == 2 * 2 ** 20
+    assert sharding.cpu_cache_bytes(1, str(tmp_path)) == 48 * 2 ** 10
+    assert sharding.cpu_cache_bytes(2, str(tmp_path / "missing")) == 2 ** 20  # unknown: 1 MiB
+
+
 def test_map_chunks_equals_one_call_and_compiles_once():
     import jax
     import jax.numpy as jnp
@@ -248,6 +273,8 @@ def test_sharded_training_equals_unsharded_on_4_devices():
     assert r["output_spec"] == ["members"]
     assert r["train_diff"] <= 1e-6, r  # float32 training, 2 epochs; the same programs per member
     assert r["eval_diff"] <= 1e-6, r
+    # sequential slices of the sharded member axis: same numbers, still sharded, no data moved between devices
+    assert r["passes_diff"] <= 1e-6 and r["passes_spec"] == ["members"] and r["passes_collectives"] == [], r
     assert r["chunked_train_diff"] <= 1e-6, r
     assert r["chunk_compilations"] == 1, r
     assert r["callback_vs_device_put"] == 0 and r["key_spec"] == ["members"]
@@ -313,6 +340,11 @@ def _single_device_worker() -> dict:
     x_all = sharding.replicate(x, mesh)
     trained = train.train_ensemble(spec, state8, member8, x_all, 0, spec.epochs)
     kernel = jax.tree.leaves(trained.params)[0]
+    (state8, member8), _ = sharding.pad_members(tiny_training(members=6)[1:3], mesh.size)
+    state8, member8 = sharding.shard_members((state8, member8), mesh)
+    args = (spec, state8, member8, x_all, 0, spec.epochs, 2)  # two slices, each one member per device
+    program = train.train_ensemble.lower(*args).compile().as_text()
+    in_passes = train.train_ensemble(*args)
     evaluated = train.evaluate_ensemble(spec.model, trained.params, trained.batch_stats, x_all,
                                         member8.view.labels, member8.view.mask)
 
@@ -332,6 +364,10 @@ def _single_device_worker() -> dict:
             "output_spec": list(kernel.sharding.spec),
             "train_diff": max_abs_diff(sharding.unpad(trained, n), reference),
             "eval_diff": max_abs_diff(sharding.unpad(evaluated, n), ref_eval),
+            "passes_diff": max_abs_diff(sharding.unpad(in_passes, n), reference),
+            "passes_spec": list(jax.tree.leaves(in_passes.params)[0].sharding.spec),
+            "passes_collectives": [op for op in ("all-gather", "all-to-all", "collective-permute", "all-reduce")
+                                   if op in program],
             "chunked_train_diff": max_abs_diff(chunked, reference),
             "chunk_compilations": compilations,
             "callback_vs_device_put": max_abs_diff(via_callback, via_put),

@@ -95,6 +95,24 @@ def test_chunked_training_equals_one_run():
         np.testing.assert_array_equal(a, b)
 
 
+def test_training_in_sequential_passes_equals_one_pass():
+    """Member i trained in slice i % passes gives member i's numbers, whatever the number of slices."""
+    x, y = small_problem()
+    spec = spec_for(x)
+    h = hyper([0.05, 0.2, 0.1, 0.3, 0.02, 0.15], wd=[0.0, 1e-3, 5e-4, 0.0, 1e-4, 5e-4],
+              fraction=[1.0, 0.5, 0.8, 1.0, 0.7, 0.9], noise=[0.0, 0.3, 0.1, 0.0, 0.2, 0.0])
+    keys = jax.random.split(jax.random.key(3), 6)
+    one, _ = trained(spec, h, keys, x, y)
+    for passes in (2, 3, 6):
+        state, member = train.init_ensemble(spec, keys, h, y, x.shape[1:])
+        sliced = train.train_ensemble(spec, state, member, x, 0, spec.epochs, passes)
+        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(sliced)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    state, member = train.init_ensemble(spec, keys, h, y, x.shape[1:])
+    with pytest.raises(LLJaxError, match="divisor of the 6 members"):
+        train.train_ensemble(spec, state, member, x, 0, 1, 4)
+
+
 def test_divergence_is_isolated():
     x, y = small_problem()
     spec = spec_for(x)
