@@ -10,9 +10,12 @@ momentum 0.9 and weight decay 5e-4, constant learning rate) are trained
       (`jax_num_cpu_devices` = cores, set before JAX's backend starts), the member axis padded to a multiple
       of the device count (`sharding.pad_members`) and sharded over `sharding.member_mesh()`
       (`shard_members`; the dataset `replicate`d), `train.train_ensemble` called in chunks of ceil(E / 10)
-      epochs (the pipeline's progress-bar resolution), padding dropped with `unpad`; one compiled program
-      (compile time excluded from the rate, reported beside it). XLA:CPU runs a batched small matmul on one
-      core at a time, so one device per core is how an ensemble uses every core;
+      epochs (the pipeline's progress-bar resolution), each device's members trained in the pipeline's
+      cache-sized slices one after another (`Placement.passes_for` -> `sharding.cpu_passes`), padding dropped
+      with `unpad`; one compiled program (compile time excluded from the rate, reported beside it). XLA:CPU
+      runs a batched small matmul on one core at a time, so one device per core is how an ensemble uses every
+      core;
+  (a0) where (a) slices the members, the same in one pass (what the slicing gains);
   (a1) the same `train_ensemble` call unsharded, on one device (lljax before sharding);
   (b) a Python loop of single lljax models: the same `train_ensemble` with N = 1, called N times;
   (c) PyTorch as the original code does it, one model after another: DataLoader(TensorDataset, shuffle=True,
@@ -28,8 +31,8 @@ repeat and the plain totals). PyTorch runs with as many intra-op threads as the 
 the faster counts. It measures the machine's dense float32 matmul FLOP/s in JAX (best of several large square
 products, one device, all cores) before, between and after the widths, takes the highest, and reports the
 fraction of it that (a) reaches, counting 6 x MACs per example for forward + backward. Expected on the 2-core
-dev CPU (benchmarks/RESULTS.md): at width 32 (a) about 40x faster than (c); at width 128 (a) near half the
-matmul rate.
+dev CPU (benchmarks/RESULTS.md): at width 32 (a) about 40x faster than (c); at width 128 (a) near 55-60% of
+the matmul rate.
 
 The last line printed is `speedup_vs_pytorch: X.XX`, (a) over (c) at width 32 (or the first width given).
 The machine may be shared: the load average and the CPU share other processes took during each measurement
