@@ -295,6 +295,8 @@ def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_
     every = max(1, math.ceil(epochs / 10))  # epochs per call: the progress bar's resolution
     epoch, last_save = 0, time.time()
     step = checkpoint.latest_step(ckpt_dir) if ckpt_dir is not None else None
+    step = int(sharding.from_lead(np.int64(-1 if step is None else step)))  # several hosts: process 0's view
+    step = None if step < 0 else step
     if step is not None:
         state = sharding.shard_members(checkpoint.restore(ckpt_dir, step, state), placement.mesh)
         epoch = step
@@ -563,6 +565,30 @@ def prepare_out_dir(config: Config, out_dir: Path) -> None:
     checkpoint.write_atomic(config_path, config.to_json() + "\n")
 
 
+def prepare_shared_out_dir(config: Config, out_dir: Path) -> None:
+    """`prepare_out_dir` on process 0; with several processes, every other one then checks that it sees the
+    same folder (storage shared by every host, as orbax's multi-host checkpoints need), and all of them raise
+    when any check fails (no process is left waiting for the others)."""
+    if jax.process_count() == 1:
+        return prepare_out_dir(config, out_dir)
+    error = None
+    if sharding.is_lead_process():
+        try:
+            prepare_out_dir(config, out_dir)
+        except LLJaxError as e:
+            error = e
+    if not sharding.agree(error is None):
+        raise error or LLJaxError(f"process 0 refused the results folder {out_dir}; its error says why")
+    try:
+        seen = Config.from_dict(json.loads((out_dir / "config.json").read_text())) == config
+    except (OSError, ValueError, TypeError, LLJaxError):
+        seen = False
+    if not sharding.agree(seen):
+        where = "" if seen else f": process {jax.process_index()} does not find the config.json process 0 wrote"
+        raise LLJaxError(f"the results folder {out_dir} is not the same folder on every host{where}; put --out "
+                         "on storage every host shares")
+
+
 def enable_compilation_cache() -> None:
     """JAX's persistent compilation cache in the user cache folder, so repeated runs skip compilation."""
     cache = data.default_cache_dir() / "jax"
@@ -593,27 +619,31 @@ def run(config: Config, out_dir: str | os.PathLike, progress: bool = True, datas
     dataset = dataset or data.load_dataset(config.dataset, config.data_dir)
     validate_with_data(config, dataset)
     out_dir = Path(out_dir)
-    prepare_out_dir(config, out_dir)
+    prepare_shared_out_dir(config, out_dir)
+    lead = sharding.is_lead_process()  # several hosts: all compute, process 0 writes files and prints
     members = ensemble.grid_members(config.knob_values(), config.seeds)
     groups = ensemble.group_members(members)
     metric_cost = sum(MEMBER_METRICS[m][1] if m in MEMBER_METRICS else PAIR_METRICS[m][1]
                       for m in set(config.metrics) | {"loss"})
-    bar = Progress(len(groups) * config.epochs * (1 + metric_cost), enabled=progress)
+    bar = Progress(len(groups) * config.epochs * (1 + metric_cost), enabled=progress and lead)
     (out_dir / "groups").mkdir(exist_ok=True)
     placement = default_placement(config.max_members_per_chunk)
+    paths = [out_dir / "groups" / f"group-{group.index}.npz" for group in groups]
+    done = sharding.from_lead(np.asarray([path.exists() for path in paths]))
     group_metrics = []
-    for group in groups:
-        path = out_dir / "groups" / f"group-{group.index}.npz"
-        if path.exists():
+    for group, path, finished in zip(groups, paths, done):
+        if finished:
             group_metrics.append(checkpoint.load_arrays(path))
             bar.update(config.epochs * (1 + metric_cost), f"group {group.index}: already done")
             continue
         ckpt_dir = out_dir / "checkpoints" / f"group-{group.index}"
         ctx = train_group(config, dataset, group, members, ckpt_dir, bar.update, checkpoint_seconds, placement)
         metrics = measure_group(ctx, config.metrics, bar.update)
-        checkpoint.save_arrays(path, metrics)
+        if lead:
+            checkpoint.save_arrays(path, metrics)
         group_metrics.append(metrics)
     bar.close()
     outcome = RunResult(config, members, groups, group_metrics, time.time() - start)
-    results.write_all(outcome, out_dir)
+    if lead:
+        results.write_all(outcome, out_dir)
     return outcome

@@ -90,6 +90,28 @@ def initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
     return True
 
 
+def is_lead_process() -> bool:
+    """Whether this process is the one that writes a run's files and prints (process 0; always, alone)."""
+    return jax.process_index() == 0
+
+
+def agree(ok: bool) -> bool:
+    """Whether `ok` holds on every process: a collective every process must call (with one process, `ok`)."""
+    if jax.process_count() == 1:
+        return bool(ok)
+    from jax.experimental import multihost_utils
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(bool(ok)))))
+
+
+def from_lead(values: np.ndarray) -> np.ndarray:
+    """Process 0's `values` (an array of the same shape and dtype on every process) on every process, so
+    decisions read from files (what is done, where to resume) are the same everywhere; a collective."""
+    if jax.process_count() == 1:
+        return np.asarray(values)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(values)))
+
+
 def member_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A one-axis mesh named 'members' over `devices` (default: every device of every process)."""
     devices = jax.devices() if devices is None else list(devices)

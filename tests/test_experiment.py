@@ -210,6 +210,54 @@ def test_run_on_two_cpu_devices_equals_one_device(tmp_path):
     _assert_tables_close(tmp_path / "1", tmp_path / "2")
 
 
+@pytest.mark.slow
+def test_run_across_two_processes_equals_one_process(tmp_path):
+    """Two processes joined over loopback (as two hosts) compute one study together: the numbers of a one-process
+    run, written once, by process 0; a second run resumes from the shared folder; a folder that is not shared is
+    a one-line error on every process, not a hang."""
+    import socket
+
+    script = TINY + textwrap.dedent(f"""
+        import sys
+        from lljax import experiment, sharding
+        from lljax.errors import LLJaxError
+        sharding.initialize_distributed()
+        config = experiment.Config(**{{**dict(widths=(5,), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=2,
+                                             epochs=4), **{ALL_METRICS!r}}})
+        try:
+            experiment.run(config, sys.argv[1], progress=False, dataset=tiny_dataset())
+        except LLJaxError as e:
+            print("ERROR", e)
+            sys.exit(2)
+    """)
+
+    def two_processes(out_a, out_b):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(out)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True,
+                                  env=dict(os.environ, JAX_PLATFORMS="cpu", LLJAX_COORDINATOR=f"127.0.0.1:{port}",
+                                           LLJAX_NUM_PROCESSES="2", LLJAX_PROCESS_ID=str(i),
+                                           XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+                 for i, out in enumerate((out_a, out_b))]
+        return [(p.wait(timeout=400), p.stdout.read()) for p in procs]
+
+    config = experiment.Config(**{**dict(widths=(5,), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=2, epochs=4),
+                                  **ALL_METRICS})
+    experiment.run(config, tmp_path / "one", progress=False, dataset=tiny_dataset())
+    (rc0, out0), (rc1, out1) = two_processes(tmp_path / "two", tmp_path / "two")
+    assert rc0 == rc1 == 0, out0[-3000:] + out1[-3000:]
+    assert "best mean test accuracy" in out0 and "best mean test accuracy" not in out1  # process 0 reports
+    _assert_tables_close(tmp_path / "one", tmp_path / "two")
+    (rc0, _), (rc1, _) = two_processes(tmp_path / "two", tmp_path / "two")  # everything done: resumes, rewrites
+    assert rc0 == rc1 == 0
+    (rc0, out0), (rc1, out1) = two_processes(tmp_path / "a", tmp_path / "b")
+    assert rc0 == rc1 == 2, out0[-3000:] + out1[-3000:]
+    assert "not the same folder on every host" in out0 and "not the same folder on every host" in out1
+    assert not (tmp_path / "b").exists()  # process 1 created nothing
+
+
 def _assert_tables_close(dir_a, dir_b):
     for name in ("members", "pairs"):
         a_rows, b_rows = read_csv(dir_a / f"{name}.csv"), read_csv(dir_b / f"{name}.csv")
