@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -323,10 +324,9 @@ CPU_MIN_MEMBERS_PER_PASS = 2  # a slice of one member loses the vmapped program'
 def cpu_cache_bytes(level: int = 2, root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
     """One core's level-`level` data cache in bytes, read from Linux sysfs; 1 MiB where unknown."""
     try:
-        for index in sorted(os.listdir(root)):
-            folder = os.path.join(root, index)
-            read = lambda name: open(os.path.join(folder, name)).read().strip()
-            if index.startswith("index") and read("level") == str(level) and read("type") in ("Data", "Unified"):
+        for folder in sorted(Path(root).glob("index*")):
+            read = lambda name: (folder / name).read_text().strip()
+            if read("level") == str(level) and read("type") in ("Data", "Unified"):
                 size = read("size")
                 scale = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30}.get(size[-1:].upper(), 1)
                 return int(size.rstrip("KMGkmg")) * scale

@@ -187,7 +187,7 @@ def train_ensemble(spec: TrainSpec, state: MemberState, member: Member, x_train:
     """`train_epochs` over members; the dataset and epoch bounds are shared, the rest has a member axis (M,).
 
     `passes` > 1 trains the members in that many slices one after another inside the program, member i in
-    slice i % passes: on a CPU a smaller slice's working set stays in cache (`sharding.cpu_members_per_pass`).
+    slice i % passes: on a CPU a smaller slice's working set stays in cache (`sharding.cpu_passes`).
     With M sharded over D devices and passes dividing M / D, each slice is spread evenly over the devices and
     no data moves between them. Same numbers as one pass up to float rounding (kernels differ with the batch).
     """
