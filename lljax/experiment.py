@@ -239,8 +239,7 @@ class Placement:
         size) with parameters `params` (leaves (M, ...)): cache-sized slices on a CPU, one pass elsewhere."""
         if jax.default_backend() != "cpu":
             return 1
-        param_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params)) // count
-        return sharding.cpu_passes(count // self.mesh.size, param_bytes)
+        return sharding.cpu_passes(count // self.mesh.size, sharding.nbytes(params) // count)
 
     def map(self, fn: Callable, *member_args, chunk: int | None = None):
         """`fn(*member_args)` (every argument with a leading member axis; bind shared inputs in `fn`) over

@@ -248,7 +248,8 @@ def _abstract(leaf):
     return jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype) if hasattr(leaf, "dtype") else leaf
 
 
-def _nbytes(tree) -> int:
+def nbytes(tree) -> int:
+    """Bytes of every array in a pytree (typed PRNG keys as their two uint32 words)."""
     total = 0
     for leaf in jax.tree.leaves(tree):
         if _is_key(leaf):
@@ -272,8 +273,8 @@ def memory_estimate(fn: Callable, *example_args, in_axes: int | None | Sequence[
         raise LLJaxError(f"in_axes entries must be 0 (member axis) or None (shared), got {axes}")
     member_args = [a for a, ax in zip(example_args, axes) if ax == 0]
     count = member_count(member_args)
-    shared = sum(_nbytes(a) for a, ax in zip(example_args, axes) if ax is None)
-    own = _nbytes(member_args)
+    shared = sum(nbytes(a) for a, ax in zip(example_args, axes) if ax is None)
+    own = nbytes(member_args)
     compiled = jax.jit(fn).lower(*jax.tree.map(_abstract, example_args)).compile()
     try:
         stats = compiled.memory_analysis()
