@@ -9,10 +9,15 @@ A curve is a `Curve` over any parameter pytree: fixed endpoints `start`, `end` a
 (Bezier) or hat functions on equally spaced knots (polygonal chain) over P = (start, *bends, end). Only the bends
 are ever optimised, so the endpoints are fixed by construction.
 
-Any architecture works: the code takes `apply_fn(params, batch_stats, x_BX, train) -> (logits_BC,
-new_batch_stats)` (`model_apply(spec)` wraps `models.apply`), so no "curve twin" of a model is written. Every
-function is for one pair of models; `init_curves`, `fit_curves`, `evaluate_curves` and `linear_barriers` are the
-same functions vmapped over a leading pair axis P and jitted.
+Any architecture works: the code takes `model`, a Flax module (hashable by value: the best static argument), a
+Flax `apply(variables, x, train=..., mutable=..., rngs=...)` or an lljax `models.ModelSpec`, so no "curve twin" of
+a model is written; stochastic layers (Dropout) draw from a 'dropout' key per step. The objective and the error
+along the curve come from a `losses.Loss` (cross-entropy and classification error by default). Every function
+is for one pair of models; `init_curves`, `fit_curves`, `evaluate_curves` and `linear_barriers` are the same
+functions vmapped over a leading pair axis P and jitted.
+
+Data: `x_train`, `y_train` are arrays of examples; `rows`, if given, picks the examples a pair uses (indices, in
+that order), gathered a minibatch or a chunk at a time so the subset is never materialised.
 
 BatchNorm: during fitting the model runs in train mode at w(t) (batch statistics; running statistics are not
 needed). Before evaluating each t, the running statistics are recomputed exactly from the training data (see
@@ -20,22 +25,21 @@ needed). Before evaluating each t, the running statistics are recomputed exactly
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from scipy.special import comb
 
-from lljax import models
+from lljax import grid, losses, models, pytrees
 from lljax.errors import LLJaxError
 
 Params = Any
 BatchStats = Any
-ApplyFn = Callable[..., tuple[jax.Array, BatchStats]]
 
 CURVE_KINDS = ("bezier", "polychain")
 INITS = ("linear", "random")
@@ -47,22 +51,6 @@ def default_ts(num: int = NUM_TS) -> np.ndarray:
     if num < 2:
         raise LLJaxError(f"a t grid needs at least 2 points (0 and 1), got {num}")
     return np.linspace(0.0, 1.0, num)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelApply:
-    """`models.apply` for one spec as a value-hashable callable, so jitted functions taking it as a static
-    argument reuse their compiled program for equal specs (a `functools.partial` hashes by identity)."""
-
-    spec: models.ModelSpec
-
-    def __call__(self, params, batch_stats, x_BX, train: bool = False):
-        return models.apply(self.spec, params, batch_stats, x_BX, train)
-
-
-def model_apply(spec: models.ModelSpec) -> ModelApply:
-    """The `apply_fn` of an lljax model."""
-    return ModelApply(spec)
 
 
 # ------------------------------------------------------------------------------------------------- curves
@@ -115,6 +103,7 @@ jax.tree_util.register_pytree_node(
 
 
 def _check_endpoints(start, end):
+    pytrees.check_params(start, "curve endpoint")
     if jax.tree.structure(start) != jax.tree.structure(end):
         raise LLJaxError("curve endpoints have different parameter structures")
     for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(end)):
@@ -181,16 +170,12 @@ def curve_point(curve: Curve, t) -> Params:
 # ---------------------------------------------------------------------------------------------- fitting
 
 class FitState(NamedTuple):
-    """Curve-fitting state of one pair: the curve (only its bends change), the SGD momentum buffer (bends'
-    shape, PyTorch convention buf = momentum * buf + grad) and the number of steps taken."""
+    """Curve-fitting state of one pair: the curve (only its bends change), the optax state of the optimiser
+    over the bends (`curve_optimizer`) and the number of steps taken."""
 
     curve: Curve
-    velocity: Params
+    opt_state: Any
     step: jax.Array  # () int32
-
-
-def fit_init(curve: Curve) -> FitState:
-    return FitState(curve, jax.tree.map(jnp.zeros_like, curve.bends), jnp.zeros((), jnp.int32))
 
 
 def lr_factor(progress) -> jax.Array:
@@ -201,31 +186,44 @@ def lr_factor(progress) -> jax.Array:
                      jnp.where(progress <= 0.9, 1.0 - (progress - 0.5) / 0.4 * 0.99, 0.01))
 
 
+def curve_optimizer(lr, momentum, total_steps: int, dtype=jnp.float32) -> optax.GradientTransformation:
+    """SGD with momentum (PyTorch convention, buf = momentum * buf + grad) at lr x `lr_factor(step / total)`:
+    Garipov et al.'s curve optimiser, as optax. lr and momentum may be traced scalars."""
+    return optax.chain(optax.trace(decay=momentum),
+                       optax.scale_by_schedule(lambda count: -lr * lr_factor(count / total_steps).astype(dtype)))
+
+
+def fit_init(curve: Curve, optimizer: optax.GradientTransformation) -> FitState:
+    return FitState(curve, optimizer.init(curve.bends), jnp.zeros((), jnp.int32))
+
+
 def _l2_squared(params) -> jax.Array:
     return sum(jnp.sum(p ** 2) for p in jax.tree.leaves(params))
 
 
-def curve_loss(apply_fn: ApplyFn, curve: Curve, batch_stats: BatchStats, x_BX, y_B, t, weight_decay
-               ) -> jax.Array:
-    """The fitting objective at one t: mean cross-entropy of w(t) on the minibatch (BatchNorm in train mode)
-    + 0.5 * weight_decay * ||w(t)||^2, as Garipov et al.'s l2_regularizer."""
+def curve_loss(model: models.Model, curve: Curve, batch_stats: BatchStats, x_BX, y_B, t, weight_decay,
+               loss: losses.Loss = losses.cross_entropy, rng: jax.Array | None = None) -> jax.Array:
+    """The fitting objective at one t: the mean loss of w(t) on the minibatch (BatchNorm and Dropout in train
+    mode, Dropout drawing from `rng`) + 0.5 * weight_decay * ||w(t)||^2, as Garipov et al.'s l2_regularizer."""
     w = curve_point(curve, t)
-    logits, _ = apply_fn(w, batch_stats, x_BX, True)
-    return models.cross_entropy(logits, y_B).mean() + 0.5 * weight_decay * _l2_squared(w)
+    outputs, _ = models.apply(model, w, batch_stats, x_BX, train=True, rng=rng)
+    return loss.mean(outputs, y_B) + 0.5 * weight_decay * _l2_squared(w)
 
 
-def fit_step(apply_fn: ApplyFn, state: FitState, batch_stats: BatchStats, x_BX, y_B, t, lr, weight_decay,
-             momentum) -> tuple[FitState, jax.Array]:
-    """One SGD-with-momentum step on the bends at curve parameter t; returns the new state and the
-    objective before the step."""
+def fit_step(model: models.Model, optimizer: optax.GradientTransformation, state: FitState,
+             batch_stats: BatchStats, x_BX, y_B, t, weight_decay, loss: losses.Loss = losses.cross_entropy,
+             rng: jax.Array | None = None) -> tuple[FitState, jax.Array]:
+    """One optimiser step on the bends at curve parameter t; returns the new state and the objective before
+    the step."""
 
-    def loss(bends):
-        return curve_loss(apply_fn, state.curve._replace(bends=bends), batch_stats, x_BX, y_B, t, weight_decay)
+    def objective(bends):
+        return curve_loss(model, state.curve._replace(bends=bends), batch_stats, x_BX, y_B, t, weight_decay,
+                          loss, rng)
 
-    value, grads = jax.value_and_grad(loss)(state.curve.bends)
-    velocity = jax.tree.map(lambda v, g: momentum * v + g, state.velocity, grads)
-    bends = jax.tree.map(lambda p, v: p - lr * v, state.curve.bends, velocity)
-    return FitState(state.curve._replace(bends=bends), velocity, state.step + 1), value
+    value, grads = jax.value_and_grad(objective)(state.curve.bends)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.curve.bends)
+    bends = optax.apply_updates(state.curve.bends, updates)
+    return FitState(state.curve._replace(bends=bends), opt_state, state.step + 1), value
 
 
 def _streams(key):
@@ -241,9 +239,15 @@ def _step_t(key_t, step, dtype):
     return jax.random.uniform(jax.random.fold_in(key_t, step), (), dtype)
 
 
-def _check_fit_args(num_train, num_labels, epochs, batch_size):
-    if num_labels != num_train:
-        raise LLJaxError(f"x_train has {num_train} examples but y_train has {num_labels} labels")
+def _num_examples(x_train, y_train, rows) -> int:
+    if x_train.shape[0] != y_train.shape[0]:
+        raise LLJaxError(f"x_train has {x_train.shape[0]} examples but y_train has {y_train.shape[0]} labels")
+    if rows is not None and (rows.ndim != 1 or rows.shape[0] == 0):
+        raise LLJaxError(f"rows must be a non-empty 1-D array of example indices, got shape {rows.shape}")
+    return x_train.shape[0] if rows is None else rows.shape[0]
+
+
+def _check_fit_args(num_train, epochs, batch_size):
     if int(epochs) != epochs or epochs <= 0:
         raise LLJaxError(f"epochs must be a positive integer, got {epochs}")
     if int(batch_size) != batch_size or not 0 < batch_size <= num_train:
@@ -255,7 +259,7 @@ def minibatch_plan(key: jax.Array, num_train: int, batch_size: int, epochs: int,
     """The t values (S,) and minibatch indices (S, B) `fit_curve` draws from `key`, S = epochs * (N // B):
     each epoch is a fresh permutation (`fold_in(shuffle stream, epoch)`, last partial batch dropped) and each
     step one t ~ U(0, 1) (`fold_in(t stream, step)`, in the parameters' dtype). For reproducing a fit
-    elsewhere."""
+    elsewhere; with `rows`, the indices are positions in `rows`."""
     key_shuffle, key_t = _streams(key)
     steps_per_epoch = num_train // batch_size
     orders = jax.vmap(lambda e: _epoch_order(key_shuffle, e, num_train))(jnp.arange(epochs))
@@ -264,54 +268,57 @@ def minibatch_plan(key: jax.Array, num_train: int, batch_size: int, epochs: int,
     return ts, idx
 
 
-def fit_curve(apply_fn: ApplyFn, curve: Curve, x_train, y_train, key: jax.Array, *,
+def fit_curve(model: models.Model, curve: Curve, x_train, y_train, key: jax.Array, *,
               batch_stats: BatchStats = None, epochs: int, batch_size: int, lr=0.01, weight_decay=5e-4,
-              momentum=0.9) -> tuple[Curve, jax.Array]:
-    """Fit the bends of one curve as Garipov et al. 2018 / Yang et al. 2021: SGD with momentum on
-    `curve_loss` at one t ~ U(0, 1) per minibatch, lr schedule `lr_factor`, `epochs` passes over shuffled
-    minibatches of x_train (N, ...), y_train (N,). `batch_stats` is any batch_stats of the model (a template
-    for models with BatchNorm; its values are unused). lr, weight_decay and momentum may be traced scalars.
+              momentum=0.9, loss: losses.Loss = losses.cross_entropy, rows=None) -> tuple[Curve, jax.Array]:
+    """Fit the bends of one curve as Garipov et al. 2018 / Yang et al. 2021: SGD with momentum
+    (`curve_optimizer`) on `curve_loss` at one t ~ U(0, 1) per minibatch, `epochs` passes over shuffled
+    minibatches of x_train (N, ...), y_train (N, ...) (or of their `rows`). `batch_stats` is any batch_stats of
+    the model (a template for models with BatchNorm; its values are unused). lr, weight_decay and momentum may
+    be traced scalars. Dropout draws from `grid.stream(key, 'dropout')` folded with the step.
 
     Returns the fitted curve (endpoints untouched) and the mean objective of every epoch (epochs,).
     """
-    num_train = x_train.shape[0]
-    _check_fit_args(num_train, y_train.shape[0], epochs, batch_size)
+    num_train = _num_examples(x_train, y_train, rows)
+    _check_fit_args(num_train, epochs, batch_size)
     batch_stats = {} if batch_stats is None else batch_stats
     key_shuffle, key_t = _streams(key)
+    key_dropout = grid.stream(key, "dropout")
     steps_per_epoch = num_train // batch_size
     total_steps = epochs * steps_per_epoch
     dtype = jax.tree.leaves(curve.start)[0].dtype
+    optimizer = curve_optimizer(lr, momentum, total_steps, dtype)
 
     def epoch(state, e):
         order = _epoch_order(key_shuffle, e, num_train)
 
         def step(state, j):
             idx = jax.lax.dynamic_slice_in_dim(order, j * batch_size, batch_size)
+            idx = idx if rows is None else rows[idx]
             s = e * steps_per_epoch + j
-            step_lr = lr * lr_factor(s / total_steps).astype(dtype)
-            return fit_step(apply_fn, state, batch_stats, x_train[idx], y_train[idx], _step_t(key_t, s, dtype),
-                            step_lr, weight_decay, momentum)
+            return fit_step(model, optimizer, state, batch_stats, x_train[idx], y_train[idx],
+                            _step_t(key_t, s, dtype), weight_decay, loss, jax.random.fold_in(key_dropout, s))
 
-        state, losses = jax.lax.scan(step, state, jnp.arange(steps_per_epoch))
-        return state, losses.mean()
+        state, step_losses = jax.lax.scan(step, state, jnp.arange(steps_per_epoch))
+        return state, step_losses.mean()
 
-    state, epoch_losses = jax.lax.scan(epoch, fit_init(curve), jnp.arange(epochs))
+    state, epoch_losses = jax.lax.scan(epoch, fit_init(curve, optimizer), jnp.arange(epochs))
     return state.curve, epoch_losses
 
 
 # ------------------------------------------------------------------------------------ BatchNorm statistics
 
-def _batch_statistics(apply_fn: ApplyFn, params, batch_stats, x_BX):
+def _batch_statistics(model: models.Model, params, batch_stats, x_BX, rng=None):
     """The batch statistics every BatchNorm layer computes on x_BX in train mode.
 
-    apply_fn returns running statistics updated as an exponential moving average, new = m * old + (1 - m) * s
+    The model returns running statistics updated as an exponential moving average, new = m * old + (1 - m) * s
     (flax.linen.BatchNorm, torch BatchNorm). Starting from old = 0 gives (1 - m) * s, and the derivative with
-    respect to old (a forward-mode tangent, exact and nearly free: no logit depends on old) gives m, so s is
+    respect to old (a forward-mode tangent, exact and nearly free: no output depends on old) gives m, so s is
     recovered without knowing the model's momentum.
     """
     zeros = jax.tree.map(jnp.zeros_like, batch_stats)
     ones = jax.tree.map(jnp.ones_like, batch_stats)
-    scaled, momentum = jax.jvp(lambda old: apply_fn(params, old, x_BX, True)[1], (zeros,), (ones,))
+    scaled, momentum = jax.jvp(lambda old: models.apply(model, params, old, x_BX, True, rng)[1], (zeros,), (ones,))
     return jax.tree.map(lambda a, m: a / (1 - m), scaled, momentum)
 
 
@@ -329,11 +336,12 @@ def _combine_chunks(stats_K, weights_K):
     return jax.tree.map(average, stats_K)
 
 
-def recompute_batch_stats(apply_fn: ApplyFn, params: Params, batch_stats: BatchStats, x_train, *,
-                          chunk_size: int | None = None) -> BatchStats:
-    """Running BatchNorm statistics of `params` recomputed exactly over x_train (N, ...): the population mean
-    and (biased) variance of every BatchNorm layer's inputs, not a moving average. `batch_stats` is a
-    template (structure and shapes). Models without BatchNorm return it unchanged.
+def recompute_batch_stats(model: models.Model, params: Params, batch_stats: BatchStats, x_train, *,
+                          chunk_size: int | None = None, rows=None, rng: jax.Array | None = None) -> BatchStats:
+    """Running BatchNorm statistics of `params` recomputed exactly over x_train (N, ...) (or its `rows`): the
+    population mean and (biased) variance of every BatchNorm layer's inputs, not a moving average.
+    `batch_stats` is a template (structure and shapes). Models without BatchNorm return it unchanged. The
+    model runs in train mode, so Dropout is active as in torch's `update_bn`; it draws from `rng`.
 
     chunk_size=None runs the whole training set as one train-mode batch: every layer's statistics are exact
     and consistent (inference with them reproduces the full-batch train-mode outputs). With chunks of
@@ -343,18 +351,21 @@ def recompute_batch_stats(apply_fn: ApplyFn, params: Params, batch_stats: BatchS
     """
     if not jax.tree.leaves(batch_stats):
         return batch_stats
-    n = x_train.shape[0]
+    n = x_train.shape[0] if rows is None else rows.shape[0]
     chunk = n if chunk_size is None else min(int(chunk_size), n)
     if chunk <= 0:
         raise LLJaxError(f"BatchNorm chunk size must be positive, got {chunk_size}")
+    stats_of = lambda x: _batch_statistics(model, params, batch_stats, x, rng)
+    examples = (lambda r: x_train[r]) if rows is not None else (lambda x: x)  # rows chunk -> inputs
+    source = x_train if rows is None else rows
     if chunk == n:
-        return _batch_statistics(apply_fn, params, batch_stats, x_train)
+        return stats_of(examples(source))
     full, rest = divmod(n, chunk)
-    stats = jax.lax.map(lambda x: _batch_statistics(apply_fn, params, batch_stats, x),
-                        x_train[:full * chunk].reshape(full, chunk, *x_train.shape[1:]))
+    stats = jax.lax.map(lambda piece: stats_of(examples(piece)),
+                        source[:full * chunk].reshape(full, chunk, *source.shape[1:]))
     weights = [chunk / n] * full
     if rest:
-        last = _batch_statistics(apply_fn, params, batch_stats, x_train[full * chunk:])
+        last = stats_of(examples(source[full * chunk:]))
         stats = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), stats, last)
         weights.append(rest / n)
     return _combine_chunks(stats, jnp.asarray(weights))
@@ -363,8 +374,9 @@ def recompute_batch_stats(apply_fn: ApplyFn, params: Params, batch_stats: BatchS
 # ------------------------------------------------------------------------------------------- evaluation
 
 class CurveMetrics(NamedTuple):
-    """Metrics along a curve, each (T,) (a leading pair axis when vmapped): mean cross-entropy and error
-    (fraction misclassified, in [0, 1]) on the training and test sets at every t."""
+    """Metrics along a curve, each (T,) (a leading pair axis when vmapped): mean loss and error (the loss's
+    error metric, e.g. the fraction misclassified, in [0, 1]; NaN for a loss without one) on the training and
+    test sets at every t."""
 
     ts: jax.Array
     train_loss: jax.Array
@@ -373,42 +385,32 @@ class CurveMetrics(NamedTuple):
     test_err: jax.Array
 
 
-def _loss_and_error(apply_fn, params, batch_stats, x_NX, y_N, batch_size):
-    """Mean cross-entropy and error over a dataset in inference mode, in chunks of batch_size."""
-    n = x_NX.shape[0]
-    batch_size = min(batch_size, n)
-    pad = -n % batch_size
-    weights = jnp.ones(n, jnp.float32)
-    pad_to = lambda a: jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)]) if pad else a
-    chunks = lambda a: pad_to(a).reshape(-1, batch_size, *a.shape[1:])
-
-    def body(total, chunk):
-        x, y, w = chunk
-        logits, _ = apply_fn(params, batch_stats, x, False)
-        ce = models.cross_entropy(logits, y)
-        wrong = (logits.argmax(-1) != y).astype(ce.dtype)
-        return total + jnp.stack([(w * ce).sum(), (w * wrong).sum()]), None
-
+def _loss_and_error(model, params, batch_stats, x_NX, y_N, batch_size, loss, rows=None):
+    """Mean loss and error over a dataset (or its rows) in inference mode, in chunks of batch_size."""
     dtype = jnp.result_type(jax.tree.leaves(params)[0].dtype, jnp.float32)
-    total, _ = jax.lax.scan(body, jnp.zeros(2, dtype), (chunks(x_NX), chunks(y_N), chunks(weights)))
-    return total[0] / n, total[1] / n
+    total_loss, total_error, weight = losses.evaluate(lambda x: models.apply(model, params, batch_stats, x)[0],
+                                                      x_NX, y_N, loss, None, batch_size, dtype, rows)
+    return total_loss / weight, total_error / weight if loss.error else jnp.full((), jnp.nan, dtype)
 
 
-def evaluate_curve(apply_fn: ApplyFn, curve: Curve, batch_stats: BatchStats, x_train, y_train, x_test, y_test,
-                   ts=None, *, bn_chunk_size: int | None = None, eval_batch_size: int = 1000) -> CurveMetrics:
+def evaluate_curve(model: models.Model, curve: Curve, batch_stats: BatchStats, x_train, y_train, x_test, y_test,
+                   ts=None, *, bn_chunk_size: int | None = None, eval_batch_size: int = 1000,
+                   loss: losses.Loss = losses.cross_entropy, rows=None, rng: jax.Array | None = None
+                   ) -> CurveMetrics:
     """Training and test loss and error at every t of `ts` (default `default_ts()`, 21 points), BatchNorm
-    statistics recomputed exactly over x_train at each t first (`recompute_batch_stats`). The t loop is
-    sequential (`lax.map`), so memory does not grow with the grid."""
+    statistics recomputed exactly over x_train (or its `rows`) at each t first (`recompute_batch_stats`, with
+    Dropout drawing from `rng`). The t loop is sequential (`lax.map`), so memory does not grow with the grid."""
     ts = jnp.asarray(default_ts() if ts is None else ts, jax.tree.leaves(curve.start)[0].dtype)
     if ts.ndim != 1 or ts.shape[0] < 2:
         raise LLJaxError(f"ts must be a 1-D grid of at least 2 values, got shape {ts.shape}")
+    _num_examples(x_train, y_train, rows)
     batch_stats = {} if batch_stats is None else batch_stats
 
     def at(t):
         w = curve_point(curve, t)
-        stats = recompute_batch_stats(apply_fn, w, batch_stats, x_train, chunk_size=bn_chunk_size)
-        train = _loss_and_error(apply_fn, w, stats, x_train, y_train, eval_batch_size)
-        test = _loss_and_error(apply_fn, w, stats, x_test, y_test, eval_batch_size)
+        stats = recompute_batch_stats(model, w, batch_stats, x_train, chunk_size=bn_chunk_size, rows=rows, rng=rng)
+        train = _loss_and_error(model, w, stats, x_train, y_train, eval_batch_size, loss, rows)
+        test = _loss_and_error(model, w, stats, x_test, y_test, eval_batch_size, loss)
         return jnp.stack([*train, *test])
 
     values = jax.lax.map(at, ts)
@@ -434,14 +436,16 @@ def mode_connectivity(errors_along_t) -> jax.Array:
     return m - jnp.take_along_axis(e, worst[..., None], axis=-1)[..., 0]
 
 
-def linear_barrier(apply_fn: ApplyFn, start: Params, end: Params, batch_stats: BatchStats, x_train, y_train,
-                   x_test, y_test, ts=None, *, bn_chunk_size: int | None = None, eval_batch_size: int = 1000
-                   ) -> tuple[jax.Array, CurveMetrics]:
+def linear_barrier(model: models.Model, start: Params, end: Params, batch_stats: BatchStats, x_train, y_train,
+                   x_test, y_test, ts=None, *, bn_chunk_size: int | None = None, eval_batch_size: int = 1000,
+                   loss: losses.Loss = losses.cross_entropy) -> tuple[jax.Array, CurveMetrics]:
     """The straight segment between two models, no fitting: `mode_connectivity` of the training error along
-    it (negative: a barrier on the line) and the metrics along it (as `evaluate_curve`)."""
-    metrics = evaluate_curve(apply_fn, init_curve(start, end, num_bends=0), batch_stats, x_train, y_train,
-                             x_test, y_test, ts, bn_chunk_size=bn_chunk_size, eval_batch_size=eval_batch_size)
-    return mode_connectivity(metrics.train_err), metrics
+    it (of the loss, for a loss without an error metric; negative: a barrier on the line) and the metrics
+    along it (as `evaluate_curve`)."""
+    metrics = evaluate_curve(model, init_curve(start, end, num_bends=0), batch_stats, x_train, y_train,
+                             x_test, y_test, ts, bn_chunk_size=bn_chunk_size, eval_batch_size=eval_batch_size,
+                             loss=loss)
+    return mode_connectivity(metrics.train_err if loss.error else metrics.train_loss), metrics
 
 
 # ------------------------------------------------------------------------------ over pairs (vmapped once)
@@ -461,43 +465,44 @@ def init_curves(starts: Params, ends: Params, num_bends: int = 1, kind: str = "b
     return jax.vmap(lambda a, b, k: init_curve(a, b, num_bends, kind, init, k))(starts, ends, keys)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "epochs", "batch_size"))
-def fit_curves(apply_fn: ApplyFn, curves: Curve, x_train, y_train, keys: jax.Array, *,
+@functools.partial(jax.jit, static_argnames=("model", "epochs", "batch_size", "loss"))
+def fit_curves(model: models.Model, curves: Curve, x_train, y_train, keys: jax.Array, *,
                batch_stats: BatchStats = None, epochs: int, batch_size: int, lr=0.01, weight_decay=5e-4,
-               momentum=0.9) -> tuple[Curve, jax.Array]:
+               momentum=0.9, loss: losses.Loss = losses.cross_entropy) -> tuple[Curve, jax.Array]:
     """`fit_curve` over P pairs in one program: curves, keys (P,) and batch_stats with a leading pair axis;
     x_train shared; y_train (N,) shared or (P, N); lr, weight_decay, momentum scalars or (P,).
     Returns the fitted curves and the per-epoch objective (P, epochs)."""
     num_pairs = keys.shape[0]
     per_pair = lambda v: jnp.broadcast_to(jnp.asarray(v), (num_pairs,))
     fit = lambda c, y, k, bs, lr_, wd, mom: fit_curve(
-        apply_fn, c, x_train, y, k, batch_stats=bs, epochs=epochs, batch_size=batch_size, lr=lr_,
-        weight_decay=wd, momentum=mom)
+        model, c, x_train, y, k, batch_stats=bs, epochs=epochs, batch_size=batch_size, lr=lr_,
+        weight_decay=wd, momentum=mom, loss=loss)
     batch_stats = {} if batch_stats is None else batch_stats
     return jax.vmap(fit, in_axes=(0, _label_axis(y_train, "y_train"), 0, 0, 0, 0, 0))(
         curves, y_train, keys, batch_stats, per_pair(lr), per_pair(weight_decay), per_pair(momentum))
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "bn_chunk_size", "eval_batch_size"))
-def evaluate_curves(apply_fn: ApplyFn, curves: Curve, batch_stats: BatchStats, x_train, y_train, x_test, y_test,
-                    ts=None, *, bn_chunk_size: int | None = None, eval_batch_size: int = 1000) -> CurveMetrics:
+@functools.partial(jax.jit, static_argnames=("model", "bn_chunk_size", "eval_batch_size", "loss"))
+def evaluate_curves(model: models.Model, curves: Curve, batch_stats: BatchStats, x_train, y_train, x_test, y_test,
+                    ts=None, *, bn_chunk_size: int | None = None, eval_batch_size: int = 1000,
+                    loss: losses.Loss = losses.cross_entropy) -> CurveMetrics:
     """`evaluate_curve` over P pairs: curves and batch_stats with a leading pair axis, inputs shared, labels
     (N,) shared or (P, N); every metric (P, T)."""
     ts = jnp.asarray(default_ts() if ts is None else ts, jax.tree.leaves(curves.start)[0].dtype)
     batch_stats = {} if batch_stats is None else batch_stats
     evaluate = lambda c, bs, y_tr, y_te: evaluate_curve(
-        apply_fn, c, bs, x_train, y_tr, x_test, y_te, ts, bn_chunk_size=bn_chunk_size,
-        eval_batch_size=eval_batch_size)
+        model, c, bs, x_train, y_tr, x_test, y_te, ts, bn_chunk_size=bn_chunk_size,
+        eval_batch_size=eval_batch_size, loss=loss)
     return jax.vmap(evaluate, in_axes=(0, 0, _label_axis(y_train, "y_train"), _label_axis(y_test, "y_test")))(
         curves, batch_stats, y_train, y_test)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "bn_chunk_size", "eval_batch_size"))
-def linear_barriers(apply_fn: ApplyFn, starts: Params, ends: Params, batch_stats: BatchStats, x_train, y_train,
-                    x_test, y_test, ts=None, *, bn_chunk_size: int | None = None, eval_batch_size: int = 1000
-                    ) -> tuple[jax.Array, CurveMetrics]:
+@functools.partial(jax.jit, static_argnames=("model", "bn_chunk_size", "eval_batch_size", "loss"))
+def linear_barriers(model: models.Model, starts: Params, ends: Params, batch_stats: BatchStats, x_train, y_train,
+                    x_test, y_test, ts=None, *, bn_chunk_size: int | None = None, eval_batch_size: int = 1000,
+                    loss: losses.Loss = losses.cross_entropy) -> tuple[jax.Array, CurveMetrics]:
     """`linear_barrier` over P pairs (leading pair axis on starts, ends, batch_stats): (P,) and (P, T)."""
     segments = jax.vmap(lambda a, b: init_curve(a, b, num_bends=0))(starts, ends)
-    metrics = evaluate_curves(apply_fn, segments, batch_stats, x_train, y_train, x_test, y_test, ts,
-                              bn_chunk_size=bn_chunk_size, eval_batch_size=eval_batch_size)
-    return mode_connectivity(metrics.train_err), metrics
+    metrics = evaluate_curves(model, segments, batch_stats, x_train, y_train, x_test, y_test, ts,
+                              bn_chunk_size=bn_chunk_size, eval_batch_size=eval_batch_size, loss=loss)
+    return mode_connectivity(metrics.train_err if loss.error else metrics.train_loss), metrics

@@ -1,7 +1,8 @@
 """Datasets as arrays, and per-member training views.
 
 MNIST-1D (the default) is generated locally by the `mnist1d` package and cached on disk; CIFAR-10 and MNIST are
-read from files the user already has. Nothing is ever downloaded.
+read from files the user already has; any other data comes from numpy arrays (`Dataset.from_arrays`) or an
+`.npz` file holding x_train, y_train, x_test, y_test (`load_npz`). Nothing is ever downloaded.
 
 A member's *view* of the training set (`training_view`) is a deterministic function of its key: a random subset
 of `data_fraction` of the examples and labels each replaced with probability `label_noise` by a uniform class.
@@ -33,7 +34,9 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 class Dataset(NamedTuple):
-    """Train and test arrays: x_* is (N, *input_shape) float32, y_* is (N,) int32."""
+    """Train and test arrays: x_* is (N, *input_shape) float32; y_* is (N,) int32 class labels, or float32
+    targets (N, ...) for regression. `num_classes` is the number of classes, or of outputs for regression (the
+    model's output size)."""
 
     name: str
     x_train: np.ndarray
@@ -41,6 +44,116 @@ class Dataset(NamedTuple):
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+
+    @classmethod
+    def from_arrays(cls, name: str, x_train, y_train, x_test, y_test, num_classes: int | None = None
+                    ) -> "Dataset":
+        """A dataset from numpy arrays. Integer targets are class labels (`num_classes` default: the largest
+        label + 1); float targets are regression targets (`num_classes`: their size per example). Checks
+        every array (`check_arrays`) and raises a one-line LLJaxError naming the first problem."""
+        arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+        arrays = check_arrays(name, arrays)
+        y_train, y_test = arrays["y_train"], arrays["y_test"]
+        integer = np.issubdtype(y_train.dtype, np.integer)
+        if num_classes is None:
+            num_classes = int(max(y_train.max(), y_test.max())) + 1 if integer else int(np.prod(y_train.shape[1:]))
+        x = lambda a: a.astype(np.float32)
+        y = (lambda a: a.astype(np.int32)) if integer else x
+        return cls(str(name), x(arrays["x_train"]), y(y_train), x(arrays["x_test"]), y(y_test), int(num_classes))
+
+    @property
+    def is_classification(self) -> bool:
+        return np.issubdtype(self.y_train.dtype, np.integer)
+
+
+def check_arrays(name: str, arrays: dict) -> dict[str, np.ndarray]:
+    """The four arrays as numpy arrays, checked: numeric, the same number of examples in x and y, equal input
+    (and target) shapes in train and test, finite, integer or float targets alike in both splits."""
+    out = {}
+    for key, value in arrays.items():
+        try:
+            a = np.asarray(value)
+        except Exception as e:  # noqa: BLE001
+            raise LLJaxError(f"dataset {name!r}: {key} is not an array ({type(e).__name__})") from None
+        if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+            raise LLJaxError(f"dataset {name!r}: {key} must be numeric, got dtype {a.dtype}")
+        if a.ndim == 0 or len(a) == 0:
+            raise LLJaxError(f"dataset {name!r}: {key} is empty or not an array of examples (shape {a.shape})")
+        if not np.all(np.isfinite(a)):
+            raise LLJaxError(f"dataset {name!r}: {key} has non-finite values (NaN or inf)")
+        out[key] = a
+    for split in ("train", "test"):
+        x, y = out[f"x_{split}"], out[f"y_{split}"]
+        if len(x) != len(y):
+            raise LLJaxError(f"dataset {name!r}: x_{split} has {len(x)} examples but y_{split} has {len(y)}")
+    if out["x_train"].shape[1:] != out["x_test"].shape[1:]:
+        raise LLJaxError(f"dataset {name!r}: train inputs {out['x_train'].shape[1:]} and test inputs "
+                         f"{out['x_test'].shape[1:]} differ in shape")
+    integer = [np.issubdtype(out[k].dtype, np.integer) for k in ("y_train", "y_test")]
+    if integer[0] != integer[1]:
+        raise LLJaxError(f"dataset {name!r}: y_train and y_test must both be integer labels or both float targets")
+    if out["y_train"].shape[1:] != out["y_test"].shape[1:]:
+        raise LLJaxError(f"dataset {name!r}: train targets {out['y_train'].shape[1:]} and test targets "
+                         f"{out['y_test'].shape[1:]} differ in shape")
+    return out
+
+
+def check_labels(dataset: Dataset, classification: bool) -> None:
+    """For a classification loss: integer labels (N,) in [0, num_classes) and at least two classes; for a
+    regression loss: float targets. A one-line LLJaxError otherwise."""
+    name = dataset.name
+    if not classification:
+        if dataset.is_classification:
+            raise LLJaxError(f"dataset {name!r} has integer class labels but the loss is a regression loss; "
+                             "use --loss cross_entropy or float targets")
+        return
+    if not dataset.is_classification:
+        raise LLJaxError(f"dataset {name!r} has float targets but the loss needs integer class labels; "
+                         "use --loss mse for regression")
+    if dataset.num_classes < 2:
+        raise LLJaxError(f"dataset {name!r} has {dataset.num_classes} class; classification needs at least 2")
+    for key in ("y_train", "y_test"):
+        y = getattr(dataset, key)
+        if y.ndim != 1:
+            raise LLJaxError(f"dataset {name!r}: {key} must be (N,) class labels, got shape {y.shape}")
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= dataset.num_classes:
+            raise LLJaxError(f"dataset {name!r}: {key} has labels in [{low}, {high}], outside [0, "
+                             f"{dataset.num_classes}) for {dataset.num_classes} classes")
+
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def load_npz(path: str | os.PathLike, name: str | None = None) -> Dataset:
+    """A dataset from an .npz file holding x_train, y_train, x_test, y_test (and optionally num_classes), named
+    after the file's stem by default."""
+    path = Path(path)
+    if not path.is_file():
+        raise LLJaxError(f"dataset file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise ValueError("a single array, not an archive")
+            missing = [k for k in NPZ_KEYS if k not in f.files]
+            if missing:
+                raise LLJaxError(f"dataset file {path} lacks {', '.join(missing)} (it holds {', '.join(f.files)})")
+            arrays = {k: f[k] for k in NPZ_KEYS}
+            num_classes = int(f["num_classes"]) if "num_classes" in f.files else None
+    except LLJaxError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- a file that is not an .npz archive
+        raise LLJaxError(f"dataset file {path} is not an .npz archive ({type(e).__name__})") from None
+    return Dataset.from_arrays(name or path.stem, **arrays, num_classes=num_classes)
+
+
+def is_file_dataset(name: str) -> bool:
+    return str(name).endswith(".npz")
+
+
+def dataset_name(name: str) -> str:
+    """How a dataset is named in reports: a file's stem, else the name."""
+    return Path(name).stem if is_file_dataset(name) else name
 
 
 def default_cache_dir() -> Path:
@@ -52,11 +165,14 @@ def default_cache_dir() -> Path:
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None) -> Dataset:
-    """Load a dataset by name: 'mnist1d' (generated), 'cifar10' or 'mnist' (read from `data_dir`)."""
+    """Load a dataset by name: 'mnist1d' (generated), 'cifar10' or 'mnist' (read from `data_dir`), or a path to
+    an .npz file (`load_npz`)."""
+    if is_file_dataset(name):
+        return load_npz(name)
     if name == "mnist1d":
         return mnist1d(cache_dir)
     if name not in DATASETS:
-        raise LLJaxError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise LLJaxError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or give a PATH.npz")
     if data_dir is None:
         raise LLJaxError(f"dataset {name!r} is read from local files: pass --data-dir")
     return cifar10(data_dir) if name == "cifar10" else mnist(data_dir)
@@ -195,8 +311,8 @@ def mnist(data_dir: str | os.PathLike) -> Dataset:
 
 class View(NamedTuple):
     """One member's training view. order: (N,) permutation whose first `size` entries are the member's subset;
-    size: () int32; labels: (N,) int32, the member's (possibly corrupted) labels; mask: (N,) float32, 1 on the
-    subset."""
+    size: () int32; labels: (N,) int32, the member's (possibly corrupted) labels (float targets (N, ...) for
+    regression); mask: (N,) float32, 1 on the subset."""
 
     order: jax.Array
     size: jax.Array
@@ -210,15 +326,19 @@ def subset_size(num_train: int, data_fraction) -> jax.Array:
 
 
 def training_view(key: jax.Array, labels_N: jax.Array, num_classes: int, data_fraction, label_noise) -> View:
-    """A member's subset and labels, deterministic in `key`; `data_fraction` and `label_noise` may be traced."""
+    """A member's subset and labels, deterministic in `key`; `data_fraction` and `label_noise` may be traced.
+    Float (regression) targets are kept as they are: label noise applies to class labels only."""
     key_subset, key_flip, key_class = jax.random.split(key, 3)
     n = labels_N.shape[0]
     order = jax.random.permutation(key_subset, n)
     size = subset_size(n, data_fraction)
     rank = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
-    flip = jax.random.uniform(key_flip, (n,)) < label_noise
-    random_labels = jax.random.randint(key_class, (n,), 0, num_classes, dtype=jnp.int32)
-    labels = jnp.where(flip, random_labels, labels_N).astype(jnp.int32)
+    if jnp.issubdtype(labels_N.dtype, jnp.integer):
+        flip = jax.random.uniform(key_flip, (n,)) < label_noise
+        random_labels = jax.random.randint(key_class, (n,), 0, num_classes, dtype=jnp.int32)
+        labels = jnp.where(flip, random_labels, labels_N).astype(jnp.int32)
+    else:
+        labels = labels_N
     return View(order.astype(jnp.int32), size, labels, (rank < size).astype(jnp.float32))
 
 

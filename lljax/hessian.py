@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from lljax import pytrees
 from lljax.errors import LLJaxError
 
 Params = Any
@@ -29,9 +30,12 @@ LossFn = Callable[[Params, Any], jax.Array]
 TRACE_METHODS = ("auto", "exact", "krylov", "hutchpp", "hutchinson")
 # 'auto' computes the trace exactly (one HVP per parameter) up to this many parameters, else by 'krylov'.
 EXACT_TRACE_MAX_PARAMS = 1024
-# Stochastic trace probes multiplied at a time: 1 is fastest on a CPU (see `_columns_matvec`); an accelerator
-# may prefer more, but the member axis of an ensemble already gives it parallel work.
-PROBE_BATCH_SIZE = 1
+
+# HVPs run one at a time (`lax.map` without `batch_size`), never as a vmap inside a loop: under an outer vmap
+# over members (how every ensemble calls these functions), jax 0.10.2 gives wrong values for members 1 and up
+# when a loop body vmaps HVPs of a model with a normalisation (LayerNorm): `lax.map(hvp, ..., batch_size=B)`
+# with B >= 4 returns a Hessian trace 5-95% off. Repro and measurements: docs/upstream/vmap_map_hvp.md;
+# tests/test_hessian.py keeps the repro as a test.
 
 
 # ------------------------------------------------------------------------------------------ Hessian-vector
@@ -72,6 +76,7 @@ def dataset_hvp(loss_fn: LossFn, params: Params, dataset: tuple, v: Params, batc
 
 def _flat_hvp(loss_fn: LossFn, params: Params, batch):
     """(matvec on flat vectors, flat params). Linearised once, so each product skips re-running the primal."""
+    pytrees.check_params(params)
     flat, unravel = ravel_pytree(params)
     grad_flat = lambda x: ravel_pytree(jax.grad(loss_fn)(unravel(x), batch))[0]
     _, matvec = jax.linearize(grad_flat, flat)
@@ -332,21 +337,21 @@ def _orthonormal_columns(a):
     return jax.lax.fori_loop(0, a.shape[1], add_column, jnp.zeros_like(a))
 
 
-def _columns_matvec(matvec, vectors_nk, batch_size):
-    """H applied to each column of vectors (n, k), `batch_size` columns at a time. Vmapping all k at once makes
-    every intermediate k times larger; on a CPU that spills the caches and halves the HVP rate (measured)."""
-    return jax.lax.map(matvec, vectors_nk.T, batch_size=min(batch_size, vectors_nk.shape[1])).T
+def _columns_matvec(matvec, vectors_nk):
+    """H applied to each column of vectors (n, k), one column at a time: never a vmap inside the loop (see the
+    note at the top of this module). Vmapping all k at once would also make every intermediate k times larger;
+    on a CPU that spills the caches and halves the HVP rate (measured)."""
+    return jax.lax.map(matvec, vectors_nk.T).T
 
 
-def _deflated_hutchinson(matvec, probes_nk, basis_mn, batch_size):
+def _deflated_hutchinson(matvec, probes_nk, basis_mn):
     """Hutchinson samples z'^T H z' (k,) of the probes projected off the orthonormal rows of basis (m, n)."""
     probes_nk = probes_nk - basis_mn.T @ (basis_mn @ probes_nk)
-    return jnp.sum(probes_nk * _columns_matvec(matvec, probes_nk, batch_size), axis=0)
+    return jnp.sum(probes_nk * _columns_matvec(matvec, probes_nk), axis=0)
 
 
 def trace(loss_fn: LossFn, params: Params, batch, *, key: jax.Array | None = None, method: str = "auto",
-          num_probes: int = 99, exact_max_params: int = EXACT_TRACE_MAX_PARAMS,
-          probe_batch_size: int = PROBE_BATCH_SIZE) -> TraceEstimate:
+          num_probes: int = 99, exact_max_params: int = EXACT_TRACE_MAX_PARAMS) -> TraceEstimate:
     """Trace of the Hessian of `loss_fn(., batch)` at `params`.
 
     method: 'exact' sums e_i^T H e_i (one HVP per parameter, batched); 'hutchinson' averages v^T H v over
@@ -356,31 +361,27 @@ def trace(loss_fn: LossFn, params: Params, batch, *, key: jax.Array | None = Non
     (a third of the HVPs for Lanczos, whose basis's trace is the sum of its alphas at no extra cost, the rest for
     probes on its complement; `hessian_metrics` reuses its top-eigenvalue Lanczos run, so there every HVP goes to
     probes); 'auto' is 'exact' up to `exact_max_params` parameters, else 'krylov'. The standard error is that of
-    the stochastic part (conditional on the low-rank part). Probes are multiplied `probe_batch_size` at a time.
+    the stochastic part (conditional on the low-rank part). Probes are multiplied one at a time.
     """
     if method not in TRACE_METHODS:
         raise LLJaxError(f"unknown trace method {method!r}; choose one of {', '.join(TRACE_METHODS)}")
-    return _trace(*_flat_hvp(loss_fn, params, batch), key, method, num_probes, exact_max_params, probe_batch_size)
+    return _trace(*_flat_hvp(loss_fn, params, batch), key, method, num_probes, exact_max_params)
 
 
-def _trace(matvec, flat, key, method, num_probes, exact_max_params, probe_batch_size=PROBE_BATCH_SIZE,
+def _trace(matvec, flat, key, method, num_probes, exact_max_params,
            lanczos_state: LanczosState | None = None) -> TraceEstimate:
     n, dtype = flat.shape[0], flat.dtype
     if method == "auto":
         method = "exact" if n <= exact_max_params else "krylov"
-    if method == "exact":
-        diagonal = jax.lax.map(lambda i: matvec(jax.nn.one_hot(i, n, dtype=dtype))[i], jnp.arange(n),
-                               batch_size=min(n, 256))
+    if method == "exact":  # one HVP per parameter, one at a time (see the note at the top of this module)
+        diagonal = jax.lax.map(lambda i: matvec(jax.nn.one_hot(i, n, dtype=dtype))[i], jnp.arange(n))
         return TraceEstimate(jnp.sum(diagonal), jnp.zeros((), dtype))
     if key is None:
         raise LLJaxError(f"trace method {method!r} is stochastic: pass a key")
-    if probe_batch_size <= 0:
-        raise LLJaxError(f"probe batch size must be positive, got {probe_batch_size}")
     if method == "hutchinson":
         if num_probes < 2:
             raise LLJaxError(f"Hutchinson needs at least 2 probes for a standard error, got {num_probes}")
-        samples = _deflated_hutchinson(matvec, _rademacher(key, (n, num_probes), dtype), jnp.zeros((0, n), dtype),
-                                       probe_batch_size)
+        samples = _deflated_hutchinson(matvec, _rademacher(key, (n, num_probes), dtype), jnp.zeros((0, n), dtype))
         return TraceEstimate(samples.mean(), samples.std(ddof=1) / jnp.sqrt(num_probes))
     if method == "krylov":
         if lanczos_state is None:
@@ -395,8 +396,7 @@ def _trace(matvec, flat, key, method, num_probes, exact_max_params, probe_batch_
         # alpha_j = q_j^T H q_j, so the trace of H on the (orthonormal) Krylov basis is the sum of the alphas;
         # rows not reached (after an exhausted breakdown) are zero and carry alpha 0.
         steps = lanczos_state.alphas.shape[0]
-        samples = _deflated_hutchinson(matvec, _rademacher(key, (n, num_probes), dtype),
-                                       lanczos_state.basis[:steps], probe_batch_size)
+        samples = _deflated_hutchinson(matvec, _rademacher(key, (n, num_probes), dtype), lanczos_state.basis[:steps])
         return TraceEstimate(jnp.sum(lanczos_state.alphas) + samples.mean(),
                              samples.std(ddof=1) / jnp.sqrt(num_probes))
     if num_probes < 6:
@@ -404,9 +404,9 @@ def _trace(matvec, flat, key, method, num_probes, exact_max_params, probe_batch_
     rank = min(num_probes // 3, n)
     num_hutchinson = num_probes - 2 * rank
     sketch, probes = jnp.split(_rademacher(key, (n, rank + num_hutchinson), dtype), [rank], axis=1)
-    basis = _orthonormal_columns(_columns_matvec(matvec, sketch, probe_batch_size))
-    exact_part = jnp.sum(basis * _columns_matvec(matvec, basis, probe_batch_size))
-    samples = _deflated_hutchinson(matvec, probes, basis.T, probe_batch_size)
+    basis = _orthonormal_columns(_columns_matvec(matvec, sketch))
+    exact_part = jnp.sum(basis * _columns_matvec(matvec, basis))
+    samples = _deflated_hutchinson(matvec, probes, basis.T)
     return TraceEstimate(exact_part + samples.mean(), samples.std(ddof=1) / jnp.sqrt(num_hutchinson))
 
 
@@ -463,7 +463,6 @@ class HessianConfig:
                     'hutchinson' (see `trace`); 'krylov' deflates the top-eigenvalue Lanczos basis here
     trace_probes    HVPs spent by a stochastic trace method (for 'krylov' all are probes: its Lanczos part is
                     the top-eigenvalue run, already paid for)
-    probe_batch_size  trace probes multiplied at a time (1 is fastest on a CPU)
     density_runs    stochastic Lanczos quadrature runs for the spectral density (0: no density)
     density_steps   Lanczos steps per density run
     """
@@ -476,12 +475,11 @@ class HessianConfig:
     exact_trace_max_params: int = EXACT_TRACE_MAX_PARAMS
     density_runs: int = 4
     density_steps: int = 64
-    probe_batch_size: int = PROBE_BATCH_SIZE
 
     def __post_init__(self):
         if self.trace_method not in TRACE_METHODS:
             raise LLJaxError(f"unknown trace method {self.trace_method!r}; choose one of {', '.join(TRACE_METHODS)}")
-        for name in ("num_samples", "top_k", "lanczos_steps", "trace_probes", "density_steps", "probe_batch_size"):
+        for name in ("num_samples", "top_k", "lanczos_steps", "trace_probes", "density_steps"):
             if getattr(self, name) <= 0:
                 raise LLJaxError(f"{name} must be positive, got {getattr(self, name)}")
         if self.density_runs < 0:
@@ -512,7 +510,7 @@ def hessian_metrics(loss_fn: LossFn, params: Params, batch, key: jax.Array,
     matvec, flat = _flat_hvp(loss_fn, params, batch)
     top, lanczos_state = _top_eigenvalues(matvec, flat, config.top_k, eig_key, config.lanczos_steps)
     tr = _trace(matvec, flat, trace_key, config.trace_method, config.trace_probes, config.exact_trace_max_params,
-                config.probe_batch_size, lanczos_state)
+                lanczos_state)
     if config.density_runs:
         density = _spectral_density(matvec, flat, density_key, config.density_runs, config.density_steps)
     else:

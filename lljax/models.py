@@ -6,44 +6,31 @@
 `resnet18` the paper's CIFAR ResNet18(k) (Nakkiran et al. 2019; Yang et al. 2021): 3x3 stem, stages of k, 2k,
            4k, 8k channels, BasicBlocks [2, 2, 2, 2], BatchNorm, no max-pool; k = 64 is the standard network.
 
-Every model's variables are {'params': ..., 'batch_stats': ...}; models without BatchNorm have empty
-batch_stats, so all code handles both the same way.
+A model is any `factory(width, num_classes) -> flax.linen.Module` whose `__call__(x, train)` returns outputs
+(logits); BatchNorm (the 'batch_stats' collection), Dropout (a 'dropout' rng, used only when `train=True`),
+LayerNorm, or none of them. The built-in models are entries of the same registry (`MODELS`); a user's model is
+a factory passed in Python or an import path `package.module:factory`. A factory may take `depth` too (the
+built-in `mlp` does). Every model's variables are {'params': ..., 'batch_stats': ...}; models without BatchNorm
+have empty batch_stats, so all code handles both the same way.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import itertools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
+from lljax import losses, registry
 from lljax.errors import LLJaxError
 
-MODELS = ("mlp", "cnn", "resnet18")
 Params = Any
 BatchStats = Any
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """Static description of an architecture: hashable, so it can key compiled programs."""
-
-    name: str
-    width: int
-    num_classes: int = 10
-    depth: int = 2  # hidden layers of the MLP
-
-    def __post_init__(self):
-        if self.name not in MODELS:
-            raise LLJaxError(f"unknown model {self.name!r}; choose one of {', '.join(MODELS)}")
-        if int(self.width) != self.width or self.width <= 0:
-            raise LLJaxError(f"width must be a positive integer, got {self.width}")
-        if self.depth <= 0:
-            raise LLJaxError(f"depth must be a positive integer, got {self.depth}")
+Factory = Callable[..., nn.Module]
 
 
 def _conv_im2col(x, kernel, strides, padding):
@@ -153,46 +140,130 @@ class ResNet18(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
+def mlp(width: int, num_classes: int, depth: int = 2) -> nn.Module:
+    return MLP(width, depth, num_classes)
+
+
+def cnn(width: int, num_classes: int) -> nn.Module:
+    return CNN(width, num_classes)
+
+
+def resnet18(width: int, num_classes: int) -> nn.Module:
+    return ResNet18(width, num_classes)
+
+
+MODELS: dict[str, Factory] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18}
+
+
+def factory(model: str | Factory) -> Factory:
+    """The factory of a registered name, an import path `package.module:factory`, or a factory itself."""
+    found = registry.resolve(model, MODELS, "model")
+    if not callable(found) or isinstance(found, nn.Module):
+        raise LLJaxError(f"model {registry.describe(model)!r} is a {type(found).__name__}, not a callable "
+                         "factory(width, num_classes) -> flax.linen.Module")
+    return found
+
+
+def takes_depth(model: str | Factory) -> bool:
+    try:
+        return "depth" in inspect.signature(factory(model)).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Static description of one architecture: hashable, so it can key compiled programs. `model` is a
+    registered name, an import path or a factory; `depth` is passed to factories that take one (None: the
+    factory's default)."""
+
+    model: str | Factory
+    width: int
+    num_classes: int = 10
+    depth: int | None = None
+
+    def __post_init__(self):
+        if int(self.width) != self.width or self.width <= 0:
+            raise LLJaxError(f"width must be a positive integer, got {self.width}")
+        if self.depth is not None and (int(self.depth) != self.depth or self.depth <= 0):
+            raise LLJaxError(f"depth must be a positive integer, got {self.depth}")
+
+    @property
+    def name(self) -> str:
+        return registry.describe(self.model)
+
+    def module(self) -> nn.Module:
+        return build(self)
+
+
 def build(spec: ModelSpec) -> nn.Module:
-    """The Flax module for a spec."""
-    if spec.name == "mlp":
-        return MLP(spec.width, spec.depth, spec.num_classes)
-    if spec.name == "cnn":
-        return CNN(spec.width, spec.num_classes)
-    return ResNet18(spec.width, spec.num_classes)
+    """The Flax module of a spec; a one-line LLJaxError when the factory fails or returns something else."""
+    make = factory(spec.model)
+    kwargs = {}
+    if spec.depth is not None:
+        if not takes_depth(spec.model):
+            raise LLJaxError(f"model {spec.name!r} takes no depth argument; leave --depth unset")
+        kwargs["depth"] = spec.depth
+    try:
+        module = make(spec.width, spec.num_classes, **kwargs)
+    except LLJaxError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the user's factory: report it in one line
+        raise LLJaxError(f"model factory {spec.name!r} failed for width {spec.width}, {spec.num_classes} outputs: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(module, nn.Module):
+        raise LLJaxError(f"model factory {spec.name!r} returned a {type(module).__name__}, not a flax.linen.Module")
+    return module
+
+
+Model = ModelSpec | nn.Module | Callable
+
+
+def _flax_apply(model: Model) -> Callable:
+    """Flax's `apply(variables, x, train=..., mutable=..., rngs=...)` of a spec, a module or an apply function."""
+    if isinstance(model, ModelSpec):
+        return build(model).apply
+    if isinstance(model, nn.Module):
+        return model.apply
+    return model
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
-def init(spec: ModelSpec, key: jax.Array, input_shape: tuple[int, ...]) -> tuple[Params, BatchStats]:
+def init(spec: Model, key: jax.Array, input_shape: tuple[int, ...]) -> tuple[Params, BatchStats]:
     """Fresh (params, batch_stats) for one model taking inputs of shape `input_shape` (no batch axis)."""
-    variables = build(spec).init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+    module = build(spec) if isinstance(spec, ModelSpec) else spec
+    variables = module.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+    extra = sorted(set(variables) - {"params", "batch_stats"})
+    if extra:
+        raise LLJaxError(f"model {getattr(spec, 'name', type(spec).__name__)!r} has variable collections "
+                         f"{', '.join(extra)}; lljax trains 'params' and keeps 'batch_stats' only")
     return variables["params"], variables.get("batch_stats", {})
 
 
-def apply(spec: ModelSpec, params: Params, batch_stats: BatchStats, x_BX: jax.Array, train: bool = False):
-    """Logits (B, C) and updated batch_stats; `train=True` uses and updates batch statistics."""
-    module = build(spec)
+def apply(model: Model, params: Params, batch_stats: BatchStats, x_BX: jax.Array, train: bool = False,
+          rng: jax.Array | None = None):
+    """Outputs (B, ...) and batch_stats, the latter updated when `train=True` and the model has BatchNorm.
+    `train` always reaches the module (Dropout sees it even without BatchNorm); `rng` is its 'dropout' stream.
+    `model` is a `ModelSpec`, a Flax module, or a Flax-style `apply(variables, x, train=, mutable=, rngs=)`."""
+    module_apply = _flax_apply(model)
     variables = {"params": params, "batch_stats": batch_stats}
-    if train and batch_stats:
-        logits, updates = module.apply(variables, x_BX, train=True, mutable=["batch_stats"])
-        return logits, updates["batch_stats"]
-    return module.apply(variables, x_BX, train=False), batch_stats
+    rngs = None if rng is None else {"dropout": rng}
+    if train and jax.tree.leaves(batch_stats):
+        outputs, updates = module_apply(variables, x_BX, train=True, mutable=["batch_stats"], rngs=rngs)
+        return outputs, updates["batch_stats"]
+    return module_apply(variables, x_BX, train=train, rngs=rngs), batch_stats
 
 
-def cross_entropy(logits_BC: jax.Array, labels_B: jax.Array) -> jax.Array:
-    """(B,) per-example softmax cross-entropy."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BC, labels_B)
+def loss_fn(model: Model, batch_stats: BatchStats, loss: losses.Loss = losses.cross_entropy
+            ) -> Callable[[Params, tuple], jax.Array]:
+    """`loss(params, (x_BX, y_B)) -> mean loss` with BatchNorm in inference mode (the paper's Hessian loss)."""
 
-
-def loss_fn(spec: ModelSpec, batch_stats: BatchStats) -> Callable[[Params, tuple], jax.Array]:
-    """`loss(params, (x_BX, y_B)) -> mean CE` with BatchNorm in inference mode (the paper's Hessian loss)."""
-
-    def loss(params, batch):
+    def mean_loss(params, batch):
         x, y = batch
-        logits, _ = apply(spec, params, batch_stats, x, train=False)
-        return cross_entropy(logits, y).mean()
+        outputs, _ = apply(model, params, batch_stats, x, train=False)
+        return loss.mean(outputs, y)
 
-    return loss
+    return mean_loss
 
 
 def count_params(params: Params) -> int:

@@ -24,8 +24,8 @@ import os
 from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
-import scipy.stats
 
+from lljax import options
 from lljax.errors import LLJaxError
 
 PHASES = ("I", "II", "III", "IV-A", "IV-B")
@@ -51,16 +51,19 @@ class Thresholds:
         small batch (0.47-0.66, batch <= 32).
     """
 
-    train_loss: float = 0.05
-    mc_band: float = 0.01
-    cka: float = 0.7
+    train_loss: float = options.option(0.05, "fitted when the mean training loss is below this, in the units of the "
+                                              "loss in use (nats for cross-entropy)")
+    mc_band: float = options.option(0.01, "barrier when mc < -band; mc is a fraction of training error (of the "
+                                          "loss, for a loss without an error metric)")
+    cka: float = options.option(0.7, "IV-B when the CKA of outputs (softmax for classification) is at least this, "
+                                     "else IV-A")
 
     def __post_init__(self):
         for name, value in (("train_loss", self.train_loss), ("mc_band", self.mc_band), ("cka", self.cka)):
             if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
                 raise LLJaxError(f"Thresholds.{name} must be a finite number, got {value!r}")
         if self.train_loss <= 0:
-            raise LLJaxError(f"Thresholds.train_loss must be positive (nats), got {self.train_loss}")
+            raise LLJaxError(f"Thresholds.train_loss must be positive (units of the loss), got {self.train_loss}")
         if not 0 <= self.mc_band < 1:
             raise LLJaxError(f"Thresholds.mc_band must be in [0, 1) (a fraction of error), got {self.mc_band}")
         if not -1 <= self.cka <= 1:
@@ -112,6 +115,8 @@ def _rank_correlations(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     # fewer than 3 points, or a constant side, carries no rank information
     if a.size < 3 or np.all(a == a[0]) or np.all(b == b[0]):
         return math.nan, math.nan
+    import scipy.stats  # 1.3 s to import: only when a report needs it
+
     return float(scipy.stats.spearmanr(a, b).statistic), float(scipy.stats.kendalltau(a, b).statistic)
 
 

@@ -24,6 +24,7 @@ per-member estimate (`bytes_per_member_estimate`, from XLA's compiled memory ana
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -383,3 +384,41 @@ def map_chunks(fn: Callable, tree_args: Sequence, chunk: int, mesh: Mesh | None 
     if len(outputs) == 1:
         return outputs[0]
     return jax.tree.map(lambda *parts: _concatenate(parts), *outputs)
+
+
+# ------------------------------------------------------------------------------------------ placement
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a group's ensemble programs run: the member (or pair) axis sharded over `mesh`, at most `cap`
+    members per call (None: as many as memory allows, see `chunk_for`)."""
+
+    mesh: Mesh
+    cap: int | None = None
+
+    @classmethod
+    def default(cls, cap: int | None = None) -> "Placement":
+        return cls(member_mesh(), cap)
+
+    def chunk_for(self, count: int, estimate: Callable[[], int] | None = None) -> int:
+        """Members per call for `count` members. With no user cap: all of them on a CPU (host memory is large
+        and shared), else as many as `chunk_size` fits in device memory by `estimate()`, the bytes one member
+        needs."""
+        if self.cap is not None:
+            return min(self.cap, count)
+        if estimate is None or jax.default_backend() == "cpu":
+            return count
+        return min(count, chunk_size(estimate(), num_devices=self.mesh.size))
+
+    def passes_for(self, count: int, params) -> int:
+        """Sequential slices for `train.train_ensemble` when training `count` members (a multiple of the mesh
+        size) with parameters `params` (leaves (M, ...)): cache-sized slices on a CPU, one pass elsewhere."""
+        if jax.default_backend() != "cpu":
+            return 1
+        return cpu_passes(count // self.mesh.size, nbytes(params) // count)
+
+    def map(self, fn: Callable, *member_args, chunk: int | None = None):
+        """`fn(*member_args)` (every argument with a leading member axis; bind shared inputs in `fn`) over
+        chunks of members sharded on the mesh; host numpy outputs, member for member equal to one call."""
+        count = member_count(member_args)
+        return map_chunks(fn, member_args, chunk or self.chunk_for(count), self.mesh)

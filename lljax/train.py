@@ -1,7 +1,9 @@
 """Training: one member's loss, step and loop as pure functions; the ensemble is `jit(vmap(...))` of them.
 
-Optimiser as the paper: SGD with momentum (PyTorch convention, buf = m * buf + g) and L2 weight decay added to
-the gradient; learning-rate schedule 'step' (constant, x0.1 from 75% of training), 'cosine' or 'constant'.
+Optimiser by default as the paper: SGD with momentum (PyTorch convention, buf = m * buf + g) and L2 weight decay
+added to the gradient (`OPTIMIZERS`: also 'adam' and 'adamw', or any optax transformation giving a descent
+direction); learning-rate schedule 'step' (constant, x0.1 from 75% of training), 'cosine' or 'constant'. The
+loss is a `losses.Loss` (cross-entropy by default); models with Dropout get a per-step 'dropout' key.
 Per-member hyperparameters (lr, weight decay, momentum, data fraction, label noise) are traced scalars, so
 members that differ only in them share one compiled program. The step loop is `lax.scan` over epochs and
 steps; a member whose loss or update turns non-finite stops updating and is flagged `diverged`.
@@ -10,28 +12,74 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from lljax import data, models
+from lljax import data, grid, losses, models, registry
 from lljax.errors import LLJaxError
 from lljax.models import ModelSpec
 
 SCHEDULES = ("step", "cosine", "constant")
 
 
+class Hyper(NamedTuple):
+    """One member's dynamic hyperparameters (scalars; stacked to (M,) for an ensemble)."""
+
+    lr: jax.Array
+    weight_decay: jax.Array
+    momentum: jax.Array
+    data_fraction: jax.Array
+    label_noise: jax.Array
+
+
+def sgd(hyper: Hyper) -> optax.GradientTransformation:
+    """SGD direction with momentum and coupled L2 weight decay (torch.optim.SGD semantics); the step applies
+    the scheduled learning rate, so the optimiser state holds no step counter of its own."""
+    return optax.chain(optax.add_decayed_weights(hyper.weight_decay), optax.trace(decay=hyper.momentum))
+
+
+def adam(hyper: Hyper) -> optax.GradientTransformation:
+    """Adam's direction with coupled L2 weight decay (torch.optim.Adam semantics); `momentum` is beta1."""
+    return optax.chain(optax.add_decayed_weights(hyper.weight_decay), optax.scale_by_adam(b1=hyper.momentum))
+
+
+def adamw(hyper: Hyper) -> optax.GradientTransformation:
+    """AdamW: Adam's direction plus decoupled weight decay (scaled by the learning rate, as optax.adamw)."""
+    return optax.chain(optax.scale_by_adam(b1=hyper.momentum), optax.add_decayed_weights(hyper.weight_decay))
+
+
+# name -> (Hyper -> optax transformation giving a descent direction; the step scales it by -lr(step))
+OPTIMIZERS: dict[str, Callable[[Hyper], optax.GradientTransformation]] = {"sgd": sgd, "adam": adam, "adamw": adamw}
+Optimizer = str | Callable[[Hyper], optax.GradientTransformation] | optax.GradientTransformation
+
+
+def direction(optimizer: Optimizer, hyper: Hyper) -> optax.GradientTransformation:
+    """The transformation of a registered name, an import path, a `Hyper -> transformation` function, or a
+    transformation used as it is for every member."""
+    found = registry.resolve(optimizer, OPTIMIZERS, "optimizer")
+    if isinstance(found, optax.GradientTransformation):
+        return found
+    if not callable(found):
+        raise LLJaxError(f"optimizer {registry.describe(optimizer)!r} is neither an optax transformation nor a "
+                         "function of the member's hyperparameters returning one")
+    return found(hyper)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
-    """Static part of training (never stacked): architecture, batch size, length, schedule, data size."""
+    """Static part of training (never stacked): architecture, batch size, length, schedule, data size, loss,
+    optimiser (see `direction`)."""
 
     model: ModelSpec
     batch_size: int
     epochs: int
     num_train: int
     schedule: str = "step"
+    loss: losses.Loss = losses.cross_entropy
+    optimizer: Optimizer = "sgd"
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -52,22 +100,13 @@ class TrainSpec:
         return self.epochs * self.steps_per_epoch
 
 
-class Hyper(NamedTuple):
-    """One member's dynamic hyperparameters (scalars; stacked to (M,) for an ensemble)."""
-
-    lr: jax.Array
-    weight_decay: jax.Array
-    momentum: jax.Array
-    data_fraction: jax.Array
-    label_noise: jax.Array
-
-
 class Member(NamedTuple):
     """Everything per-member that is fixed during training: hyperparameters, keys and training view."""
 
     hyper: Hyper
     shuffle_key: jax.Array
     view: data.View
+    dropout_key: jax.Array
 
 
 class MemberState(NamedTuple):
@@ -88,15 +127,9 @@ def learning_rate(spec: TrainSpec, base_lr, step) -> jax.Array:
     return base_lr * jnp.ones_like(frac)
 
 
-def optimizer(hyper: Hyper) -> optax.GradientTransformation:
-    """SGD direction with momentum and coupled L2 weight decay (torch.optim.SGD semantics); the step applies
-    the scheduled learning rate, so the optimiser state holds no step counter of its own."""
-    return optax.chain(optax.add_decayed_weights(hyper.weight_decay), optax.trace(decay=hyper.momentum))
-
-
 def init_member(spec: TrainSpec, key: jax.Array, hyper: Hyper, labels_N: jax.Array,
                 input_shape: tuple[int, ...], view_key: jax.Array | None = None) -> tuple[MemberState, Member]:
-    """Initial state and fixed inputs of one member from its seed key (named streams: init, view, shuffle).
+    """Initial state and fixed inputs of one member from its seed key (streams: init, view, shuffle, dropout).
     `view_key`, if given, draws the training view (subset and noisy labels) instead of the member's own stream,
     so several members can share one view."""
     key_init, key_view, key_shuffle = jax.random.split(key, 3)
@@ -104,9 +137,9 @@ def init_member(spec: TrainSpec, key: jax.Array, hyper: Hyper, labels_N: jax.Arr
     params, batch_stats = models.init(spec.model, key_init, input_shape)
     view = data.training_view(key_view, labels_N, spec.model.num_classes, hyper.data_fraction,
                               hyper.label_noise)
-    state = MemberState(params, batch_stats, optimizer(hyper).init(params), jnp.zeros((), bool),
+    state = MemberState(params, batch_stats, direction(spec.optimizer, hyper).init(params), jnp.zeros((), bool),
                         jnp.full((), jnp.nan, jnp.float32))
-    return state, Member(hyper, key_shuffle, view)
+    return state, Member(hyper, key_shuffle, view, grid.stream(key, "dropout"))
 
 
 def train_step(spec: TrainSpec, member: Member, state: MemberState, x_BX: jax.Array, y_B: jax.Array, step
@@ -115,12 +148,13 @@ def train_step(spec: TrainSpec, member: Member, state: MemberState, x_BX: jax.Ar
     (before the step)."""
 
     def loss(params):
-        logits, batch_stats = models.apply(spec.model, params, state.batch_stats, x_BX, train=True)
-        return models.cross_entropy(logits, y_B).mean(), batch_stats
+        outputs, batch_stats = models.apply(spec.model, params, state.batch_stats, x_BX, train=True,
+                                            rng=jax.random.fold_in(member.dropout_key, step))
+        return spec.loss.mean(outputs, y_B), batch_stats
 
     (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
-    direction, opt_state = optimizer(member.hyper).update(grads, state.opt_state, state.params)
-    updates = jax.tree.map(lambda d: -learning_rate(spec, member.hyper.lr, step) * d, direction)
+    descent, opt_state = direction(spec.optimizer, member.hyper).update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda d: -learning_rate(spec, member.hyper.lr, step) * d, descent)
     params = optax.apply_updates(state.params, updates)
     bad = state.diverged | ~jnp.isfinite(value) | ~jnp.isfinite(optax.tree.norm(updates))
     keep = lambda old, new: jax.tree.map(lambda o, n: jnp.where(bad, o, n), old, new)
@@ -150,25 +184,14 @@ def train_epochs(spec: TrainSpec, state: MemberState, member: Member, x_train: j
     return jax.lax.fori_loop(first_epoch, last_epoch, epoch, state)
 
 
-def evaluate(spec: ModelSpec, params, batch_stats, x_NX: jax.Array, y_N: jax.Array, weights_N=None,
-             batch_size: int = 1000) -> tuple[jax.Array, jax.Array]:
-    """Weighted mean cross-entropy and accuracy over a dataset, BatchNorm in inference mode, in chunks."""
-    n = x_NX.shape[0]
-    weights_N = jnp.ones(n, jnp.float32) if weights_N is None else weights_N
-    batch_size = min(batch_size, n)
-    pad = -n % batch_size
-    pad_to = lambda a: jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)]) if pad else a
-    chunks = lambda a: pad_to(a).reshape(-1, batch_size, *a.shape[1:])
-
-    def body(total, chunk):
-        x, y, w = chunk
-        logits, _ = models.apply(spec, params, batch_stats, x, train=False)
-        ce = models.cross_entropy(logits, y)
-        correct = (logits.argmax(-1) == y).astype(jnp.float32)
-        return total + jnp.stack([(w * ce).sum(), (w * correct).sum()]), None
-
-    total, _ = jax.lax.scan(body, jnp.zeros(2), (chunks(x_NX), chunks(y_N), chunks(weights_N)))
-    return total[0] / weights_N.sum(), total[1] / weights_N.sum()
+def evaluate(model: models.Model, params, batch_stats, x_NX: jax.Array, y_N: jax.Array, weights_N=None,
+             batch_size: int = 1000, loss: losses.Loss = losses.cross_entropy) -> tuple[jax.Array, jax.Array]:
+    """Weighted mean loss and accuracy (1 - error; NaN without an error metric) over a dataset, BatchNorm in
+    inference mode, in chunks (`losses.evaluate`)."""
+    total_loss, total_error, weight = losses.evaluate(
+        lambda x: models.apply(model, params, batch_stats, x)[0], x_NX, y_N, loss, weights_N, batch_size)
+    accuracy = (weight - total_error) / weight if loss.error else jnp.full((), jnp.nan)
+    return total_loss / weight, accuracy
 
 
 # ---------------------------------------------------------------------------------- ensembles (vmapped once)
@@ -204,9 +227,9 @@ def train_ensemble(spec: TrainSpec, state: MemberState, member: Member, x_train:
     return jax.tree.map(join, trained)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "batch_size"))
-def evaluate_ensemble(spec: ModelSpec, params, batch_stats, x_NX, labels_MN, weights_MN=None,
-                      batch_size: int = 1000):
-    """(M,) losses and accuracies; labels and weights are per member (M, N) (a member's own view)."""
-    return jax.vmap(evaluate, in_axes=(None, 0, 0, None, 0, 0, None))(
-        spec, params, batch_stats, x_NX, labels_MN, weights_MN, batch_size)
+@functools.partial(jax.jit, static_argnames=("model", "batch_size", "loss"))
+def evaluate_ensemble(model: models.Model, params, batch_stats, x_NX, labels_MN, weights_MN=None,
+                      batch_size: int = 1000, loss: losses.Loss = losses.cross_entropy):
+    """(M,) losses and accuracies; labels and weights are per member (M, N, ...) (a member's own view)."""
+    return jax.vmap(evaluate, in_axes=(None, 0, 0, None, 0, 0, None, None))(
+        model, params, batch_stats, x_NX, labels_MN, weights_MN, batch_size, loss)

@@ -1,14 +1,28 @@
-"""Figures: heatmaps over a 2-D grid of knobs, line plots over one knob. matplotlib, Agg backend, PNG files."""
+"""Figures: heatmaps over a 2-D grid of knobs, line plots over one knob, the phase map, small multiples per grid
+point. matplotlib (imported when the first figure is drawn), Agg backend, PNG files."""
 from __future__ import annotations
 
+import functools
 import os
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from lljax import grid as grids
+from lljax import phases, tables
+
+PHASE_COLORS = ("#d95f02", "#fdb863", "#7570b3", "#b2abd2", "#1b9e77")  # I, II, III, IV-A, IV-B
+
+
+@functools.cache
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 KNOB_LABELS = {"width": "width", "data_fraction": "data fraction", "label_noise": "label-noise fraction",
                "batch_size": "batch size", "lr": "learning rate", "weight_decay": "weight decay",
@@ -24,6 +38,7 @@ def heatmap(values_YX: np.ndarray, x_values: Sequence, y_values: Sequence, x_kno
             ) -> None:
     """One metric over the grid: cell (i, j) is values_YX[i, j] at (x_values[j], y_values[i]).
     `center` gives a diverging colour map symmetric about it (for mode connectivity)."""
+    plt = _pyplot()
     values_YX = np.asarray(values_YX, float)
     fig, ax = plt.subplots(figsize=(1.1 + 0.75 * len(x_values), 1.2 + 0.55 * len(y_values)), dpi=110)
     kwargs = {"cmap": cmap}
@@ -53,7 +68,9 @@ def category_map(labels_YX: np.ndarray, categories: Sequence[str], colors: Seque
                  x_knob: str, y_knob: str, title: str, path, overlay_YX: np.ndarray | None = None) -> None:
     """A grid coloured by category (e.g. phases), boundaries between categories drawn, and an optional number
     written in each cell (e.g. test accuracy)."""
+    plt = _pyplot()
     from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
 
     index = {c: i for i, c in enumerate(categories)}
     codes = np.vectorize(lambda c: index.get(c, -1))(np.asarray(labels_YX, object)).astype(float)
@@ -72,7 +89,7 @@ def category_map(labels_YX: np.ndarray, categories: Sequence[str], colors: Seque
         text = str(label) if overlay_YX is None or not np.isfinite(overlay_YX[i, j]) else \
             f"{label}\n{overlay_YX[i, j]:.3g}"
         ax.text(j, i, text, ha="center", va="center", fontsize=7)
-    handles = [matplotlib.patches.Patch(color=c, label=k) for k, c in zip(categories, colors)]
+    handles = [Patch(color=c, label=k) for k, c in zip(categories, colors)]
     ax.legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8, title="phase")
     ax.set_xticks(range(len(x_values)), _ticks(x_values))
     ax.set_yticks(range(len(y_values)), _ticks(y_values))
@@ -87,6 +104,7 @@ def category_map(labels_YX: np.ndarray, categories: Sequence[str], colors: Seque
 def lines(x_values: Sequence, series: dict[str, np.ndarray], x_label: str, y_label: str, title: str, path,
           errors: dict[str, np.ndarray] | None = None, logx: bool = False, hline: float | None = None) -> None:
     """Several named lines over the same x values, with optional error bars."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
     positions = np.arange(len(x_values)) if not logx else np.asarray(x_values, float)
     for name, ys in series.items():
@@ -112,6 +130,7 @@ def panels(series_YX: Sequence[Sequence[Sequence[tuple]]], x_values, y_values, x
            x_label: str, y_label: str, title: str, path, logy: bool = False) -> None:
     """Small multiples over a 2-D grid: panel (i, j) at (x_values[j], y_values[i]) draws its list of series
     (xs, ys, label, matplotlib style dict); an empty list leaves the panel blank."""
+    plt = _pyplot()
     rows, cols = len(y_values), len(x_values)
     fig, axes = plt.subplots(rows, cols, figsize=(1.2 + 2.1 * cols, 1.3 + 1.7 * rows), dpi=100, squeeze=False)
     for i in range(rows):
@@ -139,3 +158,101 @@ def panels(series_YX: Sequence[Sequence[Sequence[tuple]]], x_values, y_values, x
     fig.tight_layout(rect=(0, 0.05 if legend else 0, 1, 1))
     fig.savefig(path)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ over a run's grid
+
+def _suffix_title(suffix: str) -> str:
+    return suffix.replace("__", "  ")
+
+
+def write_heatmaps(results: "tables.Results", grid: Sequence[dict], out_dir: Path) -> list[Path]:
+    """A heatmap (or a line plot, for one swept knob) of every family heatmap whose column the grid holds."""
+    knob_values = results.knob_values
+    x, y = tables.choose_axes(knob_values)
+    written = []
+    if x is None:
+        return written
+    out_dir.mkdir(parents=True, exist_ok=True)
+    x_values, y_values = list(knob_values[x]), (list(knob_values[y]) if y else None)
+    for suffix, rows in tables.facets(grid, knob_values, x, y):
+        for spec in results.heatmaps:
+            column = f"{spec.column}_mean"
+            if column not in rows[0]:
+                continue
+            matrix = tables.grid_matrix(rows, column, x, y, x_values, y_values)
+            if spec.log10:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    matrix = np.log10(matrix)
+            path = out_dir / f"{spec.column}{suffix}.png"
+            if y:
+                heatmap(matrix, x_values, y_values, x, y, spec.title + _suffix_title(suffix), path, spec.center)
+            else:
+                lines(x_values, {spec.title: matrix[0]}, KNOB_LABELS[x], spec.title, spec.title + suffix, path)
+            written.append(path)
+    return written
+
+
+def write_phase_figures(results: "tables.Results", grid: Sequence[dict], out_dir: Path) -> list[Path]:
+    """The phase map (phases with boundaries, the mean test score in each cell) and double-descent curves (test
+    error, or loss, against the load knob, one line per temperature)."""
+    knob_values = results.knob_values
+    x, y = tables.choose_axes(knob_values)
+    if x is None:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    x_values, y_values = list(knob_values[x]), (list(knob_values[y]) if y else None)
+    score = results.score
+    what = "accuracy" if results.error_metric else "loss"
+    written = []
+    for suffix, rows in tables.facets(grid, knob_values, x, y):
+        labels = tables.grid_matrix(rows, "phase", x, y, x_values, y_values)
+        value = tables.grid_matrix(rows, score, x, y, x_values, y_values)
+        path = out_dir / f"phase_map{suffix}.png"
+        category_map(labels, phases.PHASES, PHASE_COLORS, x_values, y_values or [""], x, y or "",
+                     f"phases (cell: phase and mean test {what})" + _suffix_title(suffix), path, overlay_YX=value)
+        written.append(path)
+        error = 1 - value if results.error_metric else value
+        spread = tables.grid_matrix(rows, score.replace("_mean", "_std"), x, y, x_values, y_values)
+        label = "test error" if results.error_metric else "test loss"
+        series = {(f"{y} = {v:g}" if y else label): error[i] for i, v in enumerate(y_values or [0])}
+        errors = {(f"{y} = {v:g}" if y else label): spread[i] for i, v in enumerate(y_values or [0])}
+        path = out_dir / f"double_descent{suffix}.png"
+        lines(x_values, series, KNOB_LABELS[x], label, f"{label} vs " + KNOB_LABELS[x] + _suffix_title(suffix),
+              path, errors=errors)
+        written.append(path)
+    return written
+
+
+def _representative(values: list, most: int) -> list:
+    """At most `most` values spread evenly over the list, the ends included."""
+    if len(values) <= most:
+        return values
+    return [values[i] for i in np.unique(np.linspace(0, len(values) - 1, most).round().astype(int))]
+
+
+def point_panels(results: "tables.Results", grid: Sequence[dict], draw: Callable[[tuple], list | None],
+                 out_dir: Path, stem: str, x_label: str, y_label: str, title: str, logy: bool = False
+                 ) -> list[Path]:
+    """Small multiples, one panel per grid point of a representative set (at most 6 x 4 points per facet):
+    `draw(point) -> [(xs, ys, label, style), ...]` or None for a blank panel. One figure `stem<facet>.png` per
+    facet where some panel is drawn."""
+    knob_values = results.knob_values
+    x, y = tables.choose_axes(knob_values)
+    if x is None:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    x_values = _representative(list(knob_values[x]), 6)
+    y_values = _representative(list(knob_values[y]), 4) if y else [None]
+    written = []
+    for suffix, rows in tables.facets(grid, knob_values, x, y):
+        fixed = {k: rows[0][k] for k in grids.KNOBS}
+        point = lambda xv, yv: tuple({**fixed, x: xv, **({y: yv} if y else {})}[k] for k in grids.KNOBS)
+        drawn = [[draw(point(xv, yv)) for xv in x_values] for yv in y_values]
+        if not any(cell for row in drawn for cell in row):
+            continue
+        path = out_dir / f"{stem}{suffix}.png"
+        panels([[cell or [] for cell in row] for row in drawn], x_values, y_values if y else [""], x, y or "",
+               x_label, y_label, title + _suffix_title(suffix), path, logy=logy)
+        written.append(path)
+    return written

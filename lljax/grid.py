@@ -1,19 +1,22 @@
-"""The ensemble axis: members of a grid, their grouping into shape-compatible ensembles, stacking.
+"""The grid: knobs -> members -> groups of equal static shapes -> pairs; and the named random streams.
 
 A grid is the cartesian product of knob values x seeds. Knobs split into *static* ones, which change array
 shapes or the program (model, width, batch size), and *dynamic* ones, which are per-member scalars (lr, weight
 decay, momentum, data fraction, label noise, seed). Members sharing every static knob form one `Group` and
 train in one vmapped program, so a grid compiles into the fewest programs.
+
+Random streams are derived from names (`stream`): a member's key from the run's seed and its seed index, a
+group's key from the run's seed and the group, and every metric family's key from the group key and the
+family's name, so a new family never needs a hand-picked integer.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Sequence
+import zlib
+from typing import Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 # Knobs of a grid point, in the order they appear in tables. 'Load-like' knobs make the task harder relative to
 # the model (the paper's x axis); 'temperature-like' knobs set the noise scale of SGD (its y axis).
@@ -85,26 +88,27 @@ def pairs_within_points(members: Sequence[MemberConfig], indices: Sequence[int],
     return pairs
 
 
-# ---------------------------------------------------------------------------------------------- pytrees
+# ---------------------------------------------------------------------------------------------- streams
 
-def stack(trees: Sequence[Any]) -> Any:
-    """Stack pytrees of identical structure along a new leading member axis."""
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-def unstack(tree: Any) -> list[Any]:
-    """Inverse of `stack`: a list of per-member pytrees."""
-    n = num_members(tree)
-    return [member(tree, i) for i in range(n)]
+# fold_in indices of the streams that existed before streams were named; kept so their numbers do not change
+LEGACY_STREAMS = {"cka": 1, "hessian": 2, "curves": 3, "view": 2**31 - 1}
 
 
-def member(tree: Any, i) -> Any:
-    """Member i (an int or an index array) of a stacked pytree."""
-    return jax.tree.map(lambda x: x[i], tree)
+def stream_index(name: str) -> int:
+    """The fold_in index of a named stream: a 31-bit hash of the name (CRC-32), or its legacy index."""
+    return LEGACY_STREAMS.get(name, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
-def num_members(tree: Any) -> int:
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        raise ValueError("empty pytree has no member axis")
-    return int(np.shape(leaves[0])[0])
+def stream(key: jax.Array, name: str) -> jax.Array:
+    """The key of the stream `name` under `key`."""
+    return jax.random.fold_in(key, stream_index(name))
+
+
+def member_key(base_seed: int, seed_index) -> jax.Array:
+    """The key of seed index s: the same at every grid point, so points differ only by their knobs."""
+    return jax.random.fold_in(jax.random.key(base_seed), seed_index)
+
+
+def group_key(base_seed: int, group_index: int) -> jax.Array:
+    """The key of a group's metric families."""
+    return jax.random.fold_in(jax.random.key(base_seed), 10_000 + group_index)

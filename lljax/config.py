@@ -1,0 +1,267 @@
+"""The run's configuration: core fields, the phase rule, one section per metric family; presets; validation.
+
+`Config` is a frozen dataclass. Every field is declared with `lljax.options.option` (help, bounds, choices), so
+the command line's flags are generated from it (`lljax.cli`). Metric families' options live in `families`
+(family name -> its options dataclass; a family not listed there uses its defaults); in config.json each is a
+section under the family's name, and the phase thresholds a section 'phase'. Flat keys `<prefix>_<field>`
+(`hessian_samples`, `curve_lr`, `phase_cka`) are accepted everywhere a configuration is read from a dict:
+presets, `Config.from_dict`, `Config.replace`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Mapping
+
+from lljax import data, losses, metrics, models, options, phases, registry, train
+from lljax.errors import LLJaxError
+
+option = options.option
+
+KNOB_FIELDS = {"widths": "width", "batch_sizes": "batch_size", "lrs": "lr", "weight_decays": "weight_decay",
+               "momentum": "momentum", "label_noise": "label_noise", "data_fractions": "data_fraction"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole study. List-valued knob fields are swept; the grid is their cartesian product x `seeds`."""
+
+    dataset: str = option("mnist1d", "mnist1d, cifar10, mnist, or PATH.npz holding x_train, y_train, x_test, "
+                                     "y_test", metavar="NAME|PATH.npz")
+    data_dir: str | None = option(None, "folder holding cifar-10-batches-py or the MNIST IDX files")
+    model: str = option("mlp", "a registered model (mlp, cnn, resnet18) or package.module:factory, a "
+                               "factory(width, num_classes) -> flax.linen.Module", metavar="NAME|MODULE:FACTORY")
+    depth: int | None = option(None, "passed to a model factory that takes `depth` (mlp: hidden layers, default 2)",
+                               low=1)
+    loss: str = option("cross_entropy", "per-example loss: cross_entropy (integer labels) or mse (float targets), "
+                                        "or package.module:attribute of an lljax.losses.Loss",
+                       metavar="NAME|MODULE:LOSS")
+    optimizer: str = option("sgd", "sgd (momentum, coupled weight decay: the paper's), adam, adamw, or "
+                                   "package.module:attribute", metavar="NAME|MODULE:OPTIMIZER")
+    widths: tuple[int, ...] = option((8, 32, 128), "model widths (the load the model factory receives)")
+    batch_sizes: tuple[int, ...] = option((64,), "minibatch sizes")
+    lrs: tuple[float, ...] = option((0.05,), "learning rates")
+    weight_decays: tuple[float, ...] = option((5e-4,), "weight decays")
+    momentum: tuple[float, ...] = option((0.9,), "momenta (Adam: beta1)")
+    label_noise: tuple[float, ...] = option((0.0,), "fractions of training labels replaced by a random class")
+    data_fractions: tuple[float, ...] = option((1.0,), "fractions of the training set each model sees")
+    seeds: int = option(2, "models per grid point", low=1)
+    shared_data: bool = option(True, "all seeds at a grid point see one training view (subset and noisy labels), "
+                                     "as the paper", negate="--per-seed-data")
+    epochs: int = option(30, "training epochs", low=1)
+    schedule: str = option("step", "learning-rate schedule: step = x0.1 at 75%% of training (the paper's), "
+                                   "cosine, constant", choices=train.SCHEDULES)
+    metrics: tuple[str, ...] | None = option(None, "metric families to compute (default: every family on by "
+                                                   "default); 'loss' is always computed", metavar="NAME")
+    seed: int = option(0, "base random seed")
+    eval_batch_size: int = option(1000, "examples per evaluation chunk", low=1)
+    max_pairs: int | None = option(None, "pairs of seeds per grid point for the pair families (default: all)", low=1)
+    max_members_per_chunk: int | None = option(None, "cap on models per compiled call (default: sized from device "
+                                                     "memory)", low=1)
+    phase: phases.Thresholds = dataclasses.field(default_factory=phases.Thresholds)
+    families: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    # ------------------------------------------------------------------------------------------ access
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The families to compute: 'loss' first, then the requested ones in registration order."""
+        requested = metrics.default_names() if self.metrics is None else self.metrics
+        return ("loss", *[name for name in metrics.FAMILIES if name in requested and name != "loss"])
+
+    def options(self, name: str):
+        """The options of family `name`: as configured, else its defaults."""
+        return self.families.get(name) or metrics.get(name).default_options()
+
+    @property
+    def thresholds(self) -> phases.Thresholds:
+        return self.phase
+
+    def knob_values(self) -> dict[str, tuple]:
+        return {knob: getattr(self, name) for name, knob in
+                (("widths", "width"), ("batch_sizes", "batch_size"), ("lrs", "lr"),
+                 ("weight_decays", "weight_decay"), ("momentum", "momentum"), ("data_fractions", "data_fraction"),
+                 ("label_noise", "label_noise"))}
+
+    @property
+    def dataset_name(self) -> str:
+        return data.dataset_name(self.dataset)
+
+    # ------------------------------------------------------------------------------------------ dicts
+
+    def to_dict(self) -> dict:
+        """The resolved configuration: core fields, 'phase', and a section for every family with options."""
+        out = {f.name: getattr(self, f.name) for f in options.fields(Config)}
+        out["metrics"] = list(self.metric_names)
+        out["phase"] = dataclasses.asdict(self.phase)
+        for name in self.metric_names:
+            opts = self.options(name)
+            if opts is not None:
+                out[name] = dataclasses.asdict(opts)
+        return json.loads(json.dumps(out))  # tuples -> lists, as config.json holds them
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def same_run(self, other: "Config") -> bool:
+        return self.to_dict() == other.to_dict()
+
+    def differences(self, other: "Config") -> list[str]:
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "Config":
+        """A configuration from core fields, sections ('phase', family names) and flat `<prefix>_<field>` keys;
+        an unknown key is a one-line LLJaxError."""
+        return cls().replace(**values)
+
+    def replace(self, **values) -> "Config":
+        """A copy with the given core fields, sections or flat section keys changed."""
+        core = {f.name for f in dataclasses.fields(Config)} - {"phase", "families"}
+        sections_: dict[str, dict] = {}
+        changes: dict[str, Any] = {}
+        known = sections()
+
+        def add(section, value):
+            as_dict = value if isinstance(value, Mapping) else dataclasses.asdict(value)
+            sections_.setdefault(section, {}).update(as_dict)
+
+        for key, value in values.items():
+            if key in core:
+                changes[key] = value
+            elif key == "families":
+                for name, section in value.items():
+                    add(name, section)
+            elif key in known:
+                add(key, value)
+            else:
+                section, name = _flat_key(key)
+                sections_.setdefault(section, {})[name] = value
+        changes = options.coerce(Config, changes)
+        phase = self.phase
+        families = dict(self.families)
+        for section, fields_ in sections_.items():
+            if section == "phase":
+                phase = _section(phases.Thresholds, phase, fields_, "phase")
+            else:
+                family = metrics.get(section)
+                if family.options is None:
+                    raise LLJaxError(f"metric family {section!r} has no options, got {', '.join(fields_)}")
+                families[section] = _section(family.options, self.options(section), fields_, family.flag_prefix)
+        return dataclasses.replace(self, **changes, phase=phase, families=families)
+
+
+def sections() -> dict[str, tuple[type, str]]:
+    """section name -> (options dataclass, flag prefix): the phase rule and every family with options."""
+    out = {"phase": (phases.Thresholds, "phase")}
+    out.update({name: (family.options, family.flag_prefix) for name, family in metrics.FAMILIES.items()
+                if family.options is not None})
+    return out
+
+
+def _flat_key(key: str) -> tuple[str, str]:
+    for section, (cls, prefix) in sections().items():
+        name = key[len(prefix) + 1:] if key.startswith(prefix + "_") else None
+        if name and name in {f.name for f in dataclasses.fields(cls)}:
+            return section, name
+    raise LLJaxError(f"unknown configuration field {key!r}")
+
+
+def _section(cls, current, values: Mapping[str, Any], prefix: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise LLJaxError(f"unknown {prefix} option(s): {', '.join(unknown)}")
+    return dataclasses.replace(current, **options.coerce(cls, dict(values)))
+
+
+# ------------------------------------------------------------------------------------------ presets
+
+PAPER_WIDTHS = (2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128)
+PAPER_BATCH_SIZES = (16, 19, 24, 27, 32, 44, 64, 92, 128, 180, 256, 364, 512, 724, 1024)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # <= 2 minutes on a 2-core CPU: the paper's picture in miniature (width x learning rate).
+    "quick": dict(model="mlp", widths=(8, 32, 128, 256), lrs=(0.03, 0.1, 0.3), batch_sizes=(64,), seeds=2,
+                  epochs=40, curve_epochs=60, hessian_samples=500),
+    # <= 10 minutes on a 2-core CPU.
+    "default": dict(model="mlp", widths=(4, 8, 16, 32, 64, 128, 256), lrs=(0.01, 0.03, 0.1, 0.3), batch_sizes=(64,),
+                    seeds=3, epochs=60),
+    # The paper's main grid (Yang et al. 2021 Figure 2): ResNet18 on CIFAR-10 (--data-dir), 13 widths x 15 batch
+    # sizes x 5 seeds = 975 models, 100 epochs, every metric. For GPUs; see docs/distributed.md.
+    "paper": dict(dataset="cifar10", model="resnet18", widths=PAPER_WIDTHS, batch_sizes=PAPER_BATCH_SIZES,
+                  lrs=(0.05,), weight_decays=(5e-4,), seeds=5, epochs=100, curve_lr=0.05, eval_batch_size=500),
+}
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+def validate(config: Config, custom_dataset: bool = False) -> None:
+    """Every check that needs no data: raises LLJaxError naming the first problem. `custom_dataset`: the data
+    is passed in Python, so `config.dataset` only names it."""
+    if not custom_dataset and not data.is_file_dataset(config.dataset) and config.dataset not in data.DATASETS:
+        raise LLJaxError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(data.DATASETS)} or give a "
+                         "PATH.npz")
+    for name, values in config.knob_values().items():
+        if len(values) == 0:
+            raise LLJaxError(f"empty grid: no values for {name}")
+        if len(set(values)) != len(values):
+            raise LLJaxError(f"repeated values for {name}: {list(values)}")
+    for w in config.widths:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not float(w).is_integer() or w <= 0:
+            raise LLJaxError(f"width must be a positive integer, got {w}")
+    for b in config.batch_sizes:
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not float(b).is_integer() or b <= 0:
+            raise LLJaxError(f"batch size must be a positive integer, got {b}")
+    for name, values, low_open in (("data fraction", config.data_fractions, True),
+                                   ("label-noise fraction", config.label_noise, False),
+                                   ("momentum", config.momentum, False)):
+        for v in values:
+            if not math.isfinite(v) or not (0 < v <= 1 if low_open else 0 <= v <= 1):
+                raise LLJaxError(f"{name} must be in {'(0, 1]' if low_open else '[0, 1]'}, got {v}")
+    for name, values in (("learning rate", config.lrs), ("weight decay", config.weight_decays)):
+        for v in values:
+            if not math.isfinite(v) or v < 0 or (name == "learning rate" and v == 0):
+                raise LLJaxError(f"{name} must be {'positive' if name == 'learning rate' else 'non-negative'}, "
+                                 f"got {v}")
+    options.check(config)
+    for name in config.metrics or ():
+        metrics.get(name)  # an unknown name is an error
+    for name in config.metric_names:
+        opts = config.options(name)
+        if opts is not None:
+            options.check(opts, metrics.get(name).flag_prefix)
+            if hasattr(opts, "validate"):
+                opts.validate()
+    config.phase  # noqa: B018 -- validated when built
+
+
+def check_plugins(config: Config, model=None, loss=None, optimizer=None) -> tuple[Any, losses.Loss, Any]:
+    """The model factory, loss and optimiser the run uses (the objects passed in Python, else those the config
+    names), each checked: an import path that does not import or names the wrong kind of object is a one-line
+    LLJaxError."""
+    factory = models.factory(config.model if model is None else model)
+    loss = losses.resolve(config.loss if loss is None else loss)
+    optimizer = registry.resolve(config.optimizer if optimizer is None else optimizer, train.OPTIMIZERS,
+                                 "optimizer")
+    if config.depth is not None and not models.takes_depth(factory):
+        raise LLJaxError(f"model {registry.describe(model or config.model)!r} takes no depth argument; "
+                         "leave --depth unset")
+    if not loss.classification and any(p > 0 for p in config.label_noise):
+        raise LLJaxError(f"label noise needs class labels; the {loss.name} loss has none")
+    return factory, loss, optimizer
+
+
+def validate_with_data(config: Config, dataset: data.Dataset, loss: losses.Loss) -> None:
+    """Checks that need the dataset: its labels for the loss, batch sizes against the (smallest) training
+    subset."""
+    data.check_labels(dataset, loss.classification)
+    n = len(dataset.y_train)
+    smallest = int(data.subset_size(n, min(config.data_fractions)))
+    for b in config.batch_sizes:
+        if b > smallest:
+            where = "the training set" if smallest == n else f"the smallest training subset ({smallest} examples)"
+            raise LLJaxError(f"batch size {b} is larger than {where} ({n} examples in {dataset.name})"
+                             if smallest == n else f"batch size {b} is larger than {where}")

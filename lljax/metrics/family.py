@@ -1,0 +1,134 @@
+"""What a metric family declares, and what its function for one model (or one pair) receives.
+
+A family is written for ONE trained member (or ONE pair of members at a grid point): a pure function
+
+    member family:  compute(ctx: Context, shared: Shared, member: Member, key) -> dict of arrays
+    pair family:    compute(ctx: Context, shared: Shared, a: Member, b: Member, key) -> dict of arrays
+
+that the pipeline vmaps over a group's members (pairs), jits once per static context, runs in memory-sized
+chunks with the member axis sharded over every device, and stores. Outputs that are one number per member
+(pair) become columns of members.csv (pairs.csv) and grid.csv; others (curves along t, spectral densities)
+are kept in the group's results file for the family's own figures and tables.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+
+from lljax import data, losses, models, train
+from lljax.errors import LLJaxError
+
+KINDS = ("member", "pair")
+
+
+class Shared(NamedTuple):
+    """Arrays every member of a group sees (replicated on every device): the training inputs (N, ...), the test
+    inputs and targets, and the family's own shared inputs (`Family.prepare`, e.g. a probe; () if none)."""
+
+    x_train: jax.Array
+    x_test: jax.Array
+    y_test: jax.Array
+    extra: Any = ()
+
+
+class Member(NamedTuple):
+    """One trained member as a family sees it (a leading member axis outside the family's function): its
+    parameters and BatchNorm statistics, its training view (subset and labels: `data.View`), its dynamic
+    hyperparameters and whether it diverged."""
+
+    params: Any
+    batch_stats: Any
+    view: data.View
+    hyper: train.Hyper
+    diverged: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """Static inputs of a family's function (hashable: one compiled program per distinct context). `options` is
+    the family's options (its configuration section); `subset_size` is set for families with
+    `static_subset=True`: the size of the training subset of every member (pair: of member a) in the call."""
+
+    model: models.ModelSpec
+    loss: losses.Loss
+    options: Any
+    epochs: int
+    eval_batch_size: int
+    subset_size: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Heatmap:
+    """A heatmap of a grid column's mean over seeds: title, log10 of the values, or a diverging map centred
+    at `center`."""
+
+    column: str
+    title: str
+    log10: bool = False
+    center: float | None = None
+
+
+def _resolved(value, ctx):
+    return tuple(value(ctx)) if callable(value) else tuple(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A metric family, declared once.
+
+    name        its name in --metrics, the name of its random stream and of its configuration section
+    kind        'member' or 'pair'
+    compute     the function for one member or pair (module docstring)
+    options     a frozen dataclass of options (fields made with `lljax.options.option`), or None: it becomes a
+                section of config.json and the flags --<prefix>-<field>
+    prefix      the flags' prefix (default: the name)
+    columns     the scalar outputs that become table columns (or a function of the Context returning them)
+    heatmaps    `Heatmap`s drawn over the grid, one per column, where the column is present
+    correlated  columns whose grid means enter the report's correlation table with the test score (or a
+                function of the Context returning them)
+    cost        its cost for the progress bar, relative to training the group (1 = as long as training)
+    default     computed when --metrics is not given (expensive families leave this False)
+    prepare     `prepare(ctx, shared, key) -> pytree` computed once per group: the `Shared.extra` its function sees
+    static_subset  the function needs each member's subset size as a static shape (`Context.subset_size`)
+    outputs     `outputs(results, tables, figures_dir) -> [paths of figures]`: the family's own figures and
+                files beyond the heatmaps (results: `lljax.tables.Results`)
+    """
+
+    name: str
+    kind: str
+    compute: Callable
+    options: type | None = None
+    prefix: str | None = None
+    columns: Callable[[Context], Sequence[str]] | Sequence[str] = ()
+    heatmaps: Sequence[Heatmap] = ()
+    correlated: Callable[[Context], Sequence[str]] | Sequence[str] = ()
+    cost: float = 0.01
+    default: bool = True
+    prepare: Callable | None = None
+    static_subset: bool = False
+    outputs: Callable | None = None
+
+    def __post_init__(self):
+        if not self.name.isidentifier():
+            raise LLJaxError(f"a metric family's name must be an identifier, got {self.name!r}")
+        if self.kind not in KINDS:
+            raise LLJaxError(f"metric family {self.name!r}: kind must be 'member' or 'pair', got {self.kind!r}")
+        if self.options is not None and not dataclasses.is_dataclass(self.options):
+            raise LLJaxError(f"metric family {self.name!r}: options must be a frozen dataclass")
+        if not 0 <= self.cost < float("inf"):
+            raise LLJaxError(f"metric family {self.name!r}: cost must be non-negative, got {self.cost}")
+
+    @property
+    def flag_prefix(self) -> str:
+        return self.prefix or self.name
+
+    def default_options(self):
+        return None if self.options is None else self.options()
+
+    def column_names(self, ctx: Context) -> tuple[str, ...]:
+        return _resolved(self.columns, ctx)
+
+    def correlated_names(self, ctx: Context) -> tuple[str, ...]:
+        return _resolved(self.correlated, ctx)

@@ -1,0 +1,291 @@
+"""The pipeline: configuration -> grid of members -> groups -> train -> metric families -> results folder.
+
+`run(config, out_dir)` does a whole study. Each group (members sharing static shapes) is trained as one vmapped
+program, checkpointed every few epochs, then measured by every requested metric family (each family's
+function for one member or pair, vmapped, chunked and sharded here); its metrics are saved as soon as it
+finishes, so a run that is killed resumes where it stopped and produces the same numbers as an uninterrupted
+one. The model, loss, optimiser and dataset may be given as Python objects (`run(..., model=factory,
+dataset=..., loss=..., optimizer=...)`) or named by the configuration.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lljax import config as configs
+from lljax import data, losses, metrics, models, pytrees, registry, sharding, store, tables, train
+from lljax import grid as grids
+from lljax.config import Config
+from lljax.errors import LLJaxError
+from lljax.metrics import Context, Family, Member, Shared
+from lljax.progress import Progress
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """The run's model factory (a registered name or a factory), loss and optimiser, resolved and checked."""
+
+    model: Any
+    loss: losses.Loss
+    optimizer: Any
+    depth: int | None = None
+
+    def spec(self, width: int, num_classes: int) -> models.ModelSpec:
+        return models.ModelSpec(self.model, width, num_classes, self.depth)
+
+
+# ------------------------------------------------------------------------------------------ one group
+
+@dataclasses.dataclass
+class TrainedGroup:
+    """A trained group as the metric families see it: state and member views as host arrays (M, ...)."""
+
+    config: Config
+    spec: train.TrainSpec
+    dataset: data.Dataset
+    members: list[grids.MemberConfig]
+    state: train.MemberState
+    member: train.Member
+    key: jax.Array
+    placement: sharding.Placement
+    chunk: int  # members per compiled call, as in training (memory)
+
+    def map(self, fn: Callable, *member_args):
+        """`Placement.map` in chunks of this group's size (metric programs need about what training needs)."""
+        return self.placement.map(fn, *member_args, chunk=self.chunk)
+
+
+def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_dir, epochs, progress, label,
+                 checkpoint_seconds):
+    """Train one chunk of members (padded to the mesh) to `epochs`, resuming from and saving checkpoints."""
+    state, member = train.init_ensemble(spec, keys, hyper, labels, x_train.shape[1:], view_keys)
+    state, member = sharding.shard_members((state, member), placement.mesh)
+    passes = placement.passes_for(sharding.member_count(member), state.params)
+    every = max(1, math.ceil(epochs / 10))  # epochs per call: the progress bar's resolution
+    epoch, last_save = 0, time.time()
+    step = store.latest_step(ckpt_dir) if ckpt_dir is not None else None
+    step = int(sharding.from_lead(np.int64(-1 if step is None else step)))  # several hosts: process 0's view
+    step = None if step < 0 else step
+    if step is not None:
+        state = sharding.shard_members(store.restore(ckpt_dir, step, state), placement.mesh)
+        epoch = step
+        progress(step, f"{label}: resumed at epoch {step}")
+    while epoch < epochs:
+        stop = min(epoch + every, epochs)
+        state = train.train_ensemble(spec, state, member, x_train, epoch, stop, passes)
+        jax.block_until_ready(state)
+        if ckpt_dir is not None and (stop == epochs or time.time() - last_save > checkpoint_seconds):
+            store.save(ckpt_dir, stop, state)  # the last one keeps the trained ensemble for re-analysis
+            last_save = time.time()
+        progress(stop - epoch, f"{label} epoch {stop}/{epochs}")
+        epoch = stop
+    return sharding.to_host((state, member))
+
+
+def train_group(config: Config, dataset: data.Dataset, group: grids.Group, members: Sequence[grids.MemberConfig],
+                ckpt_dir: Path | None, progress: Callable[[float, str], None] = lambda amount, message: None,
+                checkpoint_seconds: float = 60.0, placement: sharding.Placement | None = None,
+                parts: Parts | None = None) -> TrainedGroup:
+    """Train one group, members sharded over every device and split into chunks that fit memory, resuming
+    each chunk from its newest checkpoint in `ckpt_dir` if any and saving one at most every
+    `checkpoint_seconds` (training is deterministic per epoch, so where it resumes does not matter)."""
+    placement = placement or sharding.Placement.default(config.max_members_per_chunk)
+    parts = parts or resolve_parts(config)
+    spec = train.TrainSpec(parts.spec(group.width, dataset.num_classes), group.batch_size, config.epochs,
+                           len(dataset.y_train), config.schedule, parts.loss, parts.optimizer)
+    group_members = [members[i] for i in group.members]
+    count = len(group_members)
+    column = lambda name: np.asarray([getattr(m, name) for m in group_members], np.float32)
+    hyper = train.Hyper(column("lr"), column("weight_decay"), column("momentum"), column("data_fraction"),
+                        column("label_noise"))
+    keys = jax.vmap(grids.member_key, in_axes=(None, 0))(config.seed, jnp.asarray([m.seed for m in group_members]))
+    if config.shared_data:  # the paper's setting: seeds differ in initialisation and batch order only
+        view_keys = jnp.stack([grids.stream(jax.random.key(config.seed), "view")] * count)
+    else:
+        view_keys = jax.vmap(lambda k: grids.stream(k, "view"))(keys)
+    labels = jnp.asarray(dataset.y_train)
+    x_train = sharding.replicate(jnp.asarray(dataset.x_train), placement.mesh)
+
+    def estimate():  # bytes per member of one training epoch, from XLA's memory analysis (compiles, runs nothing)
+        one = jax.tree.map(lambda a: a[:1], (keys, hyper, view_keys))
+        state, member = jax.eval_shape(lambda k, h, v: train.init_ensemble(spec, k, h, labels, x_train.shape[1:],
+                                                                           v), *one)
+        return sharding.bytes_per_member_estimate(
+            lambda s, m, x: train.train_ensemble(spec, s, m, x, 0, 1), state, member, x_train, in_axes=(0, 0, None))
+
+    chunk = placement.chunk_for(count, estimate)
+    size = -(-chunk // placement.mesh.size) * placement.mesh.size  # every chunk the same size: one program
+    pieces = []
+    for c, start in enumerate(range(0, count, size)):
+        piece, real = sharding.pad_members(jax.tree.map(lambda a: a[start:start + size], (keys, hyper, view_keys)),
+                                           size)
+        folder = None if ckpt_dir is None else (ckpt_dir if size >= count else ckpt_dir / f"chunk-{c}")
+        label = f"group {group.index} (width {group.width}, batch {group.batch_size}, {count} members" + \
+            (f", chunk {c + 1}/{-(-count // size)})" if size < count else ")")
+        pieces.append(sharding.unpad(_train_chunk(spec, *piece, labels, x_train, placement, folder, config.epochs,
+                                                  progress, label, checkpoint_seconds), real))
+    join = lambda *a: jnp.concatenate(a) if isinstance(a[0], jax.Array) else np.concatenate(a)  # keys stay JAX
+    state, member = jax.tree.map(join, *pieces) if len(pieces) > 1 else pieces[0]
+    return TrainedGroup(config, spec, dataset, group_members, state, member,
+                        grids.group_key(config.seed, group.index), placement, size)
+
+
+# ------------------------------------------------------------------------------------------ metric families
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _family_program(compute: Callable, ctx: Context, shared: Shared, *per_member):
+    """A family's function for one member (pair) vmapped over the leading axis of `per_member`."""
+    return jax.vmap(lambda *args: compute(ctx, shared, *args))(*per_member)
+
+
+def family_context(family: Family, g: TrainedGroup) -> Context:
+    return Context(g.spec.model, g.spec.loss, g.config.options(family.name), g.config.epochs,
+                   g.config.eval_batch_size)
+
+
+def measure_family(family: Family, g: TrainedGroup, pairs: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of one family for a trained group: (M, ...) arrays for a member family, (P, ...) for a
+    pair family over `pairs` (P, 2) of member positions. Keys come from the family's named stream."""
+    count = len(pairs) if family.kind == "pair" else len(g.members)
+    if count == 0:
+        return {}
+    ctx = family_context(family, g)
+    key = grids.stream(g.key, family.name)
+    keys = jax.random.split(key, count)
+    ds = g.dataset
+    shared = Shared(jnp.asarray(ds.x_train), jnp.asarray(ds.x_test), jnp.asarray(ds.y_test))
+    if family.prepare is not None:
+        shared = shared._replace(extra=family.prepare(ctx, shared, key))
+    shared = sharding.replicate(shared, g.placement.mesh)
+    s = g.state
+    member = Member(s.params, s.batch_stats, g.member.view, g.member.hyper, np.asarray(s.diverged))
+    take = lambda tree, i: jax.tree.map(lambda leaf: leaf[i], tree)
+    args = (member,) if family.kind == "member" else (take(member, pairs[:, 0]), take(member, pairs[:, 1]))
+    first = args[0]
+    sizes = np.asarray(first.view.size) if family.static_subset else np.zeros(count, int)
+    out: dict[str, np.ndarray] = {}
+    for n in np.unique(sizes):  # members (pairs) whose subsets differ in size get their own static context
+        sel = np.flatnonzero(sizes == n)
+        c = dataclasses.replace(ctx, subset_size=int(n)) if family.static_subset else ctx
+        values = g.map(lambda *a: _family_program(family.compute, c, shared, *a), *take(args, sel), keys[sel])
+        for name, value in values.items():
+            value = np.asarray(value)
+            out.setdefault(name, np.zeros((count, *value.shape[1:]), value.dtype))[sel] = value
+    missing = [c for c in family.column_names(ctx) if c not in out]
+    if missing:
+        raise LLJaxError(f"metric family {family.name!r} declares column(s) {', '.join(missing)} it does not return")
+    return out
+
+
+def measure_group(g: TrainedGroup, families: Sequence[Family],
+                  progress: Callable[[float, str], None] = lambda amount, message: None) -> dict[str, np.ndarray]:
+    """Every requested family of a trained group: 'member/<name>' (M, ...) and 'pair/<name>' (P, ...) arrays,
+    plus 'pair/a', 'pair/b' (positions of the two members within the group)."""
+    pairs = np.asarray(grids.pairs_within_points(g.members, range(len(g.members)), g.config.max_pairs),
+                       np.int32).reshape(-1, 2)
+    out: dict[str, np.ndarray] = {"pair/a": pairs[:, 0], "pair/b": pairs[:, 1]}
+    for family in families:
+        values = measure_family(family, g, pairs)
+        out.update({f"{family.kind}/{k}": np.asarray(v) for k, v in values.items()})
+        progress(family.cost * g.config.epochs, f"{family.name} metrics")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+def resolve_parts(config: Config, model=None, loss=None, optimizer=None) -> Parts:
+    factory, loss, optimizer = configs.check_plugins(config, model, loss, optimizer)
+    return Parts(config.model if model is None else factory, loss, optimizer, config.depth)
+
+
+def check_model(parts: Parts, config: Config, dataset: data.Dataset) -> None:
+    """Build and initialise the model on the data's input shape (shapes only, nothing runs): a factory that
+    fails, a module whose `__call__` does not take `train`, non-float parameters, or outputs of the wrong size
+    are one-line errors before anything is written."""
+    spec = parts.spec(config.widths[0], dataset.num_classes)
+    x = jax.ShapeDtypeStruct((2, *dataset.x_train.shape[1:]), jnp.float32)
+    try:
+        params, batch_stats = jax.eval_shape(lambda k: models.init(spec, k, x.shape[1:]), jax.random.key(0))
+        outputs = jax.eval_shape(lambda p, bs, x_: models.apply(spec, p, bs, x_, train=True,
+                                                                rng=jax.random.key(0))[0], params, batch_stats, x)
+    except LLJaxError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the user's model: one line, not a traceback from inside flax
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise LLJaxError(f"model {spec.name!r} fails on inputs of shape {x.shape[1:]}: {type(e).__name__}: "
+                         f"{message}") from None
+    pytrees.check_params(params, f"model {spec.name!r} parameters")
+    size = int(np.prod(outputs.shape[1:]))
+    wanted = dataset.num_classes if parts.loss.classification else int(np.prod(dataset.y_train.shape[1:]))
+    if size != wanted:
+        what = "classes" if parts.loss.classification else "targets per example"
+        raise LLJaxError(f"model {spec.name!r} gives {size} outputs per example but the data has {wanted} {what}")
+
+
+def run(config: Config, out_dir: str | os.PathLike, *, model=None, dataset: data.Dataset | None = None,
+        loss: losses.Loss | str | None = None, optimizer=None, progress: bool = True,
+        checkpoint_seconds: float = 60.0) -> tables.Results:
+    """Run (or resume) a study into `out_dir` and write every output there; returns the `tables.Results`.
+
+    model: a factory(width, num_classes) -> flax.linen.Module (default: `config.model`); dataset: a
+    `data.Dataset` (default: loaded from `config.dataset`); loss: a `losses.Loss` or its name (default:
+    `config.loss`); optimizer: an optax transformation, or a function of `train.Hyper` returning one, giving a
+    descent direction that lljax scales by the scheduled learning rate (default: `config.optimizer`). Objects
+    passed here are named in config.json. Bad input raises LLJaxError before anything is created; training
+    state is checkpointed at most every `checkpoint_seconds`."""
+    start = time.time()
+    named = {"model": model, "loss": loss.name if isinstance(loss, losses.Loss) else loss, "optimizer": optimizer}
+    config = config.replace(**{k: registry.describe(v) for k, v in named.items() if v is not None},
+                            **({"dataset": dataset.name} if dataset is not None else {}))
+    configs.validate(config, custom_dataset=dataset is not None)
+    parts = resolve_parts(config, model, loss, optimizer)
+    dataset = dataset or data.load_dataset(config.dataset, config.data_dir)
+    configs.validate_with_data(config, dataset, parts.loss)
+    check_model(parts, config, dataset)
+    families = [metrics.get(name) for name in config.metric_names]
+    out_dir = Path(out_dir)
+    store.prepare_shared_out_dir(config, out_dir)
+    lead = sharding.is_lead_process()  # several hosts: all compute, process 0 writes files and prints
+    members = grids.grid_members(config.knob_values(), config.seeds)
+    groups = grids.group_members(members)
+    metric_cost = sum(f.cost for f in families)
+    bar = Progress(len(groups) * config.epochs * (1 + metric_cost), enabled=progress and lead)
+    (out_dir / "groups").mkdir(exist_ok=True)
+    placement = sharding.Placement.default(config.max_members_per_chunk)
+    paths = [out_dir / "groups" / f"group-{group.index}.npz" for group in groups]
+    done = sharding.from_lead(np.asarray([path.exists() for path in paths]))
+    group_metrics = []
+    for group, path, finished in zip(groups, paths, done):
+        if finished:
+            group_metrics.append(store.load_arrays(path))
+            bar.update(config.epochs * (1 + metric_cost), f"group {group.index}: already done")
+            continue
+        ckpt_dir = out_dir / "checkpoints" / f"group-{group.index}"
+        g = train_group(config, dataset, group, members, ckpt_dir, bar.update, checkpoint_seconds, placement, parts)
+        arrays = measure_group(g, families, bar.update)
+        if lead:
+            store.save_arrays(path, arrays)
+        group_metrics.append(arrays)
+    bar.close()
+    ctx = Context(parts.spec(config.widths[0], dataset.num_classes), parts.loss, None, config.epochs,
+                  config.eval_batch_size)
+    contexts = [dataclasses.replace(ctx, options=config.options(f.name)) for f in families]
+    results = tables.Results(
+        config, config.dataset_name, registry.describe(config.model), members, groups, group_metrics,
+        time.time() - start, error_metric=parts.loss.error is not None, loss_name=parts.loss.name,
+        correlated=tuple(c for f, cx in zip(families, contexts) for c in f.correlated_names(cx)),
+        heatmaps=tuple(h for f in families for h in f.heatmaps), families=tuple(families))
+    if lead:
+        from lljax import report  # figures and the report: imported when they are written
+
+        report.write_all(results, out_dir)
+    return results

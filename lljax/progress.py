@@ -1,0 +1,50 @@
+"""The run's progress bar over weighted units of work: rich's bar on a terminal; off a terminal (a log file, CI)
+one plain line every few seconds; nothing with `enabled=False` (--no-progress)."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+
+class Progress:
+    """`update(amount, message)` adds `amount` of `total` units of work done; `close()` ends the bar."""
+
+    LINE_SECONDS = 5.0  # off a terminal: at most one line this often (and the last)
+
+    def __init__(self, total: float, enabled: bool = True, stream=None):
+        self.total, self.done, self.enabled = max(total, 1e-9), 0.0, enabled
+        self.stream = sys.stderr if stream is None else stream
+        self.start, self.last_line = time.time(), 0.0
+        self.bar = None
+        if enabled and getattr(self.stream, "isatty", lambda: False)():
+            from rich.console import Console
+            from rich.progress import (BarColumn, Progress as RichProgress, TaskProgressColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.bar = RichProgress(BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                                    TextColumn("{task.description}"), console=Console(file=self.stream),
+                                    transient=False)
+            self.task = self.bar.add_task("", total=self.total)
+            self.bar.start()
+
+    def update(self, amount: float, message: str) -> None:
+        self.done += amount
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(self.task, completed=min(self.done, self.total), description=message)
+            return
+        frac = min(self.done / self.total, 1.0)
+        if time.time() - self.last_line > self.LINE_SECONDS or frac >= 1:
+            elapsed = time.time() - self.start
+            eta = elapsed / frac - elapsed if frac > 0.02 else float("nan")
+            bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
+            eta_text = f"eta {eta:4.0f}s" if math.isfinite(eta) else "eta   ?"
+            self.stream.write(f"[{bar}] {100 * frac:5.1f}% {elapsed:5.0f}s {eta_text}  {message}\n")
+            self.stream.flush()
+            self.last_line = time.time()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,170 @@
+"""The run's outputs: members.csv, pairs.csv, grid.csv, figures/, every family's own outputs, report.md, and
+the one-screen summary printed at the end of a run."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lljax import figures, phases, store, tables
+from lljax import grid as grids
+from lljax.tables import Results, Tables
+
+
+def _fmt_knobs(row: dict, knobs: Sequence[str]) -> str:
+    return ", ".join(f"{k}={row[k]:g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in knobs)
+
+
+def best_point(results: Results, grid: Sequence[dict]) -> dict | None:
+    """The grid point with the best mean test score (highest accuracy, or lowest loss), None if no point has
+    one (every member diverged)."""
+    sign = 1 if results.error_metric else -1
+    scored = [r for r in grid if math.isfinite(r.get(results.score, math.nan))]
+    return max(scored, key=lambda r: sign * r[results.score]) if scored else None
+
+
+def phase_table(results: Results, rows: Sequence[dict], x: str, y: str | None) -> list[str]:
+    """Markdown table of the grid: rows y (largest first), columns x, cells 'phase (test score)'."""
+    knob_values = results.knob_values
+    x_values, y_values = list(knob_values[x]), (list(knob_values[y]) if y else [None])
+    labels = tables.grid_matrix(rows, "phase", x, y, x_values, y_values if y else None)
+    score = tables.grid_matrix(rows, results.score, x, y, x_values, y_values if y else None)
+    lines = [f"| {y or ''} \\ {x} | " + " | ".join(f"{v:g}" for v in x_values) + " |",
+             "|---|" + "---|" * len(x_values)]
+    for i in reversed(range(len(y_values))):
+        cells = [f"{labels[i, j]} ({score[i, j]:.3f})" for j in range(len(x_values))]
+        lines.append(f"| {y_values[i]:g} | " + " | ".join(cells) + " |" if y else "| | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _what(results: Results) -> tuple[str, str]:
+    """(the test score in words, the units of the training loss)."""
+    if results.error_metric:
+        return "test accuracy", "nats" if results.loss_name == "cross_entropy" else f"units of {results.loss_name}"
+    return "test loss", f"units of the {results.loss_name} loss"
+
+
+def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: Path) -> str:
+    """DIR/report.md: the run, the phase map, where the best test score lies, the correlation table, the grid
+    and every figure."""
+    config, grid = results.config, t.grid
+    knob_values = results.knob_values
+    swept = [k for k in grids.KNOBS if len(knob_values[k]) > 1]
+    x, y = tables.choose_axes(knob_values)
+    th = config.phase
+    score_name, units = _what(results)
+    best = best_point(results, grid)
+    counts = {p: sum(r["phase"] == p for r in grid) for p in (*phases.PHASES, phases.UNKNOWN)}
+    mc_on = "training error, a fraction" if results.error_metric else f"training {results.loss_name} loss"
+    cka_on = "softmax outputs" if tables.cka_column(grid) == "cka_softmax_mean" else "outputs"
+    lines = [f"# lljax report: {results.model} on {results.dataset}", "",
+             f"{len(results.members)} members = {len(grid)} grid points x {config.seeds} seeds, "
+             f"{len(results.groups)} compiled groups, {config.epochs} epochs ({config.schedule} schedule, "
+             f"{config.loss} loss, {config.optimizer}); run time {results.seconds:.0f} s. Swept: " +
+             "; ".join(f"{k} = {', '.join(f'{v:g}' for v in knob_values[k])}" for k in swept) +
+             f". Metrics: {', '.join(config.metric_names)}. Configuration: [config.json](config.json).", ""]
+    diverged = sum(r["diverged"] for r in grid)
+    if diverged:
+        lines += [f"**Diverged members: {diverged} of {len(results.members)}** (left out of every mean" +
+                  ("; every member diverged, so no grid point has a measured mean)." if best is None else ")."), ""]
+    lines += ["## Phases", "",
+              f"Rule (lljax.phases): fitted when mean training loss < {th.train_loss:g} {units}; barrier when "
+              f"mc < -{th.mc_band:g} (mc on {mc_on}); fitted points: III with a barrier, else IV-B when CKA of "
+              f"{cka_on} >= {th.cka:g}, else IV-A; not fitted: I with a barrier, else II. "
+              "'?' = an input the rule needs was not measured.", "",
+              "Counts: " + ", ".join(f"{p}: {n}" for p, n in counts.items() if n), ""]
+    score_figure = results.score.removesuffix("_mean")
+    if x is not None:
+        for suffix, rows in tables.facets(grid, knob_values, x, y):
+            if suffix:
+                lines += [f"**{suffix.replace('__', ' ').strip()}**", ""]
+            lines += phase_table(results, rows, x, y) + [""]
+            lines += [f"![phase map](figures/phase_map{suffix}.png) ![{score_name}](figures/{score_figure}{suffix}.png)",
+                      ""]
+    lines += [f"## Best {score_name}", ""]
+    if best is None:
+        lines += [f"No grid point has a finite mean {score_name}.", ""]
+    else:
+        std = best.get(results.score.replace("_mean", "_std"), math.nan)
+        lines += [f"{best[results.score]:.4f} (std {std:.4f}) at {_fmt_knobs(best, swept) or 'the only point'}, "
+                  f"phase **{best.get('phase', '?')}**.", ""]
+    by_phase = {p: [r[results.score] for r in grid if r["phase"] == p and math.isfinite(r.get(results.score,
+                                                                                                 math.nan))]
+                for p in phases.PHASES}
+    pick = max if results.error_metric else min
+    lines += [f"| phase | points | mean {score_name} | best |", "|---|---:|---:|---:|"]
+    lines += [f"| {p} | {len(v)} | {np.mean(v):.4f} | {pick(v):.4f} |" for p, v in by_phase.items() if v] + [""]
+    correlated = {name: [r.get(f"{name}_mean", math.nan) for r in grid] for name in results.correlated
+                  if any(f"{name}_mean" in r for r in grid)}
+    table = phases.correlation_table(correlated, [r.get(results.score, math.nan) for r in grid],
+                                     [r["phase"] for r in grid])
+    lines += [f"## Correlation with {score_name}", "",
+              "Rank correlation over grid points, pooled and within each phase (pooled correlations can mislead: "
+              "Yang et al. 2021).", "", phases.format_correlation_table(table), ""]
+    columns = swept + ["phase"] + [c for c in ("train_loss_mean", results.score,
+                                               *[f"{n}_mean" for n in results.correlated if n != "train_loss"])
+                                   if any(c in r for r in grid)]
+    lines += ["## Grid", "", "Means over seeds (full table with spreads: [grid.csv](grid.csv); per model: "
+              "[members.csv](members.csv); per pair: [pairs.csv](pairs.csv)" +
+              ("; along the curves: [curves.csv](curves.csv)" if (out_dir / "curves.csv").exists() else "") +
+              ").", "",
+              "| " + " | ".join(c.removesuffix("_mean") for c in columns) + " |", "|" + "---|" * len(columns)]
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in grid] + [""]
+    lines += ["## Figures", ""] + [f"- [{p.stem}](figures/{p.name})" for p in figure_paths] + [""]
+    text = "\n".join(lines)
+    store.write_atomic(out_dir / "report.md", text)
+    return text
+
+
+def summary(results: Results, t: Tables, out_dir: Path) -> str:
+    """The one-screen summary printed at the end of a run."""
+    config, grid = results.config, t.grid
+    knob_values = results.knob_values
+    x, y = tables.choose_axes(knob_values)
+    score_name, _ = _what(results)
+    lines = [f"lljax: {len(results.members)} members ({len(grid)} grid points x {config.seeds} seeds) in "
+             f"{len(results.groups)} compiled groups, {results.model} on {results.dataset}, {config.epochs} epochs, "
+             f"{results.seconds:.0f} s"]
+    diverged = sum(r["diverged"] for r in grid)
+    if diverged:
+        lines.append(f"diverged members: {diverged} (excluded from means)")
+    best = best_point(results, grid)
+    swept = [k for k in grids.KNOBS if len(knob_values[k]) > 1]
+    if best is None:
+        lines.append(f"no grid point has a finite mean {score_name}")
+    else:
+        lines.append(f"best mean {score_name} {best[results.score]:.4f} at "
+                     f"{_fmt_knobs(best, swept) or 'the only point'} (phase {best.get('phase', '?')})")
+    if x is not None:
+        for suffix, rows in tables.facets(grid, knob_values, x, y):
+            lines.append(f"phase (mean {score_name}){suffix.replace('__', ' ')}")
+            lines += [line.replace("|---", "").strip("|") for line in phase_table(results, rows, x, y)
+                      if not line.startswith("|---")]
+    files = ["report.md", "config.json", "members.csv", "pairs.csv", "grid.csv"] + \
+        (["curves.csv"] if (out_dir / "curves.csv").exists() else []) + ["figures/"]
+    lines.append(f"results in {out_dir}/: {' '.join(files)}")
+    return "\n".join(lines)
+
+
+def write_all(results: Results, out_dir: str | os.PathLike, verbose: bool = True) -> Tables:
+    """Write the tables, every figure (heatmaps, phase figures, the families' own outputs) and report.md into
+    the run folder; print the summary."""
+    out_dir = Path(out_dir)
+    t = tables.make_tables(results)
+    store.write_atomic(out_dir / "members.csv", tables.to_csv(t.members))
+    store.write_atomic(out_dir / "pairs.csv", tables.to_csv(t.pairs, tables.PAIR_KEYS))
+    store.write_atomic(out_dir / "grid.csv", tables.to_csv(t.grid))
+    figures_dir = out_dir / "figures"
+    paths = figures.write_heatmaps(results, t.grid, figures_dir)
+    paths += figures.write_phase_figures(results, t.grid, figures_dir)
+    for family in results.families:
+        if family.outputs is not None:
+            paths += family.outputs(results, t, figures_dir)
+    report(results, t, paths, out_dir)
+    if verbose:
+        print(summary(results, t, out_dir))
+    return t

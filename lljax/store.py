@@ -1,0 +1,147 @@
+"""The results folder: its creation and resume check, checkpoints of training state (orbax), atomic writes of
+result files, so a killed run resumes and a folder is never left half-written or overwritten.
+
+Layout inside a run folder: `config.json` (the resolved configuration); `checkpoints/group-<g>/<epoch>/` holds the stacked `MemberState` of group g after
+`epoch` epochs (only the latest is kept; the last one is the trained ensemble), or
+`checkpoints/group-<g>/chunk-<c>/<epoch>/` when the group trains in memory-sized chunks; finished groups'
+metrics live in `groups/group-<g>.npz`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from lljax import sharding
+from lljax.errors import LLJaxError
+
+
+@functools.cache
+def _orbax():
+    """orbax, imported on the first checkpoint (it takes a second to import)."""
+    import orbax.checkpoint as ocp
+
+    # orbax logs every save at INFO level through absl; keep the run's terminal for the progress bar
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    return ocp
+
+
+def _manager(path: Path):
+    ocp = _orbax()
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(path.absolute(), options=options)
+
+
+def latest_step(path: str | os.PathLike) -> int | None:
+    """The newest complete checkpoint step under `path`, or None (incomplete ones are ignored by orbax)."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    with _manager(path) as manager:
+        return manager.latest_step()
+
+
+def save(path: str | os.PathLike, step: int, tree: Any) -> None:
+    """Save a pytree of arrays as checkpoint `step`, replacing older ones; committed atomically by orbax."""
+    with _manager(Path(path)) as manager:
+        manager.save(step, args=_orbax().args.StandardSave(tree), force=True)
+        manager.wait_until_finished()
+
+
+def restore(path: str | os.PathLike, step: int, like: Any) -> Any:
+    """Restore checkpoint `step` into the structure, shapes and dtypes of `like`; a damaged checkpoint is an
+    LLJaxError naming the folder."""
+    folder = Path(path) / str(step)
+    try:
+        with _manager(Path(path)) as manager:
+            tree = manager.restore(step, args=_orbax().args.StandardRestore(jax.eval_shape(lambda: like)))
+    except Exception as e:
+        raise LLJaxError(f"corrupted checkpoint {folder} ({type(e).__name__}); delete it to retrain that group")
+    if jax.tree.structure(tree) != jax.tree.structure(like):
+        raise LLJaxError(f"corrupted checkpoint {folder}: its structure does not match the model")
+    return tree
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a text file so that readers see either the old or the complete new content."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez a dict of arrays atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Inverse of `save_arrays`; a damaged file is an LLJaxError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except Exception as e:
+        raise LLJaxError(f"corrupted results file {path} ({type(e).__name__}); delete it to recompute that group")
+
+
+# ------------------------------------------------------------------------------------------ the run folder
+
+def _read_config(path: Path, config_type):
+    return config_type.from_dict(json.loads(path.read_text()))
+
+
+def prepare_out_dir(config, out_dir: Path) -> None:
+    """Create the results folder and write config.json, or accept an existing one holding the same
+    configuration (to resume); refuse a folder with another configuration or foreign content. `config` is an
+    `lljax.config.Config`."""
+    config_path = out_dir / "config.json"
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise LLJaxError(f"output path {out_dir} exists and is not a folder")
+        if config_path.exists():
+            try:
+                previous = _read_config(config_path, type(config))
+            except (ValueError, TypeError, LLJaxError) as e:
+                raise LLJaxError(f"{config_path} is unreadable ({str(e).splitlines()[0]}); use a new --out folder")
+            if not previous.same_run(config):
+                raise LLJaxError(f"{out_dir} holds a run with a different configuration "
+                                 f"({', '.join(previous.differences(config))} differ); use a new --out folder or "
+                                 "the same settings to resume")
+            return
+        if any(out_dir.iterdir()):
+            raise LLJaxError(f"output folder {out_dir} is not empty and holds no lljax run; use a new --out folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(config_path, config.to_json() + "\n")
+
+
+def prepare_shared_out_dir(config, out_dir: Path) -> None:
+    """`prepare_out_dir` on process 0; with several processes, every other one then checks that it sees the
+    same folder (storage shared by every host, as orbax's multi-host checkpoints need), and all of them raise
+    when any check fails (no process is left waiting for the others)."""
+    if jax.process_count() == 1:
+        return prepare_out_dir(config, out_dir)
+    error = None
+    if sharding.is_lead_process():
+        try:
+            prepare_out_dir(config, out_dir)
+        except LLJaxError as e:
+            error = e
+    if not sharding.agree(error is None):
+        raise error or LLJaxError(f"process 0 refused the results folder {out_dir}; its error says why")
+    try:
+        seen = _read_config(out_dir / "config.json", type(config)).same_run(config)
+    except (OSError, ValueError, TypeError, LLJaxError):
+        seen = False
+    if not sharding.agree(seen):
+        where = "" if seen else f": process {jax.process_index()} does not find the config.json process 0 wrote"
+        raise LLJaxError(f"the results folder {out_dir} is not the same folder on every host{where}; put --out "
+                         "on storage every host shares")

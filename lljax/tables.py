@@ -1,0 +1,228 @@
+"""Results tables: members.csv, pairs.csv, grid.csv, and the views of the grid that figures and the report use.
+
+Rows are assembled from the per-group metric arrays the pipeline saved: every per-member (per-pair) output
+that is one number per member (pair) becomes a column; grid.csv holds, per grid point, the mean and standard
+deviation over seeds of every column (diverged members excluded), the number of diverged members, and the
+phase (`lljax.phases.classify` on the means).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from lljax import grid as grids
+from lljax import phases
+
+
+@dataclasses.dataclass
+class Results:
+    """What a run produced, the input of tables, figures and the report.
+
+    config          the run's `lljax.config.Config`
+    dataset         the dataset's name
+    model           the model's name
+    members, groups the grid (`lljax.grid`)
+    group_metrics   per group: 'member/<name>' (M, ...) and 'pair/<name>' (P, ...) arrays, 'pair/a', 'pair/b'
+    seconds         run time
+    error_metric    whether the loss has an error metric (classification): accuracy columns and mc on error
+    loss_name       the loss's name (the units of training-loss thresholds)
+    correlated      grid columns (without _mean) correlated with the test score in the report
+    heatmaps        `lljax.metrics.Heatmap`s of the families run
+    families        the families run (`lljax.metrics.Family`), in registration order
+    """
+
+    config: Any
+    dataset: str
+    model: str
+    members: list[grids.MemberConfig]
+    groups: list[grids.Group]
+    group_metrics: list[dict[str, np.ndarray]]
+    seconds: float
+    error_metric: bool = True
+    loss_name: str = "cross_entropy"
+    correlated: tuple[str, ...] = ()
+    heatmaps: tuple = ()
+    families: tuple = ()
+
+    @property
+    def knob_values(self) -> dict[str, tuple]:
+        return self.config.knob_values()
+
+    @property
+    def score(self) -> str:
+        """The grid column that ranks points: mean test accuracy, or mean test loss without an error metric."""
+        return "test_acc_mean" if self.error_metric else "test_loss_mean"
+
+    def arrays_by_point(self, kind: str, name: str) -> dict[tuple, list[np.ndarray]]:
+        """The per-member (kind 'member') or per-pair ('pair') array `name` of every grid point, as a list over
+        its members (pairs), diverged members (pairs with one) left out."""
+        out: dict[tuple, list[np.ndarray]] = {}
+        for group, arrays in zip(self.groups, self.group_metrics):
+            if f"{kind}/{name}" not in arrays:
+                continue
+            values, diverged = arrays[f"{kind}/{name}"], arrays["member/diverged"]
+            owners = [(p,) for p in range(len(group.members))] if kind == "member" else \
+                list(zip(arrays["pair/a"], arrays["pair/b"]))
+            for i, owner in enumerate(owners):
+                if not any(diverged[p] for p in owner):
+                    out.setdefault(self.members[group.members[owner[0]]].point, []).append(values[i])
+        return out
+
+
+@dataclasses.dataclass
+class Tables:
+    """The rows of members.csv, pairs.csv and grid.csv."""
+
+    members: list[dict]
+    pairs: list[dict]
+    grid: list[dict]
+
+
+def _format(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (float, np.floating)):
+        return "nan" if math.isnan(value) else f"{float(value):.7g}"
+    if isinstance(value, np.integer):
+        return str(int(value))
+    return str(value)
+
+
+def to_csv(rows: Sequence[dict], columns: Sequence[str] = ()) -> str:
+    """Rows of dicts as CSV text; the columns are `columns` then the union of keys in first-seen order."""
+    names: dict[str, None] = dict.fromkeys(columns)
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(names)
+    for row in rows:
+        writer.writerow([_format(row.get(c, "")) for c in names])
+    return buffer.getvalue()
+
+
+def _scalar_columns(arrays: dict[str, np.ndarray], prefix: str, count: int) -> dict[str, np.ndarray]:
+    return {k[len(prefix):]: v for k, v in arrays.items()
+            if k.startswith(prefix) and v.shape == (count,) and k not in ("pair/a", "pair/b")}
+
+
+def member_rows(results: Results) -> list[dict]:
+    """One row per member: its knobs, seed, group and every scalar per-member metric."""
+    rows = []
+    for group, arrays in zip(results.groups, results.group_metrics):
+        columns = _scalar_columns(arrays, "member/", len(group.members))
+        for pos, index in enumerate(group.members):
+            m = results.members[index]
+            row = {k: getattr(m, k) for k in grids.KNOBS}
+            row.update(seed=m.seed, group=group.index)
+            row.update({k: v[pos] for k, v in columns.items()})
+            rows.append(row)
+    return rows
+
+
+def pair_rows(results: Results) -> list[dict]:
+    """One row per pair of members at the same grid point: the point's knobs, both seeds, every pair metric."""
+    rows = []
+    for group, arrays in zip(results.groups, results.group_metrics):
+        a, b = arrays["pair/a"], arrays["pair/b"]
+        columns = _scalar_columns(arrays, "pair/", len(a))
+        for p in range(len(a)):
+            ma, mb = results.members[group.members[a[p]]], results.members[group.members[b[p]]]
+            row = {k: getattr(ma, k) for k in grids.KNOBS}
+            row.update(seed_a=ma.seed, seed_b=mb.seed, group=group.index)
+            row.update({k: v[p] for k, v in columns.items()})
+            rows.append(row)
+    return rows
+
+
+PAIR_KEYS = (*grids.KNOBS, "seed_a", "seed_b", "group")
+
+
+def grid_rows(members: Sequence[dict], pairs: Sequence[dict]) -> list[dict]:
+    """One row per grid point: knobs, members, diverged, and mean/std over seeds of every metric (NaN where
+    every member of the point diverged)."""
+    skip = set(grids.KNOBS) | {"seed", "seed_a", "seed_b", "group", "diverged"}
+    points: dict[tuple, dict] = {}
+    for row in members:
+        points.setdefault(tuple(row[k] for k in grids.KNOBS), {"members": [], "pairs": []})["members"].append(row)
+    for row in pairs:
+        points[tuple(row[k] for k in grids.KNOBS)]["pairs"].append(row)
+    diverged_seeds = {(tuple(r[k] for k in grids.KNOBS), r["seed"]) for r in members if r.get("diverged")}
+    out = []
+    for point, entry in points.items():
+        row = dict(zip(grids.KNOBS, point))
+        row["members"] = len(entry["members"])
+        row["diverged"] = len([r for r in entry["members"] if r.get("diverged")])
+        kept_members = [r for r in entry["members"] if not r.get("diverged")]
+        kept_pairs = [r for r in entry["pairs"] if (point, r["seed_a"]) not in diverged_seeds
+                      and (point, r["seed_b"]) not in diverged_seeds]
+        for everything, kept in ((entry["members"], kept_members), (entry["pairs"], kept_pairs)):
+            for name in (k for k in (everything[0] if everything else {}) if k not in skip):
+                values = np.asarray([r[name] for r in kept], float)
+                finite = values[np.isfinite(values)]
+                row[f"{name}_mean"] = finite.mean() if finite.size else math.nan
+                row[f"{name}_std"] = finite.std() if finite.size > 1 else math.nan
+        out.append(row)
+    return out
+
+
+def cka_column(grid: Sequence[dict]) -> str:
+    """The CKA the phase rule uses: of softmax outputs (classification), else of the outputs themselves."""
+    return "cka_softmax_mean" if any("cka_softmax_mean" in r for r in grid) else "cka_logits_mean"
+
+
+def add_phases(grid: Sequence[dict], thresholds: phases.Thresholds) -> None:
+    """Set each grid row's 'phase' by `phases.classify` on its means ('?' where an input is missing)."""
+    column = lambda name: [r.get(name, math.nan) for r in grid]
+    labels = phases.classify(column("train_loss_mean"), column("mc_mean"), column(cka_column(grid)), thresholds)
+    for row, label in zip(grid, labels):
+        row["phase"] = str(label)
+
+
+def make_tables(results: Results) -> Tables:
+    members, pairs = member_rows(results), pair_rows(results)
+    grid = grid_rows(members, pairs)
+    add_phases(grid, results.config.phase)
+    return Tables(members, pairs, grid)
+
+
+# ------------------------------------------------------------------------------------------ views of the grid
+
+def choose_axes(knob_values: dict[str, Sequence], axes: Sequence[str] | None = None) -> tuple[str | None, str | None]:
+    """The phase diagram's axes: the first swept load-like knob on x, the first swept temperature-like knob on
+    y; with two swept knobs of one kind, both of that kind. `axes` overrides."""
+    if axes:
+        return tuple(axes) + (None,) * (2 - len(axes))
+    swept = [k for k in grids.KNOBS if len(knob_values[k]) > 1]
+    loads = [k for k in swept if k in grids.LOAD_KNOBS]
+    temps = [k for k in swept if k in grids.TEMPERATURE_KNOBS]
+    x = loads[0] if loads else (temps[1] if len(temps) > 1 else None)
+    y = temps[0] if temps else (loads[1] if len(loads) > 1 else None)
+    if x is None and y is not None:
+        x, y = y, None
+    return x, y
+
+
+def facets(grid: Sequence[dict], knob_values: dict[str, Sequence], x: str | None, y: str | None):
+    """Split grid rows by the values of every swept knob that is not an axis: yields (suffix, rows)."""
+    others = [k for k in grids.KNOBS if len(knob_values[k]) > 1 and k not in (x, y)]
+    by_value: dict[tuple, list] = {}
+    for row in grid:
+        by_value.setdefault(tuple(row[k] for k in others), []).append(row)
+    for values, rows in by_value.items():
+        yield "".join(f"__{k}={v:g}" if isinstance(v, float) else f"__{k}={v}" for k, v in zip(others, values)), rows
+
+
+def grid_matrix(rows: Sequence[dict], column: str, x: str, y: str | None, x_values, y_values) -> np.ndarray:
+    """(len(y_values), len(x_values)) array of a grid column (NaN where absent)."""
+    matrix = np.full((len(y_values) if y else 1, len(x_values)), np.nan, dtype=object if column == "phase"
+                     else float)
+    for row in rows:
+        i = y_values.index(row[y]) if y else 0
+        matrix[i, x_values.index(row[x])] = row.get(column, np.nan)
+    return matrix
