@@ -190,7 +190,7 @@ def curve_optimizer(lr, momentum, total_steps: int, dtype=jnp.float32) -> optax.
     """SGD with momentum (PyTorch convention, buf = momentum * buf + grad) at lr x `lr_factor(step / total)`:
     Garipov et al.'s curve optimiser, as optax. lr and momentum may be traced scalars."""
     return optax.chain(optax.trace(decay=momentum),
-                       optax.scale_by_schedule(lambda count: -lr * lr_factor(count / total_steps).astype(dtype)))
+                       optax.scale_by_schedule(lambda count: -lr * lr_factor(count.astype(dtype) / total_steps)))
 
 
 def fit_init(curve: Curve, optimizer: optax.GradientTransformation) -> FitState:

@@ -1,14 +1,12 @@
 """Tests of lljax.curves: curve geometry, fitting (vmapped == loop), exact BatchNorm statistics, mode
 connectivity. Numerical checks run in float64 against independent NumPy computations."""
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lljax import curves, models
+from lljax import curves, losses, models
 from lljax.errors import LLJaxError
 
 X64 = jax.enable_x64(True)
@@ -46,24 +44,14 @@ class BNNet(nn.Module):
         return nn.Dense(3)(x)
 
 
-@dataclasses.dataclass(frozen=True)
-class BNApply:
-    def __call__(self, params, batch_stats, x, train=False):
-        variables = {"params": params, "batch_stats": batch_stats}
-        if train:
-            logits, updates = BNNet().apply(variables, x, True, mutable=["batch_stats"])
-            return logits, updates["batch_stats"]
-        return BNNet().apply(variables, x, False), batch_stats
-
-
 def bn_init(key, d=6):
     variables = BNNet().init(key, jnp.zeros((1, d)), False)
     return to64(variables["params"]), to64(variables["batch_stats"])
 
 
-def linear_apply(params, batch_stats, x, train=False):
-    """Multinomial logistic regression: the loss is convex in the parameters."""
-    return x @ params["w"] + params["b"], batch_stats
+def linear_apply(variables, x, train=False, mutable=False, rngs=None):
+    """Multinomial logistic regression, as a Flax-style apply: the loss is convex in the parameters."""
+    return x @ variables["params"]["w"] + variables["params"]["b"]
 
 
 # ----------------------------------------------------------------------------------------------- geometry
@@ -171,7 +159,7 @@ def test_mode_connectivity_is_about_zero_on_a_convex_problem():
     fitting a curve from a random (barrier-ridden) initialisation must find mc ~ 0."""
     with X64:
         x, y = toy_data(jax.random.key(7), n=96, d=5, classes=3)
-        loss = lambda p: models.cross_entropy(linear_apply(p, {}, x)[0], y).mean()
+        loss = lambda p: losses.softmax_cross_entropy(models.apply(linear_apply, p, {}, x)[0], y).mean()
 
         def minimise(key):
             kw, kb = jax.random.split(key)
@@ -208,7 +196,7 @@ def test_mode_connectivity_is_about_zero_on_a_convex_problem():
 def test_vmapped_fitting_equals_a_loop_and_keeps_endpoints():
     with X64:
         spec = models.ModelSpec("mlp", 8, num_classes=3, depth=1)
-        apply_fn = curves.model_apply(spec)
+        apply_fn = spec
         x, y = toy_data(jax.random.key(11))
         keys = jax.random.split(jax.random.key(12), 6)
         members = [to64(models.init(spec, k, (6,))[0]) for k in keys]
@@ -240,7 +228,7 @@ def test_vmapped_fitting_equals_a_loop_and_keeps_endpoints():
 
         # same shapes, other values: no recompilation
         size = curves.fit_curves._cache_size()
-        curves.fit_curves(curves.model_apply(spec), curves_, x, labels, fit_keys[::-1], lr=lrs[::-1], **kwargs)
+        curves.fit_curves(spec, curves_, x, labels, fit_keys[::-1], lr=lrs[::-1], **kwargs)
         assert curves.fit_curves._cache_size() == size
 
 
@@ -258,12 +246,21 @@ def test_fit_curve_follows_its_minibatch_plan():
         assert ts.shape == (12,) and idx.shape == (12, 16)
         for epoch in range(4):  # every epoch: distinct examples, last partial batch dropped
             assert len(np.unique(idx[3 * epoch:3 * epoch + 3])) == 48
-        state, step_losses = curves.fit_init(curve), []
-        step = jax.jit(curves.fit_step, static_argnums=0)
+        optimizer = curves.curve_optimizer(lr, momentum, 12, jnp.float64)
+        state, step_losses = curves.fit_init(curve, optimizer), []
+        step = jax.jit(curves.fit_step, static_argnums=(0, 1))
         for s in range(12):
-            state, loss = step(linear_apply, state, {}, x[idx[s]], y[idx[s]], ts[s],
-                               lr * curves.lr_factor(s / 12), wd, momentum)
+            state, loss = step(linear_apply, optimizer, state, {}, x[idx[s]], y[idx[s]], ts[s], wd)
             step_losses.append(loss)
+        # the optimiser is SGD with momentum (PyTorch convention) at lr * lr_factor(step / steps): by hand
+        bends, velocity = curve.bends, jax.tree.map(jnp.zeros_like, curve.bends)
+        for s in range(12):
+            grads = jax.grad(lambda b: curves.curve_loss(linear_apply, curve._replace(bends=b), {}, x[idx[s]],
+                                                         y[idx[s]], ts[s], wd))(bends)
+            velocity = jax.tree.map(lambda v, g: momentum * v + g, velocity, grads)
+            bends = jax.tree.map(lambda p, v: p - lr * curves.lr_factor(s / 12) * v, bends, velocity)
+        for a, b in zip(jax.tree.leaves(bends), jax.tree.leaves(state.curve.bends)):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(losses, np.reshape(step_losses, (4, 3)).mean(1), rtol=1e-12)
         for a, b in zip(jax.tree.leaves(fitted.bends), jax.tree.leaves(state.curve.bends)):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
@@ -282,7 +279,7 @@ def test_batch_stats_recomputed_exactly():
     with X64:
         params, template = bn_init(jax.random.key(20))
         x = jax.random.normal(jax.random.key(21), (50, 6), jnp.float64) * 2 + 1
-        apply_fn = BNApply()
+        apply_fn = BNNet()
         # chunks of 16 (+ a remainder of 2): the first layer's statistics are the population ones
         chunked = curves.recompute_batch_stats(apply_fn, params, template, x, chunk_size=16)
         mean, var = np_batchnorm_layer1(params, x)
@@ -292,8 +289,8 @@ def test_batch_stats_recomputed_exactly():
         full = curves.recompute_batch_stats(apply_fn, params, template, x)
         np.testing.assert_allclose(full["BatchNorm_0"]["mean"], mean, rtol=1e-12)
         np.testing.assert_allclose(full["BatchNorm_0"]["var"], var, rtol=1e-12)
-        np.testing.assert_allclose(apply_fn(params, full, x, False)[0], apply_fn(params, template, x, True)[0],
-                                   rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(models.apply(apply_fn, params, full, x)[0],
+                                   models.apply(apply_fn, params, template, x, train=True)[0], rtol=1e-10, atol=1e-12)
         # no BatchNorm: nothing to do
         assert curves.recompute_batch_stats(linear_apply, {"w": 1}, {}, x) == {}
 
@@ -304,7 +301,7 @@ def test_batch_stats_recomputed_exactly_on_resnet18():
         params, template = to64(models.init(spec, jax.random.key(30), (8, 8, 3)))
         x = jax.random.normal(jax.random.key(31), (24, 8, 8, 3), jnp.float64)
         # one pass over all 24 examples (the chunked path is checked on the smaller model above)
-        stats = jax.jit(curves.recompute_batch_stats, static_argnums=0)(curves.model_apply(spec), params, template, x)
+        stats = jax.jit(curves.recompute_batch_stats, static_argnums=0)(spec, params, template, x)
         kernel = np.asarray(params["Conv_0"]["kernel"])  # stem: 3x3 conv, padding 1, no bias
         padded = np.pad(np.asarray(x), ((0, 0), (1, 1), (1, 1), (0, 0)))
         h = sum(padded[:, i:i + 8, j:j + 8, :] @ kernel[i, j] for i in range(3) for j in range(3))
@@ -324,22 +321,22 @@ def test_vmapped_evaluation_with_batchnorm_equals_a_loop():
         template = stack([m[1] for m in members[:2]])
         curves_ = curves.init_curves(starts, ends, 1, init="random", keys=jax.random.split(jax.random.key(43), 2))
         ts = np.linspace(0, 1, 3)
-        metrics = curves.evaluate_curves(BNApply(), curves_, template, x, y, x_test, y_test, ts, bn_chunk_size=16,
+        metrics = curves.evaluate_curves(BNNet(), curves_, template, x, y, x_test, y_test, ts, bn_chunk_size=16,
                                          eval_batch_size=16)
         assert metrics.train_err.shape == (2, 3)
 
         @jax.jit
         def reference(curve, t, template):  # one pair, one t, written out directly
             w = curves.curve_point(curve, t)
-            stats = curves.recompute_batch_stats(BNApply(), w, template, x, chunk_size=16)
-            return BNApply()(w, stats, x, False)[0], BNApply()(w, stats, x_test, False)[0]
+            stats = curves.recompute_batch_stats(BNNet(), w, template, x, chunk_size=16)
+            return models.apply(BNNet(), w, stats, x)[0], models.apply(BNNet(), w, stats, x_test)[0]
 
         for i in range(2):
             curve_i = jax.tree.map(lambda a: a[i], curves_)
             for j, t in enumerate(ts):
                 for logits, labels, name in zip(reference(curve_i, t, members[i][1]), (y, y_test),
                                                 ("train", "test")):
-                    ce = np.asarray(models.cross_entropy(logits, labels)).mean()
+                    ce = np.asarray(losses.softmax_cross_entropy(logits, labels)).mean()
                     err = (np.asarray(logits).argmax(-1) != np.asarray(labels)).mean()
                     np.testing.assert_allclose(getattr(metrics, f"{name}_loss")[i, j], ce, rtol=1e-10)
                     np.testing.assert_allclose(getattr(metrics, f"{name}_err")[i, j], err, atol=1e-12)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from unittest import mock
 
-from lljax import models
+from lljax import losses, models
 from lljax.errors import LLJaxError
 
 apply = jax.jit(models.apply, static_argnums=0, static_argnames="train")
@@ -78,10 +78,84 @@ def test_loss_fn_is_mean_cross_entropy():
     np.testing.assert_allclose(models.loss_fn(spec, stats)(params, (x, y)), expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs,match", [(dict(name="vgg", width=4), "unknown model"),
-                                          (dict(name="mlp", width=0), "width"),
-                                          (dict(name="mlp", width=-3), "width"),
-                                          (dict(name="mlp", width=4, depth=0), "depth")])
+@pytest.mark.parametrize("kwargs,match", [(dict(model="mlp", width=0), "width"),
+                                          (dict(model="mlp", width=-3), "width"),
+                                          (dict(model="mlp", width=4, depth=0), "depth")])
 def test_bad_specs(kwargs, match):
     with pytest.raises(LLJaxError, match=match):
         models.ModelSpec(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------ the registry
+
+USER_MODULE = """
+import flax.linen as nn
+
+class Net(nn.Module):
+    width: int
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.LayerNorm()(nn.relu(nn.Dense(self.width)(x.reshape(x.shape[0], -1))))
+        x = nn.Dropout(0.5, deterministic=not train)(x)
+        return nn.Dense(self.num_classes)(x)
+
+def factory(width, num_classes):
+    return Net(width, num_classes)
+
+def not_a_module(width, num_classes):
+    return "a string"
+
+NOT_CALLABLE = 3
+"""
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "user_nets.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    models.registry.import_object.cache_clear()
+    yield "user_nets"
+    models.registry.import_object.cache_clear()
+
+
+def test_registered_names_and_import_paths_give_the_same_kind_of_factory(user_module):
+    assert models.factory("mlp") is models.MODELS["mlp"]
+    spec = models.ModelSpec(f"{user_module}:factory", 6, num_classes=4)
+    params, stats = models.init(spec, jax.random.key(0), (5,))
+    assert stats == {} and set(params) == {"Dense_0", "LayerNorm_0", "Dense_1"}
+    assert spec.name == f"{user_module}:factory"
+    assert models.ModelSpec(models.mlp, 4).name == "lljax.models:mlp"
+
+
+@pytest.mark.parametrize("path,match", [
+    ("no_such_module_anywhere:factory", "does not import"),
+    ("{m}:missing", "has no attribute 'missing'"),
+    ("{m}:NOT_CALLABLE", "not a callable factory"),
+    ("{m}:not_a_module", "returned a str, not a flax.linen.Module"),
+    ("vgg", "unknown model 'vgg'"),
+])
+def test_bad_models_are_one_line_errors(user_module, path, match):
+    with pytest.raises(LLJaxError, match=match) as error:
+        models.build(models.ModelSpec(path.format(m=user_module), 4))
+    assert len(str(error.value).splitlines()) == 1
+
+
+def test_depth_reaches_factories_that_take_it_and_only_those(user_module):
+    params, _ = models.init(models.ModelSpec("mlp", 4, depth=3), jax.random.key(0), (5,))
+    assert len(params) == 4  # three hidden layers and the read-out
+    with pytest.raises(LLJaxError, match="takes no depth"):
+        models.build(models.ModelSpec(f"{user_module}:factory", 4, depth=3))
+
+
+def test_dropout_is_on_in_training_without_batchnorm(user_module):
+    """train=True reaches a model with Dropout and no BatchNorm; the 'dropout' rng decides the mask."""
+    spec = models.ModelSpec(f"{user_module}:factory", 32, num_classes=3)
+    params, stats = models.init(spec, jax.random.key(0), (5,))
+    x = jax.random.normal(jax.random.key(1), (8, 5))
+    inference = models.apply(spec, params, stats, x)[0]
+    np.testing.assert_array_equal(inference, models.apply(spec, params, stats, x, train=False)[0])
+    a, b, a_again = (models.apply(spec, params, stats, x, train=True, rng=jax.random.key(k))[0] for k in (2, 3, 2))
+    assert not np.allclose(a, inference) and not np.allclose(a, b)
+    np.testing.assert_array_equal(a, a_again)

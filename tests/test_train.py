@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lljax import ensemble, models, train
+from lljax import losses, models, pytrees, train
 from lljax.errors import LLJaxError
 
 
@@ -37,8 +37,8 @@ def test_vmapped_ensemble_equals_loop_of_single_members():
     keys = jax.random.split(jax.random.key(0), 3)
     state, _ = trained(spec, h, keys, x, y)
     for i in range(3):
-        single, _ = trained(spec, ensemble.member(h, slice(i, i + 1)), keys[i:i + 1], x, y)
-        for a, b in zip(jax.tree.leaves(ensemble.member(state, i)), jax.tree.leaves(ensemble.member(single, 0))):
+        single, _ = trained(spec, pytrees.member(h, slice(i, i + 1)), keys[i:i + 1], x, y)
+        for a, b in zip(jax.tree.leaves(pytrees.member(state, i)), jax.tree.leaves(pytrees.member(single, 0))):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -46,9 +46,9 @@ def test_single_member_step_matches_torch_sgd_semantics():
     """Two steps by hand: d = g + wd*w; buf = m*buf + d; w -= lr(step)*buf (torch.optim.SGD)."""
     x, y = small_problem(n=16)
     spec = spec_for(x, batch=16, epochs=4, schedule="constant")
-    h = ensemble.member(hyper([0.1], wd=0.01, momentum=0.9), 0)
+    h = pytrees.member(hyper([0.1], wd=0.01, momentum=0.9), 0)
     state, member = train.init_member(spec, jax.random.key(1), h, y, x.shape[1:])
-    loss = lambda p: models.cross_entropy(models.apply(spec.model, p, {}, x)[0], y).mean()
+    loss = lambda p: losses.softmax_cross_entropy(models.apply(spec.model, p, {}, x)[0], y).mean()
     w, buf = state.params, None
     for step in range(2):
         state, _ = train.train_step(spec, member, state, x, y, step)
@@ -121,7 +121,7 @@ def test_divergence_is_isolated():
     assert state.diverged.tolist() == [False, True, False]
     assert all(bool(jnp.isfinite(leaf[1]).all()) for leaf in jax.tree.leaves(state.params))  # frozen, not NaN
     healthy, _ = trained(spec, hyper([0.1, 0.05]), keys[jnp.array([0, 2])], x, y)
-    for a, b in zip(jax.tree.leaves(ensemble.member(state, jnp.array([0, 2]))), jax.tree.leaves(healthy)):
+    for a, b in zip(jax.tree.leaves(pytrees.member(state, jnp.array([0, 2]))), jax.tree.leaves(healthy)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
@@ -145,7 +145,7 @@ def test_evaluate_handles_ragged_chunks_and_weights():
     w = jnp.asarray(np.random.default_rng(0).integers(0, 2, 50), jnp.float32)
     loss, acc = train.evaluate(spec, params, stats, x, y, w, batch_size=16)
     logits, _ = models.apply(spec, params, stats, x)
-    ce = models.cross_entropy(logits, y)
+    ce = losses.softmax_cross_entropy(logits, y)
     np.testing.assert_allclose(loss, (w * ce).sum() / w.sum(), rtol=1e-6)
     np.testing.assert_allclose(acc, (w * (logits.argmax(-1) == y)).sum() / w.sum(), rtol=1e-6)
 

@@ -1,5 +1,4 @@
 import csv
-import dataclasses
 import json
 import os
 import signal
@@ -8,10 +7,12 @@ import sys
 import textwrap
 import time
 
+import jax
 import numpy as np
 import pytest
 
-from lljax import experiment
+from lljax import grid, phases, pipeline, sharding
+from lljax.config import Config
 from lljax.errors import LLJaxError
 
 # A tiny dataset built the same way in this process and in subprocesses
@@ -32,7 +33,7 @@ tiny_dataset = _namespace["tiny_dataset"]
 def tiny_config(**overrides):
     values = dict(widths=(3, 6), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=2, epochs=4, metrics=("loss",))
     values.update(overrides)
-    return experiment.Config(**values)
+    return Config.from_dict(values)
 
 
 def read_csv(path):
@@ -42,7 +43,7 @@ def read_csv(path):
 
 def test_run_writes_every_output(tmp_path):
     out = tmp_path / "run"
-    result = experiment.run(tiny_config(), out, progress=False, dataset=tiny_dataset())
+    result = pipeline.run(tiny_config(), out, progress=False, dataset=tiny_dataset())
     assert len(result.groups) == 2  # one compiled program per width
     assert json.loads((out / "config.json").read_text())["widths"] == [3, 6]
     members = read_csv(out / "members.csv")
@@ -63,40 +64,40 @@ def test_run_writes_every_output(tmp_path):
 
 
 def test_same_config_same_numbers_and_resume_skips_work(tmp_path):
-    first = experiment.run(tiny_config(), tmp_path / "a", progress=False, dataset=tiny_dataset())
-    second = experiment.run(tiny_config(), tmp_path / "b", progress=False, dataset=tiny_dataset())
+    first = pipeline.run(tiny_config(), tmp_path / "a", progress=False, dataset=tiny_dataset())
+    second = pipeline.run(tiny_config(), tmp_path / "b", progress=False, dataset=tiny_dataset())
     assert (tmp_path / "a" / "members.csv").read_text() == (tmp_path / "b" / "members.csv").read_text()
     # re-running into a finished folder recomputes nothing and rewrites the same tables
     before = (tmp_path / "a" / "members.csv").read_text()
-    again = experiment.run(tiny_config(), tmp_path / "a", progress=False, dataset=tiny_dataset())
+    again = pipeline.run(tiny_config(), tmp_path / "a", progress=False, dataset=tiny_dataset())
     assert again.seconds < first.seconds and (tmp_path / "a" / "members.csv").read_text() == before
     del second
 
 
 def test_different_config_into_existing_folder_is_refused(tmp_path):
-    experiment.run(tiny_config(), tmp_path / "run", progress=False, dataset=tiny_dataset())
+    pipeline.run(tiny_config(), tmp_path / "run", progress=False, dataset=tiny_dataset())
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
     with pytest.raises(LLJaxError, match="different configuration.*epochs"):
-        experiment.run(tiny_config(epochs=5), tmp_path / "run", progress=False, dataset=tiny_dataset())
+        pipeline.run(tiny_config(epochs=5), tmp_path / "run", progress=False, dataset=tiny_dataset())
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == before
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(LLJaxError, match="not empty"):
-        experiment.run(tiny_config(), tmp_path / "other", progress=False, dataset=tiny_dataset())
+        pipeline.run(tiny_config(), tmp_path / "other", progress=False, dataset=tiny_dataset())
 
 
 def test_corrupted_results_or_checkpoint_named_in_error(tmp_path):
     out = tmp_path / "run"
-    experiment.run(tiny_config(), out, progress=False, dataset=tiny_dataset())
+    pipeline.run(tiny_config(), out, progress=False, dataset=tiny_dataset())
     (out / "groups" / "group-1.npz").write_bytes(b"broken")
     with pytest.raises(LLJaxError, match="group-1.npz"):
-        experiment.run(tiny_config(), out, progress=False, dataset=tiny_dataset())
+        pipeline.run(tiny_config(), out, progress=False, dataset=tiny_dataset())
     (out / "groups" / "group-1.npz").unlink()
     for f in (out / "checkpoints" / "group-1").rglob("*"):
         if f.is_file() and f.parent.name == "d":
             f.write_bytes(b"\x00" * 7)
     with pytest.raises(LLJaxError, match="corrupted checkpoint .*group-1"):
-        experiment.run(tiny_config(), out, progress=False, dataset=tiny_dataset())
+        pipeline.run(tiny_config(), out, progress=False, dataset=tiny_dataset())
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -110,11 +111,11 @@ def test_corrupted_results_or_checkpoint_named_in_error(tmp_path):
     (dict(metrics=("loss", "bogus")), "unknown metric 'bogus'"),
     (dict(model="vgg"), "unknown model"),
     (dict(dataset="imagenet"), "unknown dataset"),
-    (dict(seeds=0), "seeds must be at least 1"),
+    (dict(seeds=0), "seeds must be a positive integer, got 0"),
 ])
 def test_bad_input_raises_before_creating_the_folder(tmp_path, overrides, match):
     with pytest.raises(LLJaxError, match=match):
-        experiment.run(tiny_config(**overrides), tmp_path / "out", progress=False,
+        pipeline.run(tiny_config(**overrides), tmp_path / "out", progress=False,
                        dataset=tiny_dataset() if "dataset" not in overrides else None)
     assert not (tmp_path / "out").exists()
 
@@ -149,9 +150,9 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
 @pytest.mark.parametrize("shared", [True, False])
 def test_seeds_share_the_training_view_unless_asked_not_to(shared):
     config = tiny_config(widths=(3,), lrs=(0.1,), label_noise=(0.5,), data_fractions=(0.5,), shared_data=shared)
-    members = experiment.ensemble.grid_members(config.knob_values(), config.seeds)
-    group = experiment.ensemble.group_members(members)[0]
-    ctx = experiment.train_group(config, tiny_dataset(), group, members, None)
+    members = grid.grid_members(config.knob_values(), config.seeds)
+    group = grid.group_members(members)[0]
+    ctx = pipeline.train_group(config, tiny_dataset(), group, members, None)
     labels, masks = np.asarray(ctx.member.view.labels), np.asarray(ctx.member.view.mask)
     assert np.array_equal(labels[0], labels[1]) == shared and np.array_equal(masks[0], masks[1]) == shared
 
@@ -162,7 +163,7 @@ ALL_METRICS = dict(metrics=("loss", "hessian", "curves", "cka", "l2"), hessian_s
 
 def test_every_metric_family_lands_in_the_tables_figures_and_report(tmp_path):
     out = tmp_path / "run"
-    experiment.run(tiny_config(**ALL_METRICS), out, progress=False, dataset=tiny_dataset())
+    pipeline.run(tiny_config(**ALL_METRICS), out, progress=False, dataset=tiny_dataset())
     members, pairs, grid = (read_csv(out / f"{name}.csv") for name in ("members", "pairs", "grid"))
     for row in members:
         assert float(row["hessian_top_eig"]) >= float(row["hessian_eig_2"])
@@ -179,8 +180,8 @@ def test_every_metric_family_lands_in_the_tables_figures_and_report(tmp_path):
     phases_in_grid = {r["phase"] for r in grid}
     assert phases_in_grid <= {"I", "II", "III", "IV-A", "IV-B", "?"}
     for r in grid:  # the label is the documented rule applied to the row's means
-        expected = experiment.phases.classify(float(r["train_loss_mean"]), float(r["mc_mean"]),
-                                              float(r["cka_softmax_mean"]), experiment.Config().thresholds)
+        expected = phases.classify(float(r["train_loss_mean"]), float(r["mc_mean"]),
+                                   float(r["cka_softmax_mean"]), Config().phase)
         assert r["phase"] == str(expected)
     figures = {p.name for p in (out / "figures").iterdir()}
     assert {"phase_map.png", "double_descent.png", "hessian_density.png", "curves_along_t.png", "mc.png",
@@ -199,8 +200,8 @@ def test_run_on_two_cpu_devices_equals_one_device(tmp_path):
         experiment.use_all_cpu_cores()
         import jax
         assert len(jax.devices()) == int(sys.argv[2]), jax.devices()
-        config = experiment.Config(**{{**dict(widths=(5,), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=3,
-                                             epochs=4), **{ALL_METRICS!r}}})
+        config = experiment.Config.from_dict({{**dict(widths=(5,), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=3,
+                                                     epochs=4), **{ALL_METRICS!r}}})
         experiment.run(config, sys.argv[1], progress=False, dataset=tiny_dataset())
     """)
     for devices in (1, 2):
@@ -222,8 +223,8 @@ def test_run_across_two_processes_equals_one_process(tmp_path):
         from lljax import experiment, sharding
         from lljax.errors import LLJaxError
         sharding.initialize_distributed()
-        config = experiment.Config(**{{**dict(widths=(5,), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=2,
-                                             epochs=4), **{ALL_METRICS!r}}})
+        config = experiment.Config.from_dict({{**dict(widths=(5,), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=2,
+                                                     epochs=4), **{ALL_METRICS!r}}})
         try:
             experiment.run(config, sys.argv[1], progress=False, dataset=tiny_dataset())
         except LLJaxError as e:
@@ -243,9 +244,9 @@ def test_run_across_two_processes_equals_one_process(tmp_path):
                  for i, out in enumerate((out_a, out_b))]
         return [(p.wait(timeout=400), p.stdout.read()) for p in procs]
 
-    config = experiment.Config(**{**dict(widths=(5,), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=2, epochs=4),
-                                  **ALL_METRICS})
-    experiment.run(config, tmp_path / "one", progress=False, dataset=tiny_dataset())
+    config = Config.from_dict({**dict(widths=(5,), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=2, epochs=4),
+                               **ALL_METRICS})
+    pipeline.run(config, tmp_path / "one", progress=False, dataset=tiny_dataset())
     (rc0, out0), (rc1, out1) = two_processes(tmp_path / "two", tmp_path / "two")
     assert rc0 == rc1 == 0, out0[-3000:] + out1[-3000:]
     assert "best mean test accuracy" in out0 and "best mean test accuracy" not in out1  # process 0 reports
@@ -275,8 +276,8 @@ def test_members_split_into_chunks_give_the_same_results(tmp_path):
     """A cap on members per compiled call (memory) changes nothing but how the work is cut."""
     metrics = dict(ALL_METRICS, metrics=("loss", "hessian", "cka", "l2"))
     config = tiny_config(widths=(5,), seeds=3, **metrics)
-    experiment.run(config, tmp_path / "whole", progress=False, dataset=tiny_dataset())
-    experiment.run(dataclasses.replace(config, max_members_per_chunk=4), tmp_path / "chunked", progress=False,
+    pipeline.run(config, tmp_path / "whole", progress=False, dataset=tiny_dataset())
+    pipeline.run(config.replace(max_members_per_chunk=4), tmp_path / "chunked", progress=False,
                    dataset=tiny_dataset())
     assert (tmp_path / "chunked" / "checkpoints" / "group-0" / "chunk-1").is_dir()  # 6 members: 2 chunks of 4
     _assert_tables_close(tmp_path / "whole", tmp_path / "chunked")
@@ -285,23 +286,23 @@ def test_members_split_into_chunks_give_the_same_results(tmp_path):
 def test_on_an_accelerator_chunks_are_sized_from_device_memory(monkeypatch):
     """Off the CPU the chunk comes from XLA's memory estimate of one member's training and the free memory."""
     config = tiny_config(widths=(5,), seeds=3)
-    members = experiment.ensemble.grid_members(config.knob_values(), config.seeds)
-    group = experiment.ensemble.group_members(members)[0]
-    whole = experiment.train_group(config, tiny_dataset(), group, members, None)
+    members = grid.grid_members(config.knob_values(), config.seeds)
+    group = grid.group_members(members)[0]
+    whole = pipeline.train_group(config, tiny_dataset(), group, members, None)
     estimates = []
-    real_chunk_size = experiment.sharding.chunk_size
+    real_chunk_size = sharding.chunk_size
 
     def chunk_size(bytes_per_member, **kwargs):  # memory for 1 member per device (half is the safety margin)
         estimates.append(bytes_per_member)
         return real_chunk_size(bytes_per_member, device_memory=2 * bytes_per_member + 1, **kwargs)
 
-    monkeypatch.setattr(experiment.jax, "default_backend", lambda: "gpu")
-    monkeypatch.setattr(experiment.sharding, "chunk_size", chunk_size)
-    chunked = experiment.train_group(config, tiny_dataset(), group, members, None)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(sharding, "chunk_size", chunk_size)
+    chunked = pipeline.train_group(config, tiny_dataset(), group, members, None)
     assert len(estimates) == 1 and estimates[0] > 0
     devices = whole.placement.mesh.size  # 1, or one per core once the CLI has set that up in this process
     assert chunked.chunk == devices < len(group.members)
-    for a, b in zip(experiment.jax.tree.leaves(whole.state.params), experiment.jax.tree.leaves(chunked.state.params)):
+    for a, b in zip(jax.tree.leaves(whole.state.params), jax.tree.leaves(chunked.state.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -309,21 +310,21 @@ def test_on_a_cpu_members_train_in_cache_sized_passes(monkeypatch):
     """On a CPU a group trains in slices whose parameters fit the cache (`sharding.cpu_passes`); the numbers
     are those of one pass. Off the CPU there is one pass."""
     config = tiny_config(widths=(5,), seeds=4)  # 8 members
-    members = experiment.ensemble.grid_members(config.knob_values(), config.seeds)
-    group = experiment.ensemble.group_members(members)[0]
-    real_cpu_passes, chosen = experiment.sharding.cpu_passes, []
+    members = grid.grid_members(config.knob_values(), config.seeds)
+    group = grid.group_members(members)[0]
+    real_cpu_passes, chosen = sharding.cpu_passes, []
 
     def cpu_passes(per_device, param_bytes):  # as if the cache held 1 byte: slices of the smallest size allowed
         assert param_bytes == 4 * (8 * 5 + 5 + 5 * 5 + 5 + 5 * 3 + 3)  # one member's float32 MLP parameters
         chosen.append(real_cpu_passes(per_device, param_bytes, cache_bytes=1))
         return chosen[-1]
 
-    monkeypatch.setattr(experiment.sharding, "cpu_passes", cpu_passes)
-    sliced = experiment.train_group(config, tiny_dataset(), group, members, None)
+    monkeypatch.setattr(sharding, "cpu_passes", cpu_passes)
+    sliced = pipeline.train_group(config, tiny_dataset(), group, members, None)
     assert chosen and chosen[-1] > 1
-    monkeypatch.setattr(experiment.sharding, "cpu_passes", lambda *args, **kwargs: 1)
-    whole = experiment.train_group(config, tiny_dataset(), group, members, None)
-    for a, b in zip(experiment.jax.tree.leaves(whole.state.params), experiment.jax.tree.leaves(sliced.state.params)):
+    monkeypatch.setattr(sharding, "cpu_passes", lambda *args, **kwargs: 1)
+    whole = pipeline.train_group(config, tiny_dataset(), group, members, None)
+    for a, b in zip(jax.tree.leaves(whole.state.params), jax.tree.leaves(sliced.state.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    monkeypatch.setattr(experiment.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert whole.placement.passes_for(8, whole.state.params) == 1
