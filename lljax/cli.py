@@ -28,7 +28,7 @@ def _add_flags(group, cls, prefix: str, key_prefix: str, defaults) -> None:
     for f in options.fields(cls):
         kind, _, element = types_[f.name]
         meta = f.metadata
-        flag = meta.get("flag") or "--" + (f"{prefix}-" if prefix else "") + f.name.replace("_", "-")
+        flag = meta.get("flag") or "--" + (f"{prefix}-" if prefix else "").replace("_", "-") + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
         help_text = meta["help"] + ("" if kind is bool or default is None else f" (default: {shown})")

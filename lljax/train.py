@@ -188,9 +188,10 @@ def evaluate(model: models.Model, params, batch_stats, x_NX: jax.Array, y_N: jax
              batch_size: int = 1000, loss: losses.Loss = losses.cross_entropy) -> tuple[jax.Array, jax.Array]:
     """Weighted mean loss and accuracy (1 - error; NaN without an error metric) over a dataset, BatchNorm in
     inference mode, in chunks (`losses.evaluate`)."""
+    dtype = jnp.result_type(jax.tree.leaves(params)[0].dtype, jnp.float32)
     total_loss, total_error, weight = losses.evaluate(
-        lambda x: models.apply(model, params, batch_stats, x)[0], x_NX, y_N, loss, weights_N, batch_size)
-    accuracy = (weight - total_error) / weight if loss.error else jnp.full((), jnp.nan)
+        lambda x: models.apply(model, params, batch_stats, x)[0], x_NX, y_N, loss, weights_N, batch_size, dtype)
+    accuracy = (weight - total_error) / weight if loss.error else jnp.full((), jnp.nan, dtype)
     return total_loss / weight, accuracy
 
 

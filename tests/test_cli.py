@@ -6,14 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from lljax import cli, experiment
+from lljax import cli, config, experiment, metrics, options
 
 
 @pytest.mark.parametrize("args,match", [
     (["--widths", "0", "8"], "width must be a positive integer, got 0"),
     (["--widths", "-4"], "width must be a positive integer"),
-    (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
-    (["--model", "vgg"], "invalid choice: 'vgg'"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--model", "vgg"], "unknown model 'vgg'"),
+    (["--model", "no_such_package.nets:wide"], "module 'no_such_package.nets' does not import"),
+    (["--model", "lljax.models:nothing_here"], "'lljax.models' has no attribute 'nothing_here'"),
+    (["--model", "lljax.data:subset_size"], "returned a .*, not a flax.linen.Module"),
+    (["--model", "lljax.models:MODELS"], "is a dict, not a callable factory"),
+    (["--model", "lljax.models:count_params"], "model factory 'lljax.models:count_params' failed"),
+    (["--loss", "hinge"], "unknown loss 'hinge'"),
+    (["--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
+    (["--schedule", "linear"], "invalid choice: 'linear'"),
+    (["--dataset", "/nonexistent/data.npz"], "dataset file not found"),
     (["--batch-sizes", "5000"], "batch size 5000 is larger than the training set"),
     (["--label-noise", "1.2"], r"label-noise fraction must be in \[0, 1\]"),
     (["--data-fractions", "-0.1"], r"data fraction must be in \(0, 1\]"),
@@ -67,19 +76,24 @@ def test_every_study_preset_is_a_valid_configuration(script):
         assert len(swept) >= 1 and config.seeds >= 2, name
 
 
-@pytest.mark.parametrize("option,value,field,expected", [
-    ("--phase-mc-band", "0.02", "phase_mc_band", 0.02), ("--phase-cka", "0.5", "phase_cka", 0.5),
-    ("--hessian-samples", "300", "hessian_samples", 300), ("--max-pairs", "1", "max_pairs", 1),
-    ("--max-members-per-chunk", "4", "max_members_per_chunk", 4), ("--curve-lr", "0.1", "curve_lr", 0.1),
+@pytest.mark.parametrize("option,value,get,expected", [
+    ("--phase-mc-band", "0.02", lambda c: c.phase.mc_band, 0.02), ("--phase-cka", "0.5", lambda c: c.phase.cka, 0.5),
+    ("--hessian-samples", "300", lambda c: c.options("hessian").samples, 300),
+    ("--max-pairs", "1", lambda c: c.max_pairs, 1),
+    ("--max-members-per-chunk", "4", lambda c: c.max_members_per_chunk, 4),
+    ("--curve-lr", "0.1", lambda c: c.options("curves").lr, 0.1),
 ])
-def test_metric_and_phase_options_reach_the_configuration(option, value, field, expected):
+def test_metric_and_phase_options_reach_the_configuration(option, value, get, expected):
     args = cli.parser("study", experiment.PRESETS).parse_args(["--out", "x", option, value])
-    assert getattr(cli.config_from_args(args, experiment.PRESETS), field) == expected
+    assert get(cli.config_from_args(args, experiment.PRESETS)) == expected
 
 
 @pytest.mark.parametrize("args,match", [
     (["--phase-mc-band", "1.5"], r"mc_band must be in \[0, 1\)"),
-    (["--hessian-samples", "0"], "num_samples must be positive"),
+    (["--hessian-samples", "0"], "hessian samples must be a positive integer, got 0"),
+    (["--hessian-top-k", "40"], "top_k=40 needs at least as many Lanczos steps"),
+    (["--curve-points", "1"], "curve points must be at least 2"),
+    (["--cka-samples", "0"], "cka samples must be a positive integer"),
     (["--max-members-per-chunk", "0"], "max members per chunk must be a positive integer"),
 ])
 def test_bad_metric_options_are_one_line_errors(tmp_path, capsys, args, match):
@@ -87,3 +101,30 @@ def test_bad_metric_options_are_one_line_errors(tmp_path, capsys, args, match):
     err = capsys.readouterr().err.strip()
     assert code == 2 and re.search(match, err) and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_every_configuration_field_has_a_flag_and_help_groups_them_by_section():
+    """The flags are generated from the configuration: every core field and every section's field has one."""
+    p = cli.parser("study", experiment.PRESETS)
+    flags = {a for action in p._actions for a in action.option_strings}
+    for f in options.fields(config.Config):
+        assert (f.metadata.get("negate") or "--" + f.name.replace("_", "-")) in flags, f.name
+    for section, (cls, prefix) in config.sections().items():
+        for f in options.fields(cls):
+            assert f"--{prefix}-{f.name}".replace('_', '-') in flags, (section, f.name)
+    titles = [g.title for g in p._action_groups]
+    assert "phase rule (see lljax/phases.py)" in titles
+    assert {f"metric family {name!r}" for name, fam in metrics.FAMILIES.items() if fam.options} <= set(titles)
+    text = p.format_help()
+    assert "--curve-lr" in text and "(default: 0.2)" in text
+
+
+def test_flags_reach_the_sections_of_the_configuration():
+    args = cli.parser("study", experiment.PRESETS).parse_args(
+        ["--out", "x", "--hessian-top-k", "2", "--hessian-trace-method", "hutchpp", "--curve-batch-size", "64",
+         "--per-seed-data", "--loss", "mse", "--optimizer", "adam", "--depth", "3"])
+    c = cli.config_from_args(args, experiment.PRESETS)
+    assert c.options("hessian").top_k == 2 and c.options("hessian").trace_method == "hutchpp"
+    assert c.options("hessian").samples == 500  # the quick preset's, untouched
+    assert c.options("curves").batch_size == 64 and c.options("curves").epochs == 60
+    assert not c.shared_data and c.loss == "mse" and c.optimizer == "adam" and c.depth == 3

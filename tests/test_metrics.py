@@ -1,0 +1,172 @@
+"""lljax.metrics: the registry, and every registered family vmapped over a group == a Python loop of single
+calls of its function for one model (pair), in float64, deterministic, on a model with LayerNorm and Dropout
+(where jax 0.10.2's vmap(lax.map) HVP defect shows); a family defined here runs through the whole pipeline."""
+import csv
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lljax import grid, metrics, options, pipeline
+from lljax.config import Config
+from lljax.errors import LLJaxError
+from lljax.metrics import Heatmap, Member, Shared
+from test_pipeline import tiny_dataset
+
+
+class LNDropoutCNN(nn.Module):
+    """A 1-D conv net with LayerNorm and Dropout, no BatchNorm."""
+
+    width: int
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(self.width, (3,))(x[..., None])
+        x = nn.relu(nn.LayerNorm()(x)).reshape(x.shape[0], -1)
+        x = nn.Dropout(0.2, deterministic=not train)(x)
+        return nn.Dense(self.num_classes)(x)
+
+
+def ln_cnn(width, num_classes):
+    return LNDropoutCNN(width, num_classes)
+
+
+FAMILY_CONFIG = dict(widths=(3,), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=2, epochs=3, hessian_samples=40,
+                     hessian_top_k=2, hessian_lanczos_steps=6, hessian_density_runs=2, hessian_density_steps=5,
+                     curve_epochs=2, curve_points=3, cka_samples=24, data_fractions=(0.5, 1.0))
+
+
+@pytest.fixture(scope="module")
+def trained_group():
+    config = Config.from_dict(FAMILY_CONFIG)
+    members = grid.grid_members(config.knob_values(), config.seeds)
+    group = grid.group_members(members)[0]
+    parts = pipeline.resolve_parts(config, model=ln_cnn)
+    return pipeline.train_group(config, tiny_dataset(), group, members, None, parts=parts)
+
+
+def to64(tree):
+    return jax.tree.map(lambda a: np.asarray(a, np.float64) if np.issubdtype(np.asarray(a).dtype, np.floating)
+                        else a, tree)
+
+
+@pytest.mark.parametrize("name", list(metrics.FAMILIES))
+def test_family_vmapped_equals_a_loop_of_single_calls(trained_group, name):
+    family = metrics.get(name)
+    with jax.enable_x64(True):
+        ds = trained_group.dataset
+        g = dataclasses.replace(trained_group, state=trained_group.state._replace(
+            params=to64(trained_group.state.params), batch_stats=to64(trained_group.state.batch_stats)),
+            dataset=ds._replace(x_train=ds.x_train.astype(np.float64), x_test=ds.x_test.astype(np.float64)))
+        pairs = np.asarray(grid.pairs_within_points(g.members, range(len(g.members))), np.int32)
+        together = pipeline.measure_family(family, g, pairs)
+        again = pipeline.measure_family(family, g, pairs)
+        for k in together:  # deterministic under the same seed
+            np.testing.assert_array_equal(together[k], again[k], err_msg=k)
+        assert set(family.column_names(pipeline.family_context(family, g))) <= set(together)
+        # the reference: the family's function for ONE member (pair), called in a Python loop
+        ctx = pipeline.family_context(family, g)
+        key = grid.stream(g.key, name)
+        shared = Shared(jnp.asarray(g.dataset.x_train), jnp.asarray(g.dataset.x_test), jnp.asarray(g.dataset.y_test))
+        if family.prepare:
+            shared = shared._replace(extra=family.prepare(ctx, shared, key))
+        s = g.state
+        member = Member(s.params, s.batch_stats, g.member.view, g.member.hyper, np.asarray(s.diverged))
+        one = lambda i: jax.tree.map(lambda leaf: leaf[i], member)
+        inputs = [(one(i),) for i in range(len(g.members))] if family.kind == "member" else \
+            [(one(a), one(b)) for a, b in pairs]
+        keys = jax.random.split(key, len(inputs))
+        single = jax.jit(family.compute, static_argnums=0)
+        for i, args in enumerate(inputs):
+            c = dataclasses.replace(ctx, subset_size=int(args[0].view.size)) if family.static_subset else ctx
+            for k, v in single(c, shared, *args, keys[i]).items():
+                np.testing.assert_allclose(together[k][i], v, rtol=1e-8, atol=1e-10, err_msg=f"{name} {k} {i}")
+
+
+def test_the_subset_sizes_split_pairs_into_programs(trained_group):
+    """Two data fractions: the curves family runs one static subset size per fraction."""
+    sizes = sorted(set(np.asarray(trained_group.member.view.size).tolist()))
+    assert sizes == [64, 128]
+
+
+# ------------------------------------------------------------------------------------------ a new family
+
+def param_norm(ctx, shared, member, key):
+    """The global L2 norm of one member's parameters."""
+    return {"param_norm": optax.tree.norm(member.params)}
+
+
+@dataclasses.dataclass(frozen=True)
+class NormOptions:
+    scale: float = options.option(1.0, "multiplies the norm", low=0, low_open=True)
+
+
+def scaled_norm(ctx, shared, a, b, key):
+    return {"norm_ratio": ctx.options.scale * optax.tree.norm(a.params) / optax.tree.norm(b.params)}
+
+
+@pytest.fixture
+def new_families():
+    added = [metrics.Family("param_norm", "member", param_norm, columns=("param_norm",),
+                            heatmaps=(Heatmap("param_norm", "parameter norm"),), correlated=("param_norm",),
+                            default=False),
+             metrics.Family("norm_ratio", "pair", scaled_norm, options=NormOptions, columns=("norm_ratio",),
+                            correlated=("norm_ratio",), default=False)]
+    for family in added:
+        metrics.register(family)
+    yield added
+    for family in added:
+        metrics.FAMILIES.pop(family.name)
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_family_defined_here_lands_in_tables_figures_and_report(tmp_path, new_families):
+    from lljax import cli
+
+    out = tmp_path / "run"
+    config = Config.from_dict(dict(widths=(3, 6), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=2, epochs=3,
+                                   metrics=("loss", "param_norm", "norm_ratio"), norm_ratio_scale=2.0))
+    results = pipeline.run(config, out, progress=False, dataset=tiny_dataset())
+    members, pairs = read_csv(out / "members.csv"), read_csv(out / "pairs.csv")
+    norms = np.concatenate([arrays["member/param_norm"] for arrays in results.group_metrics])
+    np.testing.assert_allclose([float(r["param_norm"]) for r in members], norms, rtol=1e-6)
+    assert all(float(r["norm_ratio"]) > 0 for r in pairs)
+    assert (out / "figures" / "param_norm.png").exists()
+    report = (out / "report.md").read_text()
+    assert "| param_norm | all |" in report and "| norm_ratio | all |" in report
+    assert '"norm_ratio": {\n    "scale": 2.0' in (out / "config.json").read_text()
+    # its options got a flag of their own
+    args = cli.parser("x", {}).parse_args(["--out", "o", "--norm-ratio-scale", "3"])
+    assert cli.config_from_args(args, {}).options("norm_ratio").scale == 3.0
+
+
+def test_registry_refuses_bad_families():
+    with pytest.raises(LLJaxError, match="already registered"):
+        metrics.register(dataclasses.replace(metrics.get("l2")))
+    with pytest.raises(LLJaxError, match="kind must be 'member' or 'pair'"):
+        metrics.Family("x", "grid", param_norm)
+    with pytest.raises(LLJaxError, match="identifier"):
+        metrics.Family("my-family", "member", param_norm)
+    with pytest.raises(LLJaxError, match="unknown metric 'nope'"):
+        metrics.get("nope")
+
+
+def test_a_declared_column_the_function_does_not_return_is_named(trained_group, new_families):
+    broken = dataclasses.replace(new_families[0], columns=("param_norm", "missing_column"))
+    pairs = np.zeros((0, 2), np.int32)
+    with pytest.raises(LLJaxError, match="declares column.*missing_column"):
+        pipeline.measure_family(broken, trained_group, pairs)
+
+
+def test_family_streams_come_from_names_and_the_builtins_keep_theirs():
+    assert [grid.stream_index(n) for n in ("cka", "hessian", "curves")] == [1, 2, 3]
+    assert grid.stream_index("param_norm") == grid.stream_index("param_norm") != grid.stream_index("norm_ratio")
