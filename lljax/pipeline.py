@@ -208,9 +208,10 @@ def resolve_parts(config: Config, model=None, loss=None, optimizer=None) -> Part
 
 
 def check_model(parts: Parts, config: Config, dataset: data.Dataset) -> None:
-    """Build and initialise the model on the data's input shape (shapes only, nothing runs): a factory that
-    fails, a module whose `__call__` does not take `train`, non-float parameters, or outputs of the wrong size
-    are one-line errors before anything is written."""
+    """Build and initialise the model and the optimiser on the data's input shape (shapes only, nothing runs): a
+    factory that fails, a module whose `__call__` does not take `train`, non-float parameters, outputs of the
+    wrong size or an optimiser that gives no optax transformation are one-line errors before anything is
+    written."""
     spec = parts.spec(config.widths[0], dataset.num_classes)
     x = jax.ShapeDtypeStruct((2, *dataset.x_train.shape[1:]), jnp.float32)
     try:
@@ -224,6 +225,15 @@ def check_model(parts: Parts, config: Config, dataset: data.Dataset) -> None:
         raise LLJaxError(f"model {spec.name!r} fails on inputs of shape {x.shape[1:]}: {type(e).__name__}: "
                          f"{message}") from None
     pytrees.check_params(params, f"model {spec.name!r} parameters")
+    hyper = train.Hyper(*(jnp.float32(v) for v in (0.1, 0.0, 0.9, 1.0, 0.0)))
+    try:
+        jax.eval_shape(lambda p: train.direction(parts.optimizer, hyper).init(p), params)
+    except LLJaxError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the user's optimiser
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise LLJaxError(f"optimizer {registry.describe(parts.optimizer)!r} does not give an optax transformation "
+                         f"for the member's hyperparameters: {type(e).__name__}: {message}") from None
     size = int(np.prod(outputs.shape[1:]))
     wanted = dataset.num_classes if parts.loss.classification else int(np.prod(dataset.y_train.shape[1:]))
     if size != wanted:

@@ -6,12 +6,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from lljax import grid, phases, pipeline, sharding
+from lljax import curves, grid, phases, pipeline, sharding
 from lljax.config import Config
 from lljax.errors import LLJaxError
 
@@ -328,3 +329,197 @@ def test_on_a_cpu_members_train_in_cache_sized_passes(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert whole.placement.passes_for(8, whole.state.params) == 1
+
+
+# ------------------------------------------------------------------------------------------ your own model, data, loss
+
+EVERY_FAMILY = dict(metrics=("loss", "hessian", "curves", "cka", "l2"), hessian_samples=48, hessian_top_k=2,
+                    hessian_lanczos_steps=8, hessian_density_runs=2, hessian_density_steps=6, curve_epochs=2,
+                    curve_points=5, cka_samples=32)
+
+
+def write_npz(path, dataset):
+    np.savez(path, x_train=dataset.x_train, y_train=dataset.y_train, x_test=dataset.x_test, y_test=dataset.y_test)
+    return path
+
+
+def assert_full_run(out, name):
+    members, pairs, grid_ = (read_csv(out / f"{t}.csv") for t in ("members", "pairs", "grid"))
+    assert members and pairs and all(r["phase"] in ("I", "II", "III", "IV-A", "IV-B") for r in grid_)
+    assert {"hessian_top_eig", "hessian_trace"} <= set(members[0]) and {"mc", "cka_softmax", "l2"} <= set(pairs[0])
+    report = (out / "report.md").read_text()
+    assert report.startswith(f"# lljax report: {name[0]} on {name[1]}")
+    assert json.loads((out / "config.json").read_text())["dataset"].endswith(name[2])
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert {"phase_map.png", "mc.png", "hessian_top_eig.png", "curves_along_t.png", "hessian_density.png"} <= figures
+    for f in figures:
+        assert f"(figures/{f})" in report
+    return members
+
+
+def test_own_model_by_import_path_and_own_data_from_npz_through_the_cli(tmp_path, capsys):
+    """A Flax CNN with LayerNorm and Dropout (no BatchNorm) defined in a test module, named on the command line,
+    on a dataset from an .npz, with every metric family."""
+    from lljax import cli
+
+    npz = write_npz(tmp_path / "tiny.npz", tiny_dataset())
+    out = tmp_path / "cli"
+    args = ["--model", "test_metrics:ln_cnn", "--dataset", str(npz), "--widths", "3", "--lrs", "0.05", "0.2",
+            "--batch-sizes", "32", "--seeds", "2", "--epochs", "3", "--metrics", *EVERY_FAMILY["metrics"],
+            "--hessian-samples", "48", "--hessian-top-k", "2", "--hessian-lanczos-steps", "8",
+            "--hessian-density-runs", "2", "--hessian-density-steps", "6", "--curve-epochs", "2",
+            "--curve-points", "5", "--cka-samples", "32", "--out", str(out), "--no-progress"]
+    assert cli.main(args) == 0
+    assert "test_metrics:ln_cnn on tiny" in capsys.readouterr().out
+    members = assert_full_run(out, ("test_metrics:ln_cnn", "tiny", "tiny.npz"))
+    assert {"train_acc", "test_acc"} <= set(members[0])
+
+
+def test_own_model_through_the_python_api(tmp_path):
+    """The same model passed as a factory object, the dataset built with Dataset.from_arrays."""
+    from lljax import data
+    from test_metrics import ln_cnn
+
+    tiny = tiny_dataset()
+    dataset = data.Dataset.from_arrays("my-data", tiny.x_train, tiny.y_train, tiny.x_test, tiny.y_test)
+    assert dataset.num_classes == 3
+    config = Config.from_dict(dict(widths=(3,), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=2, epochs=3, **EVERY_FAMILY))
+    results = pipeline.run(config, tmp_path / "api", model=ln_cnn, dataset=dataset, progress=False)
+    assert results.model == "test_metrics:ln_cnn" and results.dataset == "my-data"
+    assert_full_run(tmp_path / "api", ("test_metrics:ln_cnn", "my-data", "my-data"))
+    # the run resumes with the same objects
+    again = pipeline.run(config, tmp_path / "api", model=ln_cnn, dataset=dataset, progress=False)
+    assert (tmp_path / "api" / "members.csv").read_text() and again.seconds < results.seconds
+
+
+def regression_dataset():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(160, 6)).astype(np.float32)
+    y = np.stack([x[:, 0] - 0.5 * x[:, 1], np.sin(x[:, 2])], axis=1).astype(np.float32)
+    from lljax import data
+    return data.Dataset.from_arrays("wave", x[:128], y[:128], x[128:], y[128:])
+
+
+def test_regression_with_mse_through_the_whole_pipeline(tmp_path):
+    """Float targets (2 per example) and the mse loss: mc on the loss, no accuracy columns, phases from the
+    loss."""
+    config = Config.from_dict(dict(widths=(4, 16), lrs=(0.02, 0.1), batch_sizes=(32,), seeds=2, epochs=6,
+                                   loss="mse", phase_train_loss=0.1, **EVERY_FAMILY))
+    out = tmp_path / "mse"
+    results = pipeline.run(config, out, dataset=regression_dataset(), progress=False)
+    assert not results.error_metric and results.score == "test_loss_mean"
+    members, pairs, grid_ = (read_csv(out / f"{t}.csv") for t in ("members", "pairs", "grid"))
+    assert "train_acc" not in members[0] and "test_acc" not in members[0] and "cka_softmax" not in pairs[0]
+    arrays = results.group_metrics[0]
+    mc_on_loss = np.asarray(curves.mode_connectivity(arrays["pair/curve_train_loss"]))
+    np.testing.assert_allclose(arrays["pair/mc"], mc_on_loss, rtol=1e-6)
+    np.testing.assert_allclose(arrays["pair/mc"], arrays["pair/mc_loss"], rtol=1e-6)
+    for r in grid_:
+        expected = phases.classify(float(r["train_loss_mean"]), float(r["mc_mean"]), float(r["cka_logits_mean"]),
+                                   config.phase)
+        assert r["phase"] == str(expected)
+    report = (out / "report.md").read_text()
+    assert "## Best test loss" in report and "units of the mse loss" in report and "test_acc" not in report
+    curves_csv = read_csv(out / "curves.csv")
+    assert "curve_train_loss" in curves_csv[0] and "curve_train_err" not in curves_csv[0]
+
+
+def test_a_grid_where_every_member_diverged_still_reports(tmp_path):
+    out = tmp_path / "diverged"
+    config = tiny_config(lrs=(1e6,), widths=(3,), epochs=2, metrics=("loss", "hessian", "cka", "l2"),
+                         hessian_samples=16, hessian_lanczos_steps=4, hessian_top_k=1, cka_samples=16)
+    pipeline.run(config, out, progress=False, dataset=tiny_dataset())
+    members = read_csv(out / "members.csv")
+    assert all(r["diverged"] == "True" for r in members)
+    grid_ = read_csv(out / "grid.csv")
+    assert grid_[0]["test_acc_mean"] == "nan" and grid_[0]["diverged"] == "2"
+    report = (out / "report.md").read_text()
+    assert "every member diverged" in report and "No grid point has a finite mean test accuracy" in report
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda d: d._replace(y_train=d.y_train + 5), r"y_train has labels in \[.*\], outside \[0, 3\)"),
+    (lambda d: d._replace(y_test=-d.y_test - 1), "y_test has labels in .*outside"),
+    (lambda d: d._replace(num_classes=1, y_train=0 * d.y_train, y_test=0 * d.y_test), "at least 2"),
+    (lambda d: d._replace(y_train=d.y_train.astype(np.float32)), "float targets but the loss needs integer"),
+])
+def test_bad_labels_are_refused_before_anything_is_written(tmp_path, change, match):
+    with pytest.raises(LLJaxError, match=match):
+        pipeline.run(tiny_config(), tmp_path / "out", progress=False, dataset=change(tiny_dataset()))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(model="lljax.models:nothing"), "has no attribute"),
+    (dict(depth=3, model="cnn"), "takes no depth"),
+    (dict(loss="mse"), "integer class labels but the loss is a regression loss"),
+    (dict(label_noise=(0.2,), loss="mse"), "label noise needs class labels"),
+    (dict(optimizer="lljax.train:Hyper"), "optimizer"),
+])
+def test_bad_plugins_are_refused_before_anything_is_written(tmp_path, overrides, match):
+    with pytest.raises(LLJaxError, match=match):
+        pipeline.run(tiny_config(**overrides), tmp_path / "out", progress=False, dataset=tiny_dataset())
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_that_fails_or_has_the_wrong_outputs_is_one_line(tmp_path):
+    import flax.linen as nn
+
+    class NoTrain(nn.Module):
+        @nn.compact
+        def __call__(self, x):  # no `train` argument
+            return nn.Dense(3)(x)
+
+    class Wide(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(7)(x)
+
+    for factory, match in ((lambda w, c: NoTrain(), "fails on inputs of shape \\(8,\\): TypeError"),
+                           (lambda w, c: Wide(), "gives 7 outputs per example but the data has 3 classes")):
+        with pytest.raises(LLJaxError, match=match) as error:
+            pipeline.run(tiny_config(), tmp_path / "out", model=factory, progress=False, dataset=tiny_dataset())
+        assert len(str(error.value).splitlines()) == 1
+        assert not (tmp_path / "out").exists()
+
+
+def test_an_optax_optimizer_of_the_users_choice(tmp_path):
+    """Adam's direction (scaled by lljax's lr schedule) instead of SGD: other numbers, a run like any other."""
+    import optax
+
+    sgd = pipeline.run(tiny_config(widths=(6,)), tmp_path / "sgd", progress=False, dataset=tiny_dataset())
+    adam = pipeline.run(tiny_config(widths=(6,), lrs=(0.01, 0.03)), tmp_path / "adam", optimizer=optax.scale_by_adam(),
+                        progress=False, dataset=tiny_dataset())
+    assert json.loads((tmp_path / "adam" / "config.json").read_text())["optimizer"].startswith("<")
+    assert not np.allclose(sgd.group_metrics[0]["member/train_loss"], adam.group_metrics[0]["member/train_loss"])
+    named = pipeline.run(tiny_config(widths=(6,), lrs=(0.01, 0.03), optimizer="adam", weight_decays=(0.0,),
+                                     momentum=(0.9,)), tmp_path / "named", progress=False, dataset=tiny_dataset())
+    np.testing.assert_allclose(named.group_metrics[0]["member/train_loss"], adam.group_metrics[0]["member/train_loss"],
+                               rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ published numbers
+
+GOLDEN = Path(__file__).parent / "data" / "golden_small"
+
+
+def test_the_quick_preset_gives_the_numbers_it_gave_before_the_pipeline_was_opened(tmp_path):
+    """tests/data/golden_small holds members.csv and pairs.csv of a small quick-preset run made by lljax before
+    the pipeline was split into modules and families (commit a4665b5, 2 CPU devices):
+        python -m lljax --preset quick --widths 8 32 --epochs 4 --curve-epochs 3 --hessian-samples 200
+    The same command now gives every column within 1e-5 relative (1e-6 absolute near zero)."""
+    out = tmp_path / "now"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    subprocess.run([sys.executable, "-m", "lljax", "--preset", "quick", "--widths", "8", "32", "--epochs", "4",
+                    "--curve-epochs", "3", "--hessian-samples", "200", "--out", str(out), "--no-progress"],
+                   env=env, check=True, capture_output=True, timeout=600)
+    for name in ("members", "pairs"):
+        before, now = read_csv(GOLDEN / f"{name}.csv"), read_csv(out / f"{name}.csv")
+        assert len(before) == len(now) > 0 and before[0].keys() == now[0].keys()
+        for a, b in zip(before, now):
+            for key in a:
+                if a[key] in ("True", "False"):
+                    assert a[key] == b[key]
+                else:
+                    np.testing.assert_allclose(float(b[key]), float(a[key]), rtol=1e-5, atol=1e-6,
+                                               err_msg=f"{name}.csv {key}")
