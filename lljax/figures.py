@@ -24,6 +24,7 @@ def _pyplot():
 
     return plt
 
+
 KNOB_LABELS = {"width": "width", "data_fraction": "data fraction", "label_noise": "label-noise fraction",
                "batch_size": "batch size", "lr": "learning rate", "weight_decay": "weight decay",
                "momentum": "momentum"}

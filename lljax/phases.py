@@ -51,12 +51,14 @@ class Thresholds:
         small batch (0.47-0.66, batch <= 32).
     """
 
-    train_loss: float = options.option(0.05, "fitted when the mean training loss is below this, in the units of the "
-                                              "loss in use (nats for cross-entropy)")
-    mc_band: float = options.option(0.01, "barrier when mc < -band; mc is a fraction of training error (of the "
-                                          "loss, for a loss without an error metric)")
-    cka: float = options.option(0.7, "IV-B when the CKA of outputs (softmax for classification) is at least this, "
-                                     "else IV-A")
+    train_loss: float = options.option(
+        0.05, "fitted when the mean training loss is below this, in the units of the loss in use (nats for "
+              "cross-entropy)")
+    mc_band: float = options.option(
+        0.01, "barrier when mc < -band; mc is a fraction of training error (of the loss, for a loss without an "
+              "error metric)")
+    cka: float = options.option(
+        0.7, "IV-B when the CKA of outputs (softmax for classification) is at least this, else IV-A")
 
     def __post_init__(self):
         for name, value in (("train_loss", self.train_loss), ("mc_band", self.mc_band), ("cka", self.cka)):

@@ -82,8 +82,8 @@ def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: P
             if suffix:
                 lines += [f"**{suffix.replace('__', ' ').strip()}**", ""]
             lines += phase_table(results, rows, x, y) + [""]
-            lines += [f"![phase map](figures/phase_map{suffix}.png) ![{score_name}](figures/{score_figure}{suffix}.png)",
-                      ""]
+            lines += [f"![phase map](figures/phase_map{suffix}.png) "
+                      f"![{score_name}](figures/{score_figure}{suffix}.png)", ""]
     lines += [f"## Best {score_name}", ""]
     if best is None:
         lines += [f"No grid point has a finite mean {score_name}.", ""]
@@ -91,9 +91,8 @@ def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: P
         std = best.get(results.score.replace("_mean", "_std"), math.nan)
         lines += [f"{best[results.score]:.4f} (std {std:.4f}) at {_fmt_knobs(best, swept) or 'the only point'}, "
                   f"phase **{best.get('phase', '?')}**.", ""]
-    by_phase = {p: [r[results.score] for r in grid if r["phase"] == p and math.isfinite(r.get(results.score,
-                                                                                                 math.nan))]
-                for p in phases.PHASES}
+    scored = [r for r in grid if math.isfinite(r.get(results.score, math.nan))]
+    by_phase = {p: [r[results.score] for r in scored if r["phase"] == p] for p in phases.PHASES}
     pick = max if results.error_metric else min
     lines += [f"| phase | points | mean {score_name} | best |", "|---|---:|---:|---:|"]
     lines += [f"| {p} | {len(v)} | {np.mean(v):.4f} | {pick(v):.4f} |" for p, v in by_phase.items() if v] + [""]

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lljax import pytrees
 from lljax.errors import LLJaxError
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -346,6 +347,7 @@ def _mixup_inputs(key, x_NX, alpha, num: int):
 
 def l2_distance(params_a: Any, params_b: Any) -> jax.Array:
     """||w_a - w_b||_2 over every leaf of two parameter pytrees of identical structure and shapes."""
+    pytrees.check_params(params_a, "l2_distance: parameters")
     struct_a, struct_b = jax.tree.structure(params_a), jax.tree.structure(params_b)
     if struct_a != struct_b:
         raise LLJaxError("l2_distance: the two parameter pytrees have different structures")

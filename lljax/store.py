@@ -1,10 +1,10 @@
 """The results folder: its creation and resume check, checkpoints of training state (orbax), atomic writes of
 result files, so a killed run resumes and a folder is never left half-written or overwritten.
 
-Layout inside a run folder: `config.json` (the resolved configuration); `checkpoints/group-<g>/<epoch>/` holds the stacked `MemberState` of group g after
-`epoch` epochs (only the latest is kept; the last one is the trained ensemble), or
-`checkpoints/group-<g>/chunk-<c>/<epoch>/` when the group trains in memory-sized chunks; finished groups'
-metrics live in `groups/group-<g>.npz`.
+Layout inside a run folder: `config.json` (the resolved configuration); `checkpoints/group-<g>/<epoch>/` holds
+the stacked `MemberState` of group g after `epoch` epochs (only the latest is kept; the last one is the trained
+ensemble), or `checkpoints/group-<g>/chunk-<c>/<epoch>/` when the group trains in memory-sized chunks;
+finished groups' metrics live in `groups/group-<g>.npz`.
 """
 from __future__ import annotations
 

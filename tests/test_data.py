@@ -250,3 +250,76 @@ def test_epoch_order_fallback_for_huge_datasets_keeps_the_contract(monkeypatch):
     np.testing.assert_array_equal(np.sort(order), np.arange(50))
     assert set(order[:size].tolist()) == set(np.asarray(view.order[:size]).tolist())
     assert not np.array_equal(order[:size], np.asarray(view.order[:size]))
+
+
+# ------------------------------------------------------------------------------------------ your own data
+
+def arrays(n_train=20, n_test=10, shape=(4,), classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return dict(x_train=rng.normal(size=(n_train, *shape)), y_train=rng.integers(0, classes, n_train),
+                x_test=rng.normal(size=(n_test, *shape)), y_test=rng.integers(0, classes, n_test))
+
+
+def test_from_arrays_classification_and_regression():
+    ds = data.Dataset.from_arrays("mine", **arrays())
+    assert ds.name == "mine" and ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    assert ds.num_classes == 3 and ds.is_classification
+    assert data.Dataset.from_arrays("mine", **arrays(), num_classes=10).num_classes == 10
+    a = arrays()
+    reg = data.Dataset.from_arrays("reg", a["x_train"], np.ones((20, 2, 3)), a["x_test"], np.ones((10, 2, 3)))
+    assert not reg.is_classification and reg.num_classes == 6 and reg.y_train.dtype == np.float32
+    data.check_labels(reg, classification=False)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda a: {**a, "y_train": a["y_train"][:-1]}, "x_train has 20 examples but y_train has 19"),
+    (lambda a: {**a, "x_test": np.zeros((10, 5))}, r"train inputs \(4,\) and test inputs \(5,\) differ"),
+    (lambda a: {**a, "x_train": np.full((20, 4), np.nan)}, "x_train has non-finite values"),
+    (lambda a: {**a, "y_test": np.full(10, np.inf)}, "y_test has non-finite"),
+    (lambda a: {**a, "y_test": a["y_test"].astype(float)}, "both be integer labels or both float targets"),
+    (lambda a: {**a, "x_train": np.array(["a"] * 20)}, "x_train must be numeric"),
+    (lambda a: {**a, "x_test": np.zeros((0, 4))}, "x_test is empty"),
+])
+def test_from_arrays_names_the_problem(change, match):
+    with pytest.raises(LLJaxError, match=match):
+        data.Dataset.from_arrays("mine", **change(arrays()))
+
+
+def test_labels_are_checked_against_the_loss():
+    ds = data.Dataset.from_arrays("mine", **arrays(), num_classes=2)
+    with pytest.raises(LLJaxError, match=r"labels in \[0, 2\], outside \[0, 2\)"):
+        data.check_labels(ds, classification=True)
+    with pytest.raises(LLJaxError, match="integer class labels but the loss is a regression loss"):
+        data.check_labels(data.Dataset.from_arrays("m", **arrays()), classification=False)
+    with pytest.raises(LLJaxError, match="1 class"):
+        data.check_labels(data.Dataset.from_arrays("m", **arrays(classes=1)), classification=True)
+
+
+def test_npz_files(tmp_path):
+    np.savez(tmp_path / "blobs.npz", **arrays())
+    ds = data.load_dataset(str(tmp_path / "blobs.npz"))
+    assert ds.name == "blobs" and ds.x_train.shape == (20, 4) and ds.num_classes == 3
+    np.savez(tmp_path / "ten.npz", **arrays(), num_classes=10)
+    assert data.load_npz(tmp_path / "ten.npz").num_classes == 10
+    assert data.dataset_name(str(tmp_path / "blobs.npz")) == "blobs" and data.dataset_name("mnist1d") == "mnist1d"
+    partial = arrays()
+    del partial["y_test"]
+    np.savez(tmp_path / "partial.npz", **partial)
+    with pytest.raises(LLJaxError, match="lacks y_test"):
+        data.load_npz(tmp_path / "partial.npz")
+    (tmp_path / "text.npz").write_text("not an archive")
+    with pytest.raises(LLJaxError, match="is not an .npz archive"):
+        data.load_npz(tmp_path / "text.npz")
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    (tmp_path / "single.npy").rename(tmp_path / "single.npz")
+    with pytest.raises(LLJaxError, match="is not an .npz archive"):
+        data.load_npz(tmp_path / "single.npz")
+    with pytest.raises(LLJaxError, match="dataset file not found"):
+        data.load_npz(tmp_path / "missing.npz")
+
+
+def test_regression_targets_keep_their_values_in_a_view():
+    targets = jnp.arange(12, dtype=jnp.float32).reshape(6, 2)
+    view = data.training_view(jax.random.key(0), targets, 2, 0.5, 0.9)  # label noise ignored for float targets
+    np.testing.assert_array_equal(view.labels, targets)
+    assert int(view.size) == 3

@@ -1,7 +1,6 @@
-import jax.numpy as jnp
 import numpy as np
 
-from lljax import grid, pytrees
+from lljax import grid
 
 
 def knobs(**overrides):
@@ -21,7 +20,7 @@ def test_grid_is_the_cartesian_product_times_seeds():
 
 def test_groups_are_the_fewest_with_identical_static_knobs():
     members = grid.grid_members(knobs(width=(4, 8), batch_size=(16, 32), lr=(0.1, 0.2),
-                                          label_noise=(0.0, 0.5)), seeds=3)
+                                      label_noise=(0.0, 0.5)), seeds=3)
     groups = grid.group_members(members)
     assert len(groups) == 4  # width x batch size; lr, label noise and seeds are vmapped
     assert sorted(i for g in groups for i in g.members) == list(range(len(members)))
@@ -38,10 +37,12 @@ def test_pairs_stay_within_grid_points():
     assert len(grid.pairs_within_points(members, range(len(members)), max_pairs=1)) == 2
 
 
-def test_stack_unstack_member_roundtrip():
-    trees = [{"a": jnp.full((2,), i), "b": (jnp.float32(i),)} for i in range(3)]
-    stacked = pytrees.stack(trees)
-    assert stacked["a"].shape == (3, 2) and pytrees.num_members(stacked) == 3
-    for i, tree in enumerate(pytrees.unstack(stacked)):
-        np.testing.assert_array_equal(tree["a"], trees[i]["a"])
-    np.testing.assert_array_equal(pytrees.member(stacked, 1)["b"][0], 1.0)
+def test_streams_are_named_and_keys_reproducible():
+    import jax
+    key = jax.random.key(0)
+    a, b = grid.stream(key, "dropout"), grid.stream(key, "dropout")
+    assert np.array_equal(jax.random.key_data(a), jax.random.key_data(b))
+    assert not np.array_equal(jax.random.key_data(a), jax.random.key_data(grid.stream(key, "probe")))
+    assert grid.stream_index("view") == 2**31 - 1  # the shared training view's stream, as before streams had names
+    assert np.array_equal(jax.random.key_data(grid.group_key(0, 3)),
+                          jax.random.key_data(jax.random.fold_in(jax.random.key(0), 10_003)))

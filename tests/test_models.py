@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from unittest import mock
 
-from lljax import losses, models
+from lljax import models
 from lljax.errors import LLJaxError
 
 apply = jax.jit(models.apply, static_argnums=0, static_argnames="train")

@@ -117,7 +117,7 @@ def test_corrupted_results_or_checkpoint_named_in_error(tmp_path):
 def test_bad_input_raises_before_creating_the_folder(tmp_path, overrides, match):
     with pytest.raises(LLJaxError, match=match):
         pipeline.run(tiny_config(**overrides), tmp_path / "out", progress=False,
-                       dataset=tiny_dataset() if "dataset" not in overrides else None)
+                     dataset=tiny_dataset() if "dataset" not in overrides else None)
     assert not (tmp_path / "out").exists()
 
 
@@ -279,7 +279,7 @@ def test_members_split_into_chunks_give_the_same_results(tmp_path):
     config = tiny_config(widths=(5,), seeds=3, **metrics)
     pipeline.run(config, tmp_path / "whole", progress=False, dataset=tiny_dataset())
     pipeline.run(config.replace(max_members_per_chunk=4), tmp_path / "chunked", progress=False,
-                   dataset=tiny_dataset())
+                 dataset=tiny_dataset())
     assert (tmp_path / "chunked" / "checkpoints" / "group-0" / "chunk-1").is_dir()  # 6 members: 2 chunks of 4
     _assert_tables_close(tmp_path / "whole", tmp_path / "chunked")
 
