@@ -6,7 +6,7 @@
 The same N models (same architecture, initial weights, batch size, number of steps, optimiser: SGD with
 momentum 0.9 and weight decay 5e-4, constant learning rate) are trained
 
-  (a) vmapped lljax as the pipeline (`experiment.train_group`) runs it: one JAX CPU device per core
+  (a) vmapped lljax as the pipeline (`pipeline.train_group`) runs it: one JAX CPU device per core
       (`jax_num_cpu_devices` = cores, set before JAX's backend starts), the member axis padded to a multiple
       of the device count (`sharding.pad_members`) and sharded over `sharding.member_mesh()`
       (`shard_members`; the dataset `replicate`d), `train.train_ensemble` called in chunks of ceil(E / 10)
@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import load_average, machine
-from lljax import data, experiment, models, sharding, train
+from lljax import data, models, sharding, train
 
 NUM_INPUTS = 40  # MNIST-1D signal length
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
@@ -154,7 +154,7 @@ def lljax_setup(width, members, batch_size, epochs, dataset):
 def run_vmapped(spec, fresh, x_train, repeats, mesh=None, epochs_per_call=None, one_pass=False):
     """(a) with a mesh: members padded to the mesh size and sharded over it, the dataset replicated, epochs in
     calls of `epochs_per_call`, each device's members in the pipeline's cache-sized slices unless `one_pass`
-    (as `experiment.train_group`); (a1) without: one call on the default device, one pass.
+    (as `pipeline.train_group`); (a1) without: one call on the default device, one pass.
     Each repeat trains from the same initial state; the time covers the training calls only (placement is
     done before the clock starts, as the pipeline places a chunk once for all its epochs)."""
     epochs = spec.epochs
@@ -171,7 +171,7 @@ def run_vmapped(spec, fresh, x_train, repeats, mesh=None, epochs_per_call=None, 
     x = x_train if mesh is None else sharding.replicate(x_train, mesh)
     state, member = placed()
     passes = 1 if mesh is None or one_pass else \
-        experiment.Placement(mesh).passes_for(sharding.member_count(member), state.params)
+        sharding.Placement(mesh).passes_for(sharding.member_count(member), state.params)
     compile_s = _timed(lambda: jax.block_until_ready(train.train_ensemble(spec, state, member, x, 0, 0, passes)))
     times = []
     for _ in range(repeats):
@@ -326,7 +326,7 @@ def main(argv=None) -> dict:
     default_epochs = 4 if args.quick else 10
     epochs = default_epochs if args.steps is None else math.ceil(args.steps / steps_per_epoch)
     steps = epochs * steps_per_epoch
-    epochs_per_call = max(1, math.ceil(epochs / 10))  # experiment.train_group's progress resolution
+    epochs_per_call = max(1, math.ceil(epochs / 10))  # pipeline.train_group's progress resolution
     repeats = args.repeats or (3 if args.quick else 5)
     loop_n = min(N, args.loop_members or (16 if args.quick else N))
 

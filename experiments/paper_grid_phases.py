@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lljax import phases, plots, results
+from lljax import figures, phases, tables
 from lljax.errors import LLJaxError
 
 DEFAULT_GRID = Path(__file__).resolve().parents[1] / "tests" / "data" / "paper_resnet18_cifar10_grid.csv"
@@ -39,16 +39,16 @@ def main(argv=None) -> int:
                                                             grid["test_acc_mean"], grid["mc"],
                                                             grid["cka_softmax_mean"], grid["train_loss_mean"],
                                                             grid["log_hess_top_eig"])]
-    matrix = lambda column: results.grid_matrix(rows, column, "width", "batch_size", widths, batches)
-    plots.category_map(matrix("phase"), phases.PHASES, results.PHASE_COLORS, widths, batches, "width",
-                       "batch_size", "paper's ResNet18 / CIFAR-10 grid: lljax's default phase rule "
-                       "(cell: phase, test accuracy)", out / "phase_map.png", overlay_YX=matrix("test_acc_mean"))
+    matrix = lambda column: tables.grid_matrix(rows, column, "width", "batch_size", widths, batches)
+    figures.category_map(matrix("phase"), phases.PHASES, figures.PHASE_COLORS, widths, batches, "width",
+                         "batch_size", "paper's ResNet18 / CIFAR-10 grid: lljax's default phase rule "
+                         "(cell: phase, test accuracy)", out / "phase_map.png", overlay_YX=matrix("test_acc_mean"))
     for column, title, center in (("test_acc_mean", "test accuracy", None), ("mc_mean", "mode connectivity", 0.0),
                                   ("cka_softmax_mean", "CKA of softmax outputs", None),
                                   ("train_loss_mean", "training loss", None),
                                   ("log_top_eig", "log top Hessian eigenvalue", None)):
-        plots.heatmap(matrix(column), widths, batches, "width", "batch_size", f"paper grid: {title}",
-                      out / f"{column.removesuffix('_mean')}.png", center, annotate=False)
+        figures.heatmap(matrix(column), widths, batches, "width", "batch_size", f"paper grid: {title}",
+                        out / f"{column.removesuffix('_mean')}.png", center, annotate=False)
     best = max((r for r in rows if not math.isnan(r["test_acc_mean"])), key=lambda r: r["test_acc_mean"])
     counts = {ph: int(np.sum(labels == ph)) for ph in (*phases.PHASES, phases.UNKNOWN)}
     lines = ["# The phase rule on the paper's own grid", "",
