@@ -12,7 +12,7 @@ import sys
 from typing import Any, Sequence
 
 from lljax import config as configs
-from lljax import metrics, options, pipeline, runtime, sharding
+from lljax import options, pipeline, runtime, sharding
 from lljax.config import Config
 from lljax.errors import LLJaxError
 
@@ -58,8 +58,9 @@ def parser(description: str, presets: dict[str, dict]) -> argparse.ArgumentParse
     defaults = Config()
     _add_flags(p.add_argument_group("run"), Config, "", "", defaults)
     for section, (cls, prefix) in configs.sections().items():
-        family = metrics.FAMILIES.get(section)
-        title = "phase rule (see lljax/phases.py)" if family is None else f"metric family {section!r}"
+        titles = {"phase": "phase rule (see lljax/phases.py)", "uncertainty": "intervals and phase stability "
+                  "(see lljax/uncertainty.py)"}
+        title = titles.get(section, f"metric family {section!r}")
         _add_flags(p.add_argument_group(title), cls, prefix, f"{prefix}_", cls())
     return p
 

@@ -3,7 +3,8 @@
 `Config` is a frozen dataclass. Every field is declared with `lljax.options.option` (help, bounds, choices), so
 the command line's flags are generated from it (`lljax.cli`). Metric families' options live in `families`
 (family name -> its options dataclass; a family not listed there uses its defaults); in config.json each is a
-section under the family's name, and the phase thresholds a section 'phase'. Flat keys `<prefix>_<field>`
+section under the family's name, beside the sections 'phase' (the phase rule's thresholds) and 'uncertainty'
+(intervals and stability). Flat keys `<prefix>_<field>`
 (`hessian_samples`, `curve_lr`, `phase_cka`) are accepted everywhere a configuration is read from a dict:
 presets, `Config.from_dict`, `Config.replace`.
 """
@@ -14,7 +15,7 @@ import json
 import math
 from typing import Any, Mapping
 
-from lljax import data, losses, metrics, models, options, phases, registry, train
+from lljax import data, losses, metrics, models, options, phases, registry, train, uncertainty
 from lljax.errors import LLJaxError
 
 option = options.option
@@ -60,6 +61,7 @@ class Config:
     max_members_per_chunk: int | None = option(None, "cap on models per compiled call (default: sized from device "
                                                      "memory)", low=1)
     phase: phases.Thresholds = dataclasses.field(default_factory=phases.Thresholds)
+    uncertainty: uncertainty.UncertaintyOptions = dataclasses.field(default_factory=uncertainty.UncertaintyOptions)
     families: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------ access
@@ -94,7 +96,7 @@ class Config:
         """The resolved configuration: core fields, 'phase', and a section for every family with options."""
         out = {f.name: getattr(self, f.name) for f in options.fields(Config)}
         out["metrics"] = list(self.metric_names)
-        out["phase"] = dataclasses.asdict(self.phase)
+        out.update({name: dataclasses.asdict(getattr(self, name)) for name in CORE_SECTIONS})
         for name in self.metric_names:
             opts = self.options(name)
             if opts is not None:
@@ -119,7 +121,7 @@ class Config:
 
     def replace(self, **values) -> "Config":
         """A copy with the given core fields, sections or flat section keys changed."""
-        core = {f.name for f in dataclasses.fields(Config)} - {"phase", "families"}
+        core = {f.name for f in dataclasses.fields(Config)} - {*CORE_SECTIONS, "families"}
         sections_: dict[str, dict] = {}
         changes: dict[str, Any] = {}
         known = sections()
@@ -140,22 +142,26 @@ class Config:
                 section, name = _flat_key(key)
                 sections_.setdefault(section, {})[name] = value
         changes = options.coerce(Config, changes)
-        phase = self.phase
         families = dict(self.families)
         for section, fields_ in sections_.items():
-            if section == "phase":
-                phase = _section(phases.Thresholds, phase, fields_, "phase")
+            if section in CORE_SECTIONS:
+                changes[section] = _section(CORE_SECTIONS[section], getattr(self, section), fields_, section)
             else:
                 family = metrics.get(section)
                 if family.options is None:
                     raise LLJaxError(f"metric family {section!r} has no options, got {', '.join(fields_)}")
                 families[section] = _section(family.options, self.options(section), fields_, family.flag_prefix)
-        return dataclasses.replace(self, **changes, phase=phase, families=families)
+        return dataclasses.replace(self, **changes, families=families)
+
+
+# sections of every run (not of a metric family): name -> options dataclass; the name is the flags' prefix
+CORE_SECTIONS = {"phase": phases.Thresholds, "uncertainty": uncertainty.UncertaintyOptions}
 
 
 def sections() -> dict[str, tuple[type, str]]:
-    """section name -> (options dataclass, flag prefix): the phase rule and every family with options."""
-    out = {"phase": (phases.Thresholds, "phase")}
+    """section name -> (options dataclass, flag prefix): the phase rule, the uncertainty analysis and every
+    family with options."""
+    out = {name: (cls, name) for name, cls in CORE_SECTIONS.items()}
     out.update({name: (family.options, family.flag_prefix) for name, family in metrics.FAMILIES.items()
                 if family.options is not None})
     return out
@@ -235,7 +241,7 @@ def validate(config: Config, custom_dataset: bool = False) -> None:
             options.check(opts, metrics.get(name).flag_prefix)
             if hasattr(opts, "validate"):
                 opts.validate()
-    config.phase  # noqa: B018 -- validated when built
+    options.check(config.uncertainty, "uncertainty")
 
 
 def check_plugins(config: Config, model=None, loss=None, optimizer=None) -> tuple[Any, losses.Loss, Any]:

@@ -66,9 +66,10 @@ def heatmap(values_YX: np.ndarray, x_values: Sequence, y_values: Sequence, x_kno
 
 
 def category_map(labels_YX: np.ndarray, categories: Sequence[str], colors: Sequence[str], x_values, y_values,
-                 x_knob: str, y_knob: str, title: str, path, overlay_YX: np.ndarray | None = None) -> None:
-    """A grid coloured by category (e.g. phases), boundaries between categories drawn, and an optional number
-    written in each cell (e.g. test accuracy)."""
+                 x_knob: str, y_knob: str, title: str, path, overlay_YX: np.ndarray | None = None,
+                 hatch_YX: np.ndarray | None = None) -> None:
+    """A grid coloured by category (e.g. phases), boundaries between categories drawn, an optional number
+    written in each cell (e.g. test accuracy), and cells where `hatch_YX` is true hatched (unstable labels)."""
     plt = _pyplot()
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
@@ -86,11 +87,20 @@ def category_map(labels_YX: np.ndarray, categories: Sequence[str], colors: Seque
                 ax.plot([j + 0.5, j + 0.5], [i - 0.5, i + 0.5], color="black", lw=2)
             if i + 1 < rows and codes[i, j] != codes[i + 1, j]:
                 ax.plot([j - 0.5, j + 0.5], [i + 0.5, i + 0.5], color="black", lw=2)
+    if hatch_YX is not None:
+        from matplotlib.patches import Rectangle
+
+        for (i, j), flag in np.ndenumerate(np.asarray(hatch_YX, bool)):
+            if flag:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="black",
+                                       lw=0, alpha=0.6))
     for (i, j), label in np.ndenumerate(np.asarray(labels_YX, object)):
         text = str(label) if overlay_YX is None or not np.isfinite(overlay_YX[i, j]) else \
             f"{label}\n{overlay_YX[i, j]:.3g}"
         ax.text(j, i, text, ha="center", va="center", fontsize=7)
     handles = [Patch(color=c, label=k) for k, c in zip(categories, colors)]
+    if hatch_YX is not None and np.any(hatch_YX):
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="///", label="unstable"))
     ax.legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8, title="phase")
     ax.set_xticks(range(len(x_values)), _ticks(x_values))
     ax.set_yticks(range(len(y_values)), _ticks(y_values))
@@ -163,8 +173,9 @@ def panels(series_YX: Sequence[Sequence[Sequence[tuple]]], x_values, y_values, x
 
 # ------------------------------------------------------------------------------------------ over a run's grid
 
-def _suffix_title(suffix: str) -> str:
-    return suffix.replace("__", "  ")
+def _title(results: "tables.Results", title: str, suffix: str) -> str:
+    """A figure's title: what it shows, the facet, and on a second line the model and the dataset."""
+    return f"{title}{suffix.replace('__', '  ')}\n{results.model} on {results.dataset}"
 
 
 def write_heatmaps(results: "tables.Results", grid: Sequence[dict], out_dir: Path) -> list[Path]:
@@ -187,9 +198,10 @@ def write_heatmaps(results: "tables.Results", grid: Sequence[dict], out_dir: Pat
                     matrix = np.log10(matrix)
             path = out_dir / f"{spec.column}{suffix}.png"
             if y:
-                heatmap(matrix, x_values, y_values, x, y, spec.title + _suffix_title(suffix), path, spec.center)
+                heatmap(matrix, x_values, y_values, x, y, _title(results, spec.title, suffix), path, spec.center)
             else:
-                lines(x_values, {spec.title: matrix[0]}, KNOB_LABELS[x], spec.title, spec.title + suffix, path)
+                lines(x_values, {spec.title: matrix[0]}, KNOB_LABELS[x], spec.title,
+                      _title(results, spec.title, suffix), path)
             written.append(path)
     return written
 
@@ -209,9 +221,13 @@ def write_phase_figures(results: "tables.Results", grid: Sequence[dict], out_dir
     for suffix, rows in tables.facets(grid, knob_values, x, y):
         labels = tables.grid_matrix(rows, "phase", x, y, x_values, y_values)
         value = tables.grid_matrix(rows, score, x, y, x_values, y_values)
+        limit = results.config.uncertainty.stable
+        shaky = np.minimum(tables.grid_matrix(rows, "phase_stability_bootstrap", x, y, x_values, y_values),
+                           tables.grid_matrix(rows, "phase_stability_thresholds", x, y, x_values, y_values)) < limit
         path = out_dir / f"phase_map{suffix}.png"
         category_map(labels, phases.PHASES, PHASE_COLORS, x_values, y_values or [""], x, y or "",
-                     f"phases (cell: phase and mean test {what})" + _suffix_title(suffix), path, overlay_YX=value)
+                     _title(results, f"phases (cell: phase and mean test {what}; hatched: unstable)", suffix), path,
+                     overlay_YX=value, hatch_YX=shaky)
         written.append(path)
         error = 1 - value if results.error_metric else value
         spread = tables.grid_matrix(rows, score.replace("_mean", "_std"), x, y, x_values, y_values)
@@ -219,7 +235,7 @@ def write_phase_figures(results: "tables.Results", grid: Sequence[dict], out_dir
         series = {(f"{y} = {v:g}" if y else label): error[i] for i, v in enumerate(y_values or [0])}
         errors = {(f"{y} = {v:g}" if y else label): spread[i] for i, v in enumerate(y_values or [0])}
         path = out_dir / f"double_descent{suffix}.png"
-        lines(x_values, series, KNOB_LABELS[x], label, f"{label} vs " + KNOB_LABELS[x] + _suffix_title(suffix),
+        lines(x_values, series, KNOB_LABELS[x], label, _title(results, f"{label} vs {KNOB_LABELS[x]}", suffix),
               path, errors=errors)
         written.append(path)
     return written
@@ -254,6 +270,6 @@ def point_panels(results: "tables.Results", grid: Sequence[dict], draw: Callable
             continue
         path = out_dir / f"{stem}{suffix}.png"
         panels([[cell or [] for cell in row] for row in drawn], x_values, y_values if y else [""], x, y or "",
-               x_label, y_label, title + _suffix_title(suffix), path, logy=logy)
+               x_label, y_label, _title(results, title, suffix), path, logy=logy)
         written.append(path)
     return written

@@ -150,11 +150,25 @@ def correlation_table(metrics: Mapping[str, Sequence[float]], test_acc, phases) 
     return rows
 
 
-def format_correlation_table(rows: Sequence[CorrelationRow]) -> str:
-    """The rows of `correlation_table` as a Markdown table (NaN shown as "–")."""
+def format_correlation_table(rows: Sequence[CorrelationRow], intervals: Mapping | None = None,
+                             level: float = 0.95) -> str:
+    """The rows of `correlation_table` as a Markdown table (NaN shown as "–"). With `intervals` ((metric,
+    scope) -> (Spearman low, high, Kendall low, high), `uncertainty.correlation_intervals`), each value gets its
+    interval and a '*' where the interval excludes zero."""
     fmt = lambda v: "–" if math.isnan(v) else f"{v:+.2f}"  # noqa: E731
-    lines = ["| metric | scope | n | Spearman | Kendall |", "|---|---|---:|---:|---:|"]
-    lines += [f"| {r.metric} | {r.scope} | {r.n} | {fmt(r.spearman)} | {fmt(r.kendall)} |" for r in rows]
+
+    def cell(value, low=math.nan, high=math.nan):
+        if math.isnan(low):
+            return fmt(value)
+        star = "*" if low > 0 or high < 0 else ""
+        return f"{fmt(value)}{star} [{fmt(low)}, {fmt(high)}]"
+
+    header = "| metric | scope | n | Spearman | Kendall |" if intervals is None else \
+        f"| metric | scope | n | Spearman [{100 * level:g}% interval] | Kendall [{100 * level:g}% interval] |"
+    lines = [header, "|---|---|---:|---:|---:|"]
+    for r in rows:
+        low = (intervals or {}).get((r.metric, r.scope), (math.nan,) * 4)
+        lines.append(f"| {r.metric} | {r.scope} | {r.n} | {cell(r.spearman, *low[:2])} | {cell(r.kendall, *low[2:])} |")
     return "\n".join(lines)
 
 

@@ -152,20 +152,27 @@ def family_context(family: Family, g: TrainedGroup) -> Context:
                    g.config.eval_batch_size)
 
 
-def measure_family(family: Family, g: TrainedGroup, pairs: np.ndarray) -> dict[str, np.ndarray]:
+def shared_inputs(g: TrainedGroup) -> Shared:
+    """The arrays every member of the group sees, replicated on every device."""
+    ds = g.dataset
+    return sharding.replicate(Shared(jnp.asarray(ds.x_train), jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)),
+                              g.placement.mesh)
+
+
+def measure_family(family: Family, g: TrainedGroup, pairs: np.ndarray, shared: Shared | None = None
+                   ) -> dict[str, np.ndarray]:
     """Every output of one family for a trained group: (M, ...) arrays for a member family, (P, ...) for a
-    pair family over `pairs` (P, 2) of member positions. Keys come from the family's named stream."""
+    pair family over `pairs` (P, 2) of member positions. Keys come from the family's named stream; `shared`
+    defaults to `shared_inputs(g)`."""
     count = len(pairs) if family.kind == "pair" else len(g.members)
     if count == 0:
         return {}
     ctx = family_context(family, g)
     key = grids.stream(g.key, family.name)
     keys = jax.random.split(key, count)
-    ds = g.dataset
-    shared = Shared(jnp.asarray(ds.x_train), jnp.asarray(ds.x_test), jnp.asarray(ds.y_test))
+    shared = shared_inputs(g) if shared is None else shared
     if family.prepare is not None:
-        shared = shared._replace(extra=family.prepare(ctx, shared, key))
-    shared = sharding.replicate(shared, g.placement.mesh)
+        shared = shared._replace(extra=sharding.replicate(family.prepare(ctx, shared, key), g.placement.mesh))
     s = g.state
     member = Member(s.params, s.batch_stats, g.member.view, g.member.hyper, np.asarray(s.diverged))
     take = lambda tree, i: jax.tree.map(lambda leaf: leaf[i], tree)
@@ -180,10 +187,11 @@ def measure_family(family: Family, g: TrainedGroup, pairs: np.ndarray) -> dict[s
         for name, value in values.items():
             value = np.asarray(value)
             out.setdefault(name, np.zeros((count, *value.shape[1:]), value.dtype))[sel] = value
-    missing = [c for c in family.column_names(ctx) if c not in out]
+    columns = family.column_names(ctx)
+    missing = [c for c in columns if c not in out]
     if missing:
         raise LLJaxError(f"metric family {family.name!r} declares column(s) {', '.join(missing)} it does not return")
-    return out
+    return {name: out[name] for name in (*columns, *[k for k in out if k not in columns])}  # the declared order
 
 
 def measure_group(g: TrainedGroup, families: Sequence[Family],
@@ -193,8 +201,9 @@ def measure_group(g: TrainedGroup, families: Sequence[Family],
     pairs = np.asarray(grids.pairs_within_points(g.members, range(len(g.members)), g.config.max_pairs),
                        np.int32).reshape(-1, 2)
     out: dict[str, np.ndarray] = {"pair/a": pairs[:, 0], "pair/b": pairs[:, 1]}
+    shared = shared_inputs(g)
     for family in families:
-        values = measure_family(family, g, pairs)
+        values = measure_family(family, g, pairs, shared)
         out.update({f"{family.kind}/{k}": np.asarray(v) for k, v in values.items()})
         progress(family.cost * g.config.epochs, f"{family.name} metrics")
     return out

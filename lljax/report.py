@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lljax import figures, phases, store, tables
+from lljax import figures, phases, store, tables, uncertainty
 from lljax import grid as grids
 from lljax.tables import Results, Tables
 
@@ -38,6 +38,83 @@ def phase_table(results: Results, rows: Sequence[dict], x: str, y: str | None) -
         cells = [f"{labels[i, j]} ({score[i, j]:.3f})" for j in range(len(x_values))]
         lines.append(f"| {y_values[i]:g} | " + " | ".join(cells) + " |" if y else "| | " + " | ".join(cells) + " |")
     return lines
+
+
+def unstable(results: Results, row: dict) -> bool:
+    """Whether a grid point's phase label keeps below `uncertainty.stable` of resamples or threshold settings."""
+    limit = results.config.uncertainty.stable
+    return any(row.get(k, math.nan) < limit for k in ("phase_stability_bootstrap", "phase_stability_thresholds"))
+
+
+def _scores(results: Results, t: Tables) -> list[list[float]]:
+    """Every grid point's per-seed test scores (members that did not diverge), in grid order."""
+    name = results.score.removesuffix("_mean")
+    return [[float(r[name]) for r in p.kept_members if name in r] for p in tables.points_of(t.members, t.pairs)]
+
+
+def claims(results: Results, t: Tables) -> list[str]:
+    """The best point with its interval and the bootstrap probability that it is the best; the difference of
+    the two best phases; what the seeds allow (lljax.uncertainty)."""
+    config, grid = results.config, t.grid
+    u = config.uncertainty
+    score_name, _ = _what(results)
+    larger = results.error_metric
+    swept = [k for k in grids.KNOBS if len(results.knob_values[k]) > 1]
+    best = best_point(results, grid)
+    if best is None:
+        return [f"No grid point has a finite mean {score_name}.", ""]
+    scores = _scores(results, t)
+    index = grid.index(best)
+    probability = uncertainty.best_point_probability(scores, uncertainty.generator(config.seed, "best_point"),
+                                                     u.resamples, larger)[index]
+    column = results.score.removesuffix("_mean")
+    lines = [f"{best[results.score]:.4f} [{100 * u.level:g}% interval {best.get(f'{column}_lo', math.nan):.4f}, "
+             f"{best.get(f'{column}_hi', math.nan):.4f}] (std {best.get(f'{column}_std', math.nan):.4f} over "
+             f"{len(scores[index])} seeds) at {_fmt_knobs(best, swept) or 'the only point'}, phase "
+             f"**{best.get('phase', '?')}**. Bootstrap probability (seeds resampled at every point) that it is "
+             f"the best point: {probability:.2f}.", ""]
+    if config.seeds <= 2:
+        lines += [f"With {config.seeds} seed(s) per point the intervals are t intervals with "
+                  f"{max(config.seeds - 1, 0)} degree of freedom (about nine standard deviations wide with two "
+                  "seeds), and a bootstrap of two seeds has three distinct resamples: the data support only large "
+                  "differences. More seeds narrow them.", ""]
+    by_phase = {p: [r for r in grid if r["phase"] == p and math.isfinite(r.get(results.score, math.nan))]
+                for p in phases.PHASES}
+    pick = max if larger else min
+    ranked = sorted((p for p in by_phase if by_phase[p]),
+                    key=lambda p: pick(r[results.score] for r in by_phase[p]), reverse=larger)
+    lines += [f"| phase | points | mean {score_name} | best |", "|---|---:|---:|---:|"]
+    lines += [f"| {p} | {len(by_phase[p])} | {np.mean([r[results.score] for r in by_phase[p]]):.4f} | "
+              f"{pick(r[results.score] for r in by_phase[p]):.4f} |" for p in phases.PHASES if by_phase[p]] + [""]
+    if len(ranked) >= 2:
+        first, second = ranked[:2]
+        diff = uncertainty.phase_difference(scores, [r["phase"] for r in grid], first, second,
+                                            uncertainty.generator(config.seed, "phase_difference"), u.resamples,
+                                            u.level, larger)
+        said = lambda d: "excludes 0: supported" if d[1] > 0 or d[2] < 0 else "includes 0: not supported by the data"
+        lines += [f"The two best phases by their best point: {first} and {second}. {first} - {second}, best point: "
+                  f"{diff['best'][0]:+.4f} [{diff['best'][1]:+.4f}, {diff['best'][2]:+.4f}] ({said(diff['best'])}); "
+                  f"mean over the phase's points: {diff['mean'][0]:+.4f} [{diff['mean'][1]:+.4f}, "
+                  f"{diff['mean'][2]:+.4f}] ({said(diff['mean'])}). Intervals: {100 * u.level:g}% percentile, "
+                  "seeds resampled at every point, phases as assigned.", ""]
+    return lines
+
+
+def stability_lines(results: Results, grid: Sequence[dict]) -> list[str]:
+    """How many phase labels are stable, and the unstable points."""
+    u = results.config.uncertainty
+    swept = [k for k in grids.KNOBS if len(results.knob_values[k]) > 1]
+    known = [r for r in grid if r["phase"] in phases.PHASES]
+    shaky = [r for r in known if unstable(results, r)]
+    lines = [f"Phase stability: {len(known) - len(shaky)} of {len(known)} labelled points keep their phase in at "
+             f"least {100 * u.stable:g}% of {u.resamples} bootstrap resamples of their seeds and of the 729 threshold "
+             "settings around the chosen ones (train_loss and mc_band x 0.5-2, 1 - cka x 0.5-2; "
+             "lljax.uncertainty). Unstable points are hatched in the phase map."]
+    if shaky:
+        lines += ["", "| point | phase | seeds resampled | thresholds moved |", "|---|---|---:|---:|"]
+        lines += [f"| {_fmt_knobs(r, swept) or 'the only point'} | {r['phase']} | "
+                  f"{r['phase_stability_bootstrap']:.2f} | {r['phase_stability_thresholds']:.2f} |" for r in shaky]
+    return lines + [""]
 
 
 def _what(results: Results) -> tuple[str, str]:
@@ -84,25 +161,22 @@ def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: P
             lines += phase_table(results, rows, x, y) + [""]
             lines += [f"![phase map](figures/phase_map{suffix}.png) "
                       f"![{score_name}](figures/{score_figure}{suffix}.png)", ""]
-    lines += [f"## Best {score_name}", ""]
-    if best is None:
-        lines += [f"No grid point has a finite mean {score_name}.", ""]
-    else:
-        std = best.get(results.score.replace("_mean", "_std"), math.nan)
-        lines += [f"{best[results.score]:.4f} (std {std:.4f}) at {_fmt_knobs(best, swept) or 'the only point'}, "
-                  f"phase **{best.get('phase', '?')}**.", ""]
-    scored = [r for r in grid if math.isfinite(r.get(results.score, math.nan))]
-    by_phase = {p: [r[results.score] for r in scored if r["phase"] == p] for p in phases.PHASES}
-    pick = max if results.error_metric else min
-    lines += [f"| phase | points | mean {score_name} | best |", "|---|---:|---:|---:|"]
-    lines += [f"| {p} | {len(v)} | {np.mean(v):.4f} | {pick(v):.4f} |" for p, v in by_phase.items() if v] + [""]
+    lines += stability_lines(results, grid)
+    lines += [f"## Best {score_name}", ""] + claims(results, t)
     correlated = {name: [r.get(f"{name}_mean", math.nan) for r in grid] for name in results.correlated
                   if any(f"{name}_mean" in r for r in grid)}
-    table = phases.correlation_table(correlated, [r.get(results.score, math.nan) for r in grid],
-                                     [r["phase"] for r in grid])
+    score = [r.get(results.score, math.nan) for r in grid]
+    labels = [r["phase"] for r in grid]
+    table = phases.correlation_table(correlated, score, labels)
+    u = config.uncertainty
+    intervals = uncertainty.correlation_intervals(correlated, score, labels,
+                                                  uncertainty.generator(config.seed, "correlations"), u.resamples,
+                                                  u.level)
     lines += [f"## Correlation with {score_name}", "",
               "Rank correlation over grid points, pooled and within each phase (pooled correlations can mislead: "
-              "Yang et al. 2021).", "", phases.format_correlation_table(table), ""]
+              f"Yang et al. 2021), each with a {100 * u.level:g}% percentile interval from resampling the grid "
+              "points of its scope; * marks an interval that excludes zero.", "",
+              phases.format_correlation_table(table, intervals, u.level), ""]
     columns = swept + ["phase"] + [c for c in ("train_loss_mean", results.score,
                                                *[f"{n}_mean" for n in results.correlated if n != "train_loss"])
                                    if any(c in r for r in grid)]

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lljax import grid as grids
-from lljax import phases
+from lljax import phases, uncertainty
 
 
 @dataclasses.dataclass
@@ -143,30 +143,53 @@ def pair_rows(results: Results) -> list[dict]:
 PAIR_KEYS = (*grids.KNOBS, "seed_a", "seed_b", "group")
 
 
-def grid_rows(members: Sequence[dict], pairs: Sequence[dict]) -> list[dict]:
-    """One row per grid point: knobs, members, diverged, and mean/std over seeds of every metric (NaN where
-    every member of the point diverged)."""
-    skip = set(grids.KNOBS) | {"seed", "seed_a", "seed_b", "group", "diverged"}
-    points: dict[tuple, dict] = {}
+@dataclasses.dataclass
+class Point:
+    """One grid point's rows: all its members and pairs, and those without a diverged member (`kept_*`)."""
+
+    knobs: dict
+    members: list[dict]
+    pairs: list[dict]
+    kept_members: list[dict]
+    kept_pairs: list[dict]
+
+
+def points_of(members: Sequence[dict], pairs: Sequence[dict]) -> list[Point]:
+    """The grid points of the member and pair rows, in order of first appearance."""
+    by_point: dict[tuple, Point] = {}
     for row in members:
-        points.setdefault(tuple(row[k] for k in grids.KNOBS), {"members": [], "pairs": []})["members"].append(row)
+        key = tuple(row[k] for k in grids.KNOBS)
+        by_point.setdefault(key, Point(dict(zip(grids.KNOBS, key)), [], [], [], [])).members.append(row)
     for row in pairs:
-        points[tuple(row[k] for k in grids.KNOBS)]["pairs"].append(row)
-    diverged_seeds = {(tuple(r[k] for k in grids.KNOBS), r["seed"]) for r in members if r.get("diverged")}
+        by_point[tuple(row[k] for k in grids.KNOBS)].pairs.append(row)
+    for p in by_point.values():
+        diverged = {r["seed"] for r in p.members if r.get("diverged")}
+        p.kept_members = [r for r in p.members if not r.get("diverged")]
+        p.kept_pairs = [r for r in p.pairs if r["seed_a"] not in diverged and r["seed_b"] not in diverged]
+    return list(by_point.values())
+
+
+SKIP = set(grids.KNOBS) | {"seed", "seed_a", "seed_b", "group", "diverged"}
+
+
+def grid_rows(members: Sequence[dict], pairs: Sequence[dict], level: float = 0.95, seed: int = 0,
+              resamples: int = 1000) -> list[dict]:
+    """One row per grid point: knobs, members, diverged, and the mean, standard deviation and `level` interval
+    (`uncertainty.mean_interval`: `_lo`, `_hi`) over seeds of every metric (NaN where every member of the
+    point diverged)."""
     out = []
-    for point, entry in points.items():
-        row = dict(zip(grids.KNOBS, point))
-        row["members"] = len(entry["members"])
-        row["diverged"] = len([r for r in entry["members"] if r.get("diverged")])
-        kept_members = [r for r in entry["members"] if not r.get("diverged")]
-        kept_pairs = [r for r in entry["pairs"] if (point, r["seed_a"]) not in diverged_seeds
-                      and (point, r["seed_b"]) not in diverged_seeds]
-        for everything, kept in ((entry["members"], kept_members), (entry["pairs"], kept_pairs)):
-            for name in (k for k in (everything[0] if everything else {}) if k not in skip):
+    for index, p in enumerate(points_of(members, pairs)):
+        row = dict(p.knobs)
+        row["members"] = len(p.members)
+        row["diverged"] = len(p.members) - len(p.kept_members)
+        for everything, kept in ((p.members, p.kept_members), (p.pairs, p.kept_pairs)):
+            for name in (k for k in (everything[0] if everything else {}) if k not in SKIP):
                 values = np.asarray([r[name] for r in kept], float)
                 finite = values[np.isfinite(values)]
                 row[f"{name}_mean"] = finite.mean() if finite.size else math.nan
                 row[f"{name}_std"] = finite.std() if finite.size > 1 else math.nan
+                row[f"{name}_lo"], row[f"{name}_hi"] = uncertainty.mean_interval(
+                    finite, level, uncertainty.generator(seed, "interval", index, name), resamples)
         out.append(row)
     return out
 
@@ -184,10 +207,25 @@ def add_phases(grid: Sequence[dict], thresholds: phases.Thresholds) -> None:
         row["phase"] = str(label)
 
 
+def add_stability(grid: Sequence[dict], members: Sequence[dict], pairs: Sequence[dict], config) -> None:
+    """Set each grid row's 'phase_stability_bootstrap' and 'phase_stability_thresholds'
+    (`uncertainty.phase_stability`)."""
+    cka = cka_column(grid).removesuffix("_mean")
+    values = lambda rows, name: [float(r.get(name, math.nan)) for r in rows]
+    for index, (row, p) in enumerate(zip(grid, points_of(members, pairs))):
+        boot, thresholds = uncertainty.phase_stability(
+            values(p.kept_members, "train_loss"), values(p.kept_pairs, "mc"), values(p.kept_pairs, cka),
+            row["phase"], config.phase, uncertainty.generator(config.seed, "phase_stability", index),
+            config.uncertainty.resamples)
+        row["phase_stability_bootstrap"], row["phase_stability_thresholds"] = boot, thresholds
+
+
 def make_tables(results: Results) -> Tables:
+    config = results.config
     members, pairs = member_rows(results), pair_rows(results)
-    grid = grid_rows(members, pairs)
-    add_phases(grid, results.config.phase)
+    grid = grid_rows(members, pairs, config.uncertainty.level, config.seed, config.uncertainty.resamples)
+    add_phases(grid, config.phase)
+    add_stability(grid, members, pairs, config)
     return Tables(members, pairs, grid)
 
 

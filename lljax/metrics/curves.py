@@ -37,7 +37,8 @@ def curve_family(ctx: Context, shared: Shared, a: Member, b: Member, key) -> dic
         weight_decay=a.hyper.weight_decay, loss=ctx.loss, rows=rows)
     evaluate = lambda c: curves.evaluate_curve(
         ctx.model, c, a.batch_stats, shared.x_train, a.view.labels, shared.x_test, shared.y_test, ts,
-        bn_chunk_size=ctx.eval_batch_size, eval_batch_size=ctx.eval_batch_size, loss=ctx.loss, rows=rows)
+        bn_chunk_size=ctx.eval_batch_size, eval_batch_size=ctx.eval_batch_size, loss=ctx.loss, rows=rows,
+        rng=grid.stream(key, "batch_stats"))  # Dropout during the BatchNorm recompute, as torch's update_bn
     curve, line = evaluate(fitted), evaluate(curves.init_curve(a.params, b.params, num_bends=0))
     error = ctx.loss.error is not None
     mc = curves.mode_connectivity
