@@ -6,6 +6,11 @@ import tempfile
 import pytest
 
 os.environ.setdefault("LLJAX_CACHE", os.path.join(tempfile.gettempdir(), "lljax-test-cache"))
+# JAX's persistent compilation cache, shared by the test workers and the subprocesses tests start (read by JAX
+# from the environment at start-up): a program compiled once is not compiled again elsewhere in the run
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ["LLJAX_CACHE"], "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 
 # dtype-keyed tolerances for comparing a vmapped result with a loop of single results
