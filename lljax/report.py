@@ -78,6 +78,11 @@ def claims(results: Results, t: Tables) -> list[str]:
                   f"{max(config.seeds - 1, 0)} degree of freedom (about nine standard deviations wide with two "
                   "seeds), and a bootstrap of two seeds has three distinct resamples: the data support only large "
                   "differences. More seeds narrow them.", ""]
+    elif config.seeds < uncertainty.BOOTSTRAP_MIN_SEEDS:
+        lines += [f"With {config.seeds} seeds per point the mean's interval is a t interval; the bootstrap "
+                  "probability and the percentile intervals below resample so few seeds that they understate the "
+                  "spread (a 95% percentile interval of a mean covers about 73% of the time at 3 seeds and 83% at "
+                  "5, measured on normal samples): read them as optimistic.", ""]
     by_phase = {p: [r for r in grid if r["phase"] == p and math.isfinite(r.get(results.score, math.nan))]
                 for p in phases.PHASES}
     pick = max if larger else min
