@@ -376,13 +376,12 @@ def test_own_model_by_import_path_and_own_data_from_npz_through_the_cli(tmp_path
 
 
 def test_own_model_through_the_python_api(tmp_path):
-    """The same model passed as a factory object, the dataset built with Dataset.from_arrays."""
+    """The same model passed as a factory object, the dataset read from an .npz (as Dataset.from_arrays)."""
     from lljax import data
     from test_metrics import ln_cnn
 
-    tiny = tiny_dataset()
-    dataset = data.Dataset.from_arrays("my-data", tiny.x_train, tiny.y_train, tiny.x_test, tiny.y_test)
-    assert dataset.num_classes == 3
+    dataset = data.load_npz(write_npz(tmp_path / "my-data.npz", tiny_dataset()))
+    assert dataset.num_classes == 3 and dataset.name == "my-data"
     config = Config.from_dict(dict(widths=(3,), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=2, epochs=3, **EVERY_FAMILY))
     results = pipeline.run(config, tmp_path / "api", model=ln_cnn, dataset=dataset, progress=False)
     assert results.model == "test_metrics:ln_cnn" and results.dataset == "my-data"
