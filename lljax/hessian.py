@@ -105,12 +105,14 @@ class LanczosState(NamedTuple):
 class LanczosResult(NamedTuple):
     """Ritz values (m,) descending, their Gauss-quadrature weights (squared first components of the Ritz
     vectors, summing to 1), residual bounds (m,) (each Ritz value lies within its bound of an eigenvalue),
-    and num_valid (): entries from num_valid on come from masked steps (value and bound NaN, weight 0)."""
+    num_valid (): entries from num_valid on come from masked steps (value and bound NaN, weight 0), and the
+    Ritz vectors' coordinates in the Lanczos basis (m, m), column i for Ritz value i."""
 
     ritz_values: jax.Array
     ritz_weights: jax.Array
     residuals: jax.Array
     num_valid: jax.Array
+    ritz_coordinates: jax.Array
 
 
 def lanczos_init(v0: jax.Array, num_steps: int) -> LanczosState:
@@ -262,6 +264,7 @@ def lanczos_result(state: LanczosState) -> LanczosResult:
         ritz_weights=jnp.where(kept, vectors[0] ** 2, 0),
         residuals=jnp.where(kept, residuals, jnp.nan),
         num_valid=num_valid,
+        ritz_coordinates=jnp.where(kept[None, :], vectors, 0),
     )
 
 
@@ -305,6 +308,78 @@ def _top_eigenvalues(matvec, flat, k, key, num_steps) -> tuple[TopEigenvalues, L
     state = _lanczos_run(matvec, v0, min(num_steps, n), restart_key)
     result = lanczos_result(state)
     return TopEigenvalues(result.ritz_values[:k], result.residuals[:k]), state
+
+
+class TopEigenpairs(NamedTuple):
+    """The k largest Hessian eigenvalues (k,), descending, their residual bounds (k,), and their (unit)
+    eigenvectors as a pytree shaped like the parameters with a leading axis k."""
+
+    eigenvalues: jax.Array
+    residuals: jax.Array
+    eigenvectors: Params
+
+
+def top_eigenpairs(loss_fn: LossFn, params: Params, batch, k: int = 1, *, key: jax.Array,
+                   num_steps: int = 32) -> TopEigenpairs:
+    """`top_eigenvalues` with the Ritz vectors: the eigenvectors' residual ||H v - lambda v|| is bounded by the
+    same residuals. Signs are arbitrary."""
+    matvec, flat = _flat_hvp(loss_fn, params, batch)
+    top, state = _top_eigenvalues(matvec, flat, k, key, num_steps)
+    steps = state.alphas.shape[0]
+    coordinates = lanczos_result(state).ritz_coordinates[:, :k]  # (m, k)
+    vectors = coordinates.T @ state.basis[:steps]  # (k, n)
+    unravel = ravel_pytree(params)[1]
+    return TopEigenpairs(top.eigenvalues, top.residuals, jax.vmap(unravel)(vectors))
+
+
+# ------------------------------------------------------------------------------------------------- blocks
+
+class Block(NamedTuple):
+    """The Hessian block of a subset of the parameters, the rest held fixed: `loss_fn(sub, batch)` on the
+    selected leaves (a dict path -> leaf), `params` those leaves at the point, `merge(sub)` the full pytree."""
+
+    loss_fn: LossFn
+    params: dict
+    merge: Callable
+
+
+def block(loss_fn: LossFn, params: Params, select) -> Block:
+    """The block of the leaves whose path ('Dense_0/kernel') `select` matches: a regular expression searched in
+    the path, or a function path -> bool. Every function of this module works on `block(...).loss_fn` and
+    `.params` (HVPs with the other parameters' tangent zero). A filter that matches nothing is an LLJaxError."""
+    import re
+
+    from lljax import pytrees
+
+    match = (lambda name: re.search(select, name) is not None) if isinstance(select, str) else select
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    names = [pytrees.path_name(path) for path, _ in leaves]
+    chosen = [name for name in names if match(name)]
+    if not chosen:
+        raise LLJaxError(f"the parameter filter {select!r} matches no leaf (leaves: {', '.join(names)})")
+    fixed = [leaf for _, leaf in leaves]
+
+    def merge(sub):
+        return jax.tree_util.tree_unflatten(treedef, [sub.get(name, leaf) for name, leaf in zip(names, fixed)])
+
+    sub_params = {name: leaf for name, (_, leaf) in zip(names, leaves) if name in chosen}
+    return Block(lambda sub, batch: loss_fn(merge(sub), batch), sub_params, merge)
+
+
+def layer_blocks(params: Params) -> dict[str, str]:
+    """layer (module) name -> the regular expression selecting its leaves: one block per module holding a
+    weight matrix (a leaf of at least 2 dimensions), e.g. 'Dense_0' -> kernel and bias."""
+    import re
+
+    from lljax import pytrees
+
+    modules = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = pytrees.path_name(path)
+        module = "/".join(name.split("/")[:-1])
+        if np.ndim(leaf) >= 2 and module and module not in modules:
+            modules.append(module)
+    return {module: f"^{re.escape(module)}/[^/]+$" for module in modules}
 
 
 # ------------------------------------------------------------------------------------------------- trace

@@ -86,6 +86,7 @@ class MLP(nn.Module):
         x = x.reshape(x.shape[0], -1)
         for _ in range(self.depth):
             x = nn.relu(nn.Dense(self.width)(x))
+        self.sow("intermediates", "features", x)  # the penultimate features (neural collapse)
         return nn.Dense(self.num_classes)(x)
 
 
@@ -104,7 +105,9 @@ class CNN(nn.Module):
         nd = x.ndim - 2
         for kernel in (5, 3, 3):  # padding 1 throughout, as the MNIST-1D baseline
             x = nn.relu(Conv(self.width, (kernel,) * nd, (2,) * nd, ((1, 1),) * nd)(x))
-        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+        x = x.reshape(x.shape[0], -1)
+        self.sow("intermediates", "features", x)
+        return nn.Dense(self.num_classes)(x)
 
 
 class BasicBlock(nn.Module):
@@ -137,6 +140,7 @@ class ResNet18(nn.Module):
             for block in range(2):
                 x = BasicBlock(self.width * 2 ** stage, stride if block == 0 else 1)(x, train)
         x = x.mean(axis=tuple(range(1, 1 + nd)))
+        self.sow("intermediates", "features", x)
         return nn.Dense(self.num_classes)(x)
 
 
@@ -252,6 +256,27 @@ def apply(model: Model, params: Params, batch_stats: BatchStats, x_BX: jax.Array
         outputs, updates = module_apply(variables, x_BX, train=True, mutable=["batch_stats"], rngs=rngs)
         return outputs, updates["batch_stats"]
     return module_apply(variables, x_BX, train=train, rngs=rngs), batch_stats
+
+
+FEATURES = "features"
+
+
+def features(model: Model, params: Params, batch_stats: BatchStats, x_BX: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(outputs (B, ...), penultimate features (B, F)) in inference mode. The model exposes its features by
+    `self.sow('intermediates', 'features', h)` just before its (linear) read-out, as the built-in models do;
+    a model that does not is a one-line LLJaxError."""
+    module_apply = _flax_apply(model)
+    outputs, state = module_apply({"params": params, "batch_stats": batch_stats}, x_BX, train=False,
+                                  mutable=["intermediates"])
+    found = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(state.get("intermediates", {}),
+                                                                         is_leaf=lambda v: isinstance(v, tuple))[0]
+             if str(getattr(path[-1], "key", "")) == FEATURES]
+    if len(found) != 1:
+        name = model.name if isinstance(model, ModelSpec) else type(model).__name__
+        raise LLJaxError(f"model {name!r} sows {len(found)} 'features' (penultimate activations), not one: add "
+                         "self.sow('intermediates', 'features', h) before its read-out to use the collapse family")
+    h = found[0][0] if isinstance(found[0], tuple) else found[0]
+    return outputs, h.reshape(h.shape[0], -1)
 
 
 def loss_fn(model: Model, batch_stats: BatchStats, loss: losses.Loss = losses.cross_entropy

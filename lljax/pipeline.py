@@ -205,6 +205,11 @@ def measure_group(g: TrainedGroup, families: Sequence[Family],
     for family in families:
         values = measure_family(family, g, pairs, shared)
         out.update({f"{family.kind}/{k}": np.asarray(v) for k, v in values.items()})
+        ctx = family_context(family, g)
+        if family.layers is not None and family.layer_column_names(ctx):  # the rows of layers.csv
+            names = family.layers(ctx, jax.tree.map(lambda leaf: leaf[0], g.state.params))
+            out[f"meta/{family.name}/layers"] = np.asarray(names, dtype=str)
+            out[f"meta/{family.name}/layer_columns"] = np.asarray(family.layer_column_names(ctx), dtype=str)
         progress(family.cost * g.config.epochs, f"{family.name} metrics")
     return out
 
@@ -216,11 +221,11 @@ def resolve_parts(config: Config, model=None, loss=None, optimizer=None) -> Part
     return Parts(config.model if model is None else factory, loss, optimizer, config.depth)
 
 
-def check_model(parts: Parts, config: Config, dataset: data.Dataset) -> None:
+def check_model(parts: Parts, config: Config, dataset: data.Dataset, families: Sequence[Family] = ()) -> None:
     """Build and initialise the model and the optimiser on the data's input shape (shapes only, nothing runs): a
     factory that fails, a module whose `__call__` does not take `train`, non-float parameters, outputs of the
     wrong size or an optimiser that gives no optax transformation are one-line errors before anything is
-    written."""
+    written; so is a family that cannot run on this model or loss (its `check`)."""
     spec = parts.spec(config.widths[0], dataset.num_classes)
     x = jax.ShapeDtypeStruct((2, *dataset.x_train.shape[1:]), jnp.float32)
     try:
@@ -248,6 +253,17 @@ def check_model(parts: Parts, config: Config, dataset: data.Dataset) -> None:
     if size != wanted:
         what = "classes" if parts.loss.classification else "targets per example"
         raise LLJaxError(f"model {spec.name!r} gives {size} outputs per example but the data has {wanted} {what}")
+    for family in families:
+        if family.check is not None:
+            ctx = Context(spec, parts.loss, config.options(family.name), config.epochs, config.eval_batch_size)
+            try:
+                family.check(ctx, params, batch_stats, x)
+            except LLJaxError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- a family's check of the user's model
+                message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise LLJaxError(f"metric family {family.name!r} cannot run on model {spec.name!r}: "
+                                 f"{type(e).__name__}: {message}") from None
 
 
 def run(config: Config, out_dir: str | os.PathLike, *, model=None, dataset: data.Dataset | None = None,
@@ -269,8 +285,8 @@ def run(config: Config, out_dir: str | os.PathLike, *, model=None, dataset: data
     parts = resolve_parts(config, model, loss, optimizer)
     dataset = dataset or data.load_dataset(config.dataset, config.data_dir)
     configs.validate_with_data(config, dataset, parts.loss)
-    check_model(parts, config, dataset)
     families = [metrics.get(name) for name in config.metric_names]
+    check_model(parts, config, dataset, families)
     out_dir = Path(out_dir)
     store.prepare_shared_out_dir(config, out_dir)
     lead = sharding.is_lead_process()  # several hosts: all compute, process 0 writes files and prints
@@ -298,11 +314,12 @@ def run(config: Config, out_dir: str | os.PathLike, *, model=None, dataset: data
     ctx = Context(parts.spec(config.widths[0], dataset.num_classes), parts.loss, None, config.epochs,
                   config.eval_batch_size)
     contexts = [dataclasses.replace(ctx, options=config.options(f.name)) for f in families]
+    correlated = {c: f.kind_of_metric for f, cx in zip(families, contexts) for c in f.correlated_names(cx)}
     results = tables.Results(
         config, config.dataset_name, registry.describe(config.model), members, groups, group_metrics,
         time.time() - start, error_metric=parts.loss.error is not None, loss_name=parts.loss.name,
-        correlated=tuple(c for f, cx in zip(families, contexts) for c in f.correlated_names(cx)),
-        heatmaps=tuple(h for f in families for h in f.heatmaps), families=tuple(families))
+        correlated=tuple(correlated), kinds=correlated, heatmaps=tuple(h for f in families for h in f.heatmaps),
+        families=tuple(families))
     if lead:
         from lljax import report  # figures and the report: imported when they are written
 

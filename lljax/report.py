@@ -105,6 +105,32 @@ def claims(results: Results, t: Tables) -> list[str]:
     return lines
 
 
+KIND_NAMES = {"training": "training (loss)", "data-free": "data-free (weight spectra)",
+              "local": "local (Hessian)", "global": "global (connectivity, CKA, L2)",
+              "features": "features (neural collapse)"}
+
+
+def kinds_of_metric(results: Results, table, intervals, score_name: str) -> list[str]:
+    """How well each kind of metric ranks the grid (pooled): its best metric and the mean |Spearman|."""
+    pooled = {r.metric: r for r in table if r.scope == "all" and math.isfinite(r.spearman)}
+    by_kind: dict[str, list] = {}
+    for name, row in pooled.items():
+        by_kind.setdefault(results.kinds.get(name, ""), []).append(row)
+    if len([k for k in by_kind if k]) < 2:
+        return []
+    lines = [f"## Which kind of metric ranks the {score_name}", "",
+             "Pooled over grid points: each kind's strongest metric (Spearman, its interval) and the mean |Spearman| "
+             "of the kind's metrics.", "",
+             "| kind | metrics | strongest | Spearman [interval] | mean abs. Spearman |", "|---|---|---|---:|---:|"]
+    for kind, rows in by_kind.items():
+        best = max(rows, key=lambda r: abs(r.spearman))
+        low, high = intervals.get((best.metric, "all"), (math.nan,) * 4)[:2]
+        lines.append(f"| {KIND_NAMES.get(kind, kind or 'other')} | {', '.join(r.metric for r in rows)} | {best.metric} "
+                     f"| {best.spearman:+.2f} [{low:+.2f}, {high:+.2f}] | "
+                     f"{np.mean([abs(r.spearman) for r in rows]):.2f} |")
+    return lines + [""]
+
+
 def stability_lines(results: Results, grid: Sequence[dict]) -> list[str]:
     """How many phase labels are stable, and the unstable points."""
     u = results.config.uncertainty
@@ -182,6 +208,7 @@ def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: P
               f"Yang et al. 2021), each with a {100 * u.level:g}% percentile interval from resampling the grid "
               "points of its scope; * marks an interval that excludes zero.", "",
               phases.format_correlation_table(table, intervals, u.level), ""]
+    lines += kinds_of_metric(results, table, intervals, score_name)
     columns = swept + ["phase"] + [c for c in ("train_loss_mean", results.score,
                                                *[f"{n}_mean" for n in results.correlated if n != "train_loss"])
                                    if any(c in r for r in grid)]
@@ -236,6 +263,9 @@ def write_all(results: Results, out_dir: str | os.PathLike, verbose: bool = True
     store.write_atomic(out_dir / "members.csv", tables.to_csv(t.members))
     store.write_atomic(out_dir / "pairs.csv", tables.to_csv(t.pairs, tables.PAIR_KEYS))
     store.write_atomic(out_dir / "grid.csv", tables.to_csv(t.grid))
+    layers = tables.layer_rows(results)
+    if layers:
+        store.write_atomic(out_dir / "layers.csv", tables.to_csv(layers))
     figures_dir = out_dir / "figures"
     paths = figures.write_heatmaps(results, t.grid, figures_dir)
     paths += figures.write_phase_figures(results, t.grid, figures_dir)

@@ -20,7 +20,7 @@ Conventions:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -370,3 +370,66 @@ def all_pairs_l2(params_M: Any) -> jax.Array:
     """(M, M) L2 distances between the members stacked on axis 0 of every leaf of params_M (one vmapped program)."""
     _leading_size(params_M, "all_pairs_l2")
     return _all_pairs_l2(params_M)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# neural collapse
+
+
+class NeuralCollapse(NamedTuple):
+    """Neural-collapse statistics of one model (Papyan, Han & Donoho 2020; Zhu et al. 2021), each () and 0 at
+    full collapse: nc1 within-class variability relative to between-class (tr(Sigma_W Sigma_B^+) / K), nc2 the
+    distance of the centred class means' normalised Gram matrix from the simplex ETF's, nc3 the distance of the
+    normalised classifier-times-means matrix from the ETF's, nc4 the fraction of examples where the classifier
+    and the nearest class mean disagree."""
+
+    nc1: jax.Array
+    nc2: jax.Array
+    nc3: jax.Array
+    nc4: jax.Array
+
+
+def neural_collapse(features_NF, labels_N, logits_NK, num_classes: int, weights_N=None) -> NeuralCollapse:
+    """Neural collapse of penultimate `features_NF` (N, F) with integer `labels_N` and the model's outputs
+    `logits_NK` (N, K), over the examples weighted by `weights_N` (a member's subset; default all). Classes with
+    no example are left out (K counts the classes present).
+
+    The classifier enters only through the logits: with an affine read-out z = W h + b, the mean logits of class
+    c minus the global mean logits equal W (mu_c - mu_G), so NC3 needs no access to W; NC1's pseudo-inverse is
+    taken in the K-dimensional span of the class means (pure JAX, no LAPACK)."""
+    from lljax.hessian import _small_eigh
+
+    h = jnp.asarray(features_NF)
+    dtype = jnp.result_type(h.dtype, jnp.float32)
+    h = h.astype(dtype)
+    n = h.shape[0]
+    w = jnp.ones(n, dtype) if weights_N is None else jnp.asarray(weights_N, dtype)
+    onehot = jax.nn.one_hot(labels_N, num_classes, dtype=dtype) * w[:, None]  # (N, K)
+    counts = onehot.sum(0)
+    present = counts > 0
+    k = jnp.sum(present).astype(dtype)
+    total = w.sum()
+    mu_c = (onehot.T @ h) / jnp.where(present, counts, 1)[:, None]  # (K, F)
+    mu_g = (w @ h) / total
+    means = jnp.where(present[:, None], mu_c - mu_g, 0).T  # (F, K): the centred class means M
+    etf = jnp.where(present[:, None] & present[None, :], jnp.eye(num_classes, dtype=dtype) - 1 / k, 0)
+    etf = etf / jnp.sqrt(k - 1)
+    unit = lambda a: a / jnp.maximum(jnp.linalg.norm(a), jnp.finfo(dtype).tiny)
+    gram = means.T @ means  # (K, K)
+    nc2 = jnp.linalg.norm(unit(gram) - etf)
+    z = jnp.asarray(logits_NK, dtype)
+    z_c = (onehot.T @ z) / jnp.where(present, counts, 1)[:, None]
+    wm = jnp.where(present[None, :] & present[:, None], (z_c - (w @ z) / total).T, 0)  # (K, K) = W M
+    nc3 = jnp.linalg.norm(unit(wm) - etf)
+    # NC1 = K tr(G^{+2} M^T Sigma_W M) / K, G = M^T M: Sigma_B = M M^T / K has the pseudo-inverse K M G^{+2} M^T
+    within = jnp.where(w[:, None] > 0, h - mu_c[labels_N], 0) * jnp.sqrt(w)[:, None]
+    a = within @ means  # (N, K)
+    sw_m = a.T @ a / total  # M^T Sigma_W M
+    values, vectors = _small_eigh(gram)
+    keep = values > jnp.max(values) * num_classes * jnp.finfo(dtype).eps * 10
+    inv2 = (vectors * jnp.where(keep, 1 / jnp.where(keep, values, 1) ** 2, 0)) @ vectors.T
+    nc1 = jnp.trace(inv2 @ sw_m)  # tr(Sigma_W Sigma_B^+) / K, Sigma_B^+ = K M G^{+2} M^T
+    distances = jnp.sum((h[:, None, :] - mu_c[None, :, :]) ** 2, -1)
+    nearest = jnp.argmin(jnp.where(present[None, :], distances, jnp.inf), axis=1)
+    disagree = (jnp.argmax(z, axis=1) != nearest).astype(dtype)
+    return NeuralCollapse(nc1, nc2, nc3, jnp.sum(w * disagree) / total)

@@ -32,6 +32,7 @@ class Results:
     error_metric    whether the loss has an error metric (classification): accuracy columns and mc on error
     loss_name       the loss's name (the units of training-loss thresholds)
     correlated      grid columns (without _mean) correlated with the test score in the report
+    kinds           correlated column -> its family's kind of metric (training, data-free, local, global, ...)
     heatmaps        `lljax.metrics.Heatmap`s of the families run
     families        the families run (`lljax.metrics.Family`), in registration order
     """
@@ -46,6 +47,7 @@ class Results:
     error_metric: bool = True
     loss_name: str = "cross_entropy"
     correlated: tuple[str, ...] = ()
+    kinds: dict = dataclasses.field(default_factory=dict)
     heatmaps: tuple = ()
     families: tuple = ()
 
@@ -141,6 +143,28 @@ def pair_rows(results: Results) -> list[dict]:
 
 
 PAIR_KEYS = (*grids.KNOBS, "seed_a", "seed_b", "group")
+
+
+def layer_rows(results: Results) -> list[dict]:
+    """One row per member and layer: knobs, seed, group, layer and the per-layer outputs of every family that
+    has them (merged by layer name; a family's columns are empty for layers it does not have)."""
+    rows = []
+    for group, arrays in zip(results.groups, results.group_metrics):
+        families = sorted({k.split("/")[1] for k in arrays if k.startswith("meta/") and k.endswith("/layers")})
+        by_layer: dict[str, dict[str, np.ndarray]] = {}
+        for family in families:
+            names = [str(n) for n in arrays[f"meta/{family}/layers"]]
+            for column in (str(c) for c in arrays[f"meta/{family}/layer_columns"]):
+                for i, name in enumerate(names):
+                    by_layer.setdefault(name, {})[column.removeprefix("layer_")] = arrays[f"member/{column}"][:, i]
+        for pos, index in enumerate(group.members):
+            m = results.members[index]
+            for name, columns in by_layer.items():
+                row = {k: getattr(m, k) for k in grids.KNOBS}
+                row.update(seed=m.seed, group=group.index, layer=name)
+                row.update({c: v[pos] for c, v in columns.items()})
+                rows.append(row)
+    return rows
 
 
 @dataclasses.dataclass

@@ -383,3 +383,32 @@ def test_vmapped_metrics_equal_loop_on_a_layernorm_model():
         flat, unravel = ravel_pytree(p)
         dense = jax.hessian(lambda f: models.loss_fn(module, {})(unravel(f), (x, y)))(flat)
         np.testing.assert_allclose(together.trace[i], np.trace(dense), rtol=1e-10)  # exact trace (63 params)
+
+
+@pytest.mark.parametrize("name,width", MODELS)
+def test_layer_blocks_equal_the_dense_hessian_blocks(name, width):
+    """Top eigenvalues, eigenvectors (up to sign) and traces of every layer's block against dense sub-blocks."""
+    from lljax import pytrees
+
+    loss_fn, params, batch, dense = tiny_model(name, width)
+    offsets, start = {}, 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:  # ravel_pytree's order
+        offsets[pytrees.path_name(path)] = (start, start + leaf.size)
+        start += leaf.size
+    blocks = hessian.layer_blocks(params)
+    assert list(blocks) == sorted(blocks) and len(blocks) >= 2
+    for name, pattern in blocks.items():
+        block = hessian.block(loss_fn, params, pattern)
+        idx = np.concatenate([np.arange(*offsets[leaf]) for leaf in block.params])
+        sub = dense[np.ix_(idx, idx)]
+        exact = np.linalg.eigh(sub)
+        n = len(idx)
+        pairs = hessian.top_eigenpairs(block.loss_fn, block.params, batch, 2, key=jax.random.key(3), num_steps=n)
+        np.testing.assert_allclose(pairs.eigenvalues, exact[0][::-1][:2], rtol=1e-8)
+        vectors = np.stack([ravel_pytree(jax.tree.map(lambda a: a[i], pairs.eigenvectors))[0] for i in range(2)])
+        for v, u in zip(vectors, exact[1][:, ::-1].T[:2]):
+            np.testing.assert_allclose(abs(v @ u), 1.0, rtol=1e-6)
+        trace = hessian.trace(block.loss_fn, block.params, batch, method="exact")
+        np.testing.assert_allclose(trace.trace, np.trace(sub), rtol=1e-10)
+    with pytest.raises(LLJaxError, match="matches no leaf"):
+        hessian.block(loss_fn, params, "NoSuchLayer")

@@ -28,7 +28,9 @@ class LNDropoutCNN(nn.Module):
     def __call__(self, x, train: bool = False):
         x = nn.Conv(self.width, (3,))(x[..., None])
         x = nn.relu(nn.LayerNorm()(x)).reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(self.width)(x))  # a weight matrix with enough eigenvalues for the spectra family
         x = nn.Dropout(0.2, deterministic=not train)(x)
+        self.sow("intermediates", "features", x)  # for the collapse family
         return nn.Dense(self.num_classes)(x)
 
 
@@ -36,9 +38,10 @@ def ln_cnn(width, num_classes):
     return LNDropoutCNN(width, num_classes)
 
 
-FAMILY_CONFIG = dict(widths=(3,), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=2, epochs=3, hessian_samples=40,
+FAMILY_CONFIG = dict(widths=(12,), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=2, epochs=3, hessian_samples=40,
                      hessian_top_k=2, hessian_lanczos_steps=6, hessian_density_runs=2, hessian_density_steps=5,
-                     curve_epochs=2, curve_points=3, cka_samples=24, data_fractions=(0.5, 1.0))
+                     curve_epochs=2, curve_points=3, cka_samples=24, data_fractions=(0.5, 1.0), hessian_per_layer=True,
+                     spectra_bootstrap=4)
 
 
 @pytest.fixture(scope="module")

@@ -522,3 +522,43 @@ def test_the_quick_preset_gives_the_numbers_it_gave_before_the_pipeline_was_open
                 else:
                     np.testing.assert_allclose(float(b[key]), float(a[key]), rtol=1e-5, atol=1e-6,
                                                err_msg=f"{name}.csv {key}")
+
+
+def test_per_layer_views_land_in_layers_csv_and_the_report(tmp_path):
+    out = tmp_path / "layers"
+    config = tiny_config(widths=(12, 16), metrics=("loss", "hessian", "spectra", "collapse"), hessian_samples=32,
+                         hessian_top_k=1, hessian_lanczos_steps=6, hessian_density_runs=0, hessian_per_layer=True,
+                         spectra_bootstrap=4)
+    pipeline.run(config, out, progress=False, dataset=tiny_dataset())
+    layers, members = read_csv(out / "layers.csv"), read_csv(out / "members.csv")
+    assert {r["layer"] for r in layers} == {"Dense_0", "Dense_1", "Dense_2"} and len(layers) == 3 * len(members)
+    spectral = [r for r in layers if r["alpha"]]
+    assert {r["layer"] for r in spectral} == {"Dense_1"}  # 8 -> 12 -> 12 -> 3: only 12 x 12 has >= 10 eigenvalues
+    assert all(float(r["hessian_top_eig"]) > 0 for r in layers)
+    assert {"alpha", "stable_rank", "nc1", "nc4"} <= set(members[0])
+    for m in members:  # one layer: the summary is that layer's value
+        row = next(r for r in spectral if (r["seed"], r["lr"], r["width"]) == (m["seed"], m["lr"], m["width"]))
+        np.testing.assert_allclose(float(m["alpha"]), float(row["alpha"]), rtol=1e-6)
+    report = (out / "report.md").read_text()
+    assert "## Which kind of metric ranks the test accuracy" in report and "| nc1 | all |" in report
+
+
+def test_the_collapse_family_needs_the_features_hook_and_class_labels(tmp_path):
+    import flax.linen as nn
+
+    class NoHook(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(3)(nn.relu(nn.Dense(8)(x)))
+
+    with pytest.raises(LLJaxError, match="collapse.*sows 0 'features'|sows 0 'features'") as error:
+        pipeline.run(tiny_config(metrics=("loss", "collapse")), tmp_path / "out", model=lambda w, c: NoHook(),
+                     progress=False, dataset=tiny_dataset())
+    assert len(str(error.value).splitlines()) == 1 and not (tmp_path / "out").exists()
+    pipeline.run(tiny_config(metrics=("loss", "hessian"), hessian_samples=16, hessian_lanczos_steps=4,
+                             hessian_top_k=1), tmp_path / "fine", model=lambda w, c: NoHook(), progress=False,
+                 dataset=tiny_dataset())  # other families do not need the hook
+    with pytest.raises(LLJaxError, match="collapse family needs class labels"):
+        pipeline.run(tiny_config(metrics=("loss", "collapse"), loss="mse"), tmp_path / "out", progress=False,
+                     dataset=regression_dataset())
+    assert not (tmp_path / "out").exists()

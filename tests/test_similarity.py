@@ -309,3 +309,27 @@ def test_l2_distance_rejects_mismatched_trees():
         similarity.l2_distance(a, b)
     with pytest.raises(LLJaxError, match="leading member axis"):
         similarity.all_pairs_l2({"a": np.ones((3, 2)), "b": np.ones((4, 2))})
+
+
+def test_neural_collapse_of_a_simplex_etf_is_zero_and_of_noise_is_not():
+    with jax.enable_x64(True):
+        K, d = 5, 8
+        etf = np.sqrt(K / (K - 1)) * (np.eye(K) - 1 / K)
+        means = np.zeros((K, d))
+        means[:, :K] = 2.5 * etf
+        labels = np.repeat(np.arange(K), 6)
+        h = means[labels] + 0.7  # every example at its class mean (a shift of the global mean changes nothing)
+        logits = h @ means.T - 1.0  # a classifier aligned with the means (self-duality)
+        nc = similarity.neural_collapse(h, labels, logits, K)
+        np.testing.assert_allclose(np.asarray(nc), 0.0, atol=1e-12)
+        rng = np.random.default_rng(0)
+        noisy = similarity.neural_collapse(rng.normal(size=(30, d)), labels, rng.normal(size=(30, K)), K)
+        assert all(float(v) > 0.05 for v in noisy)
+        # NC1 against NumPy with the pseudo-inverse; weights leave examples out
+        hr, w = rng.normal(size=(30, d)), np.r_[np.ones(25), np.zeros(5)]
+        kept, y = hr[:25], labels[:25]
+        mu = np.stack([kept[y == c].mean(0) for c in range(K)])
+        sw = sum(np.outer(x - mu[c], x - mu[c]) for x, c in zip(kept, y)) / 25
+        sb = sum(np.outer(m - kept.mean(0), m - kept.mean(0)) for m in mu) / K
+        got = similarity.neural_collapse(hr, labels, rng.normal(size=(30, K)), K, w)
+        np.testing.assert_allclose(got.nc1, np.trace(sw @ np.linalg.pinv(sb)) / K, rtol=1e-9)

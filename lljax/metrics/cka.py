@@ -36,4 +36,4 @@ def columns(ctx: Context) -> tuple[str, ...]:
 FAMILY = Family(
     "cka", "pair", cka_metrics, options=CKAOptions, columns=columns,
     heatmaps=(Heatmap("cka_softmax", "CKA of softmax outputs"), Heatmap("cka_logits", "CKA of logits")),
-    correlated=lambda ctx: columns(ctx)[:1], cost=0.01, prepare=probe)
+    correlated=lambda ctx: columns(ctx)[:1], cost=0.01, prepare=probe, kind_of_metric="global")

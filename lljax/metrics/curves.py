@@ -99,4 +99,5 @@ FAMILY = Family(
               Heatmap("mc_loss", "mode connectivity (training loss)", center=0.0),
               Heatmap("mc_test", "mode connectivity (test error)", center=0.0),
               Heatmap("barrier_linear", "straight-line mode connectivity (training error)", center=0.0)),
-    correlated=("mc", "barrier_linear"), cost=1.0, static_subset=True, outputs=curve_outputs)
+    correlated=("mc", "barrier_linear"), cost=1.0, static_subset=True, outputs=curve_outputs,
+    kind_of_metric="global")

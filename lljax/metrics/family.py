@@ -94,6 +94,14 @@ class Family:
     static_subset  the function needs each member's subset size as a static shape (`Context.subset_size`)
     outputs     `outputs(results, tables, figures_dir) -> [paths of figures]`: the family's own figures and
                 files beyond the heatmaps (results: `lljax.tables.Results`)
+    layers      `layers(ctx, params) -> [layer names]` for one member's parameters: the layers of its per-layer
+                outputs, which are (L,) arrays named in `layer_columns`; they become the rows of layers.csv
+    layer_columns  the per-layer outputs (or a function of the Context returning them)
+    check       `check(ctx, params, batch_stats, x) -> None` on shapes (`jax.ShapeDtypeStruct`s; x a batch of
+                inputs): raises an LLJaxError (one line) before anything is written when the family cannot run
+                on this model or loss (for instance no features hook)
+    kind_of_metric  how the report groups the family's correlated columns: 'training', 'data-free', 'local',
+                'global' or 'features'
     """
 
     name: str
@@ -109,6 +117,10 @@ class Family:
     prepare: Callable | None = None
     static_subset: bool = False
     outputs: Callable | None = None
+    layers: Callable | None = None
+    layer_columns: Callable[[Context], Sequence[str]] | Sequence[str] = ()
+    check: Callable | None = None
+    kind_of_metric: str = ""
 
     def __post_init__(self):
         if not self.name.isidentifier():
@@ -132,3 +144,6 @@ class Family:
 
     def correlated_names(self, ctx: Context) -> tuple[str, ...]:
         return _resolved(self.correlated, ctx)
+
+    def layer_column_names(self, ctx: Context) -> tuple[str, ...]:
+        return _resolved(self.layer_columns, ctx)

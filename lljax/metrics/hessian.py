@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -27,6 +28,8 @@ class HessianOptions:
     density_runs: int = options.option(4, "stochastic Lanczos quadrature runs for the spectral density (0: none)",
                                        low=0)
     density_steps: int = options.option(64, "Lanczos steps per density run", low=1)
+    per_layer: bool = options.option(False, "also the top eigenvalue and trace of every layer's Hessian block "
+                                            "(its parameters only, the rest fixed): layers.csv")
 
     def validate(self) -> None:
         self.core()  # HessianConfig checks how the options combine (top_k <= lanczos_steps)
@@ -55,13 +58,23 @@ def hessian_family(ctx: Context, shared: Shared, member: Member, key) -> dict:
         x, y, w = batch
         return ctx.loss.mean(models.apply(ctx.model, params, member.batch_stats, x)[0], y, w)
 
-    out = hessian.hessian_metrics(loss, member.params, samples(member, shared.x_train, config.num_samples), key,
-                                  config)
+    batch = samples(member, shared.x_train, config.num_samples)
+    out = hessian.hessian_metrics(loss, member.params, batch, key, config)
     eig = out.top_eigenvalues
-    return {"hessian_top_eig": eig[0], **{f"hessian_eig_{i + 1}": eig[i] for i in range(1, eig.shape[0])},
-            "hessian_top_residual": out.top_residuals[0], "hessian_trace": out.trace,
-            "hessian_trace_se": out.trace_se, "hessian_density_nodes": out.density_nodes,
-            "hessian_density_weights": out.density_weights}
+    values = {"hessian_top_eig": eig[0], **{f"hessian_eig_{i + 1}": eig[i] for i in range(1, eig.shape[0])},
+              "hessian_top_residual": out.top_residuals[0], "hessian_trace": out.trace,
+              "hessian_trace_se": out.trace_se, "hessian_density_nodes": out.density_nodes,
+              "hessian_density_weights": out.density_weights}
+    if ctx.options.per_layer:
+        tops, traces = [], []
+        for i, pattern in enumerate(hessian.layer_blocks(member.params).values()):
+            block = hessian.block(loss, member.params, pattern)
+            metrics = hessian.hessian_metrics(block.loss_fn, block.params, batch, jax.random.fold_in(key, 1000 + i),
+                                              dataclasses.replace(config, top_k=1, density_runs=0))
+            tops.append(metrics.top_eigenvalues[0])
+            traces.append(metrics.trace)
+        values.update(layer_hessian_top_eig=jnp.stack(tops), layer_hessian_trace=jnp.stack(traces))
+    return values
 
 
 def columns(ctx: Context) -> tuple[str, ...]:
@@ -94,8 +107,14 @@ def density_figures(results, tables, figures_dir) -> list:
                                 "density", "Hessian spectral density (SLQ, smoothed; mean over seeds)", logy=True)
 
 
+def layer_names(ctx: Context, params) -> list[str]:
+    return list(hessian.layer_blocks(params)) if ctx.options.per_layer else []
+
+
 FAMILY = Family(
     "hessian", "member", hessian_family, options=HessianOptions, columns=columns,
     heatmaps=(Heatmap("hessian_top_eig", "log10 top Hessian eigenvalue", log10=True),
               Heatmap("hessian_trace", "log10 Hessian trace", log10=True)),
-    correlated=("hessian_top_eig", "hessian_trace"), cost=0.1, outputs=density_figures)
+    correlated=("hessian_top_eig", "hessian_trace"), cost=0.1, outputs=density_figures, layers=layer_names,
+    layer_columns=lambda ctx: ("layer_hessian_top_eig", "layer_hessian_trace") if ctx.options.per_layer else (),
+    kind_of_metric="local")

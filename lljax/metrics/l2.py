@@ -10,4 +10,4 @@ def l2_metrics(ctx: Context, shared: Shared, a: Member, b: Member, key) -> dict:
 
 
 FAMILY = Family("l2", "pair", l2_metrics, columns=("l2",), heatmaps=(Heatmap("l2", "L2 distance between seeds"),),
-                correlated=("l2",), cost=0.005)
+                correlated=("l2",), cost=0.005, kind_of_metric="global")

@@ -27,4 +27,4 @@ FAMILY = Family(
     "loss", "member", loss_metrics, columns=columns,
     heatmaps=(Heatmap("train_loss", "training loss"), Heatmap("train_acc", "training accuracy"),
               Heatmap("test_loss", "test loss"), Heatmap("test_acc", "test accuracy")),
-    correlated=("train_loss",), cost=0.02)
+    correlated=("train_loss",), cost=0.02, kind_of_metric="training")
