@@ -141,8 +141,8 @@ def main(argv=None):
                          "lljax_compile_s": compile_s, "weightwatcher_s": ww_seconds,
                          "speedup": ww_seconds / warm_s}
         total_ours, total_ww = total_ours + warm_s, total_ww + ww_seconds
-        print(f"{name}: {args.members} models x {layers} layers; WeightWatcher {ww_seconds:.2f} s, lljax {warm_s:.3f} s "
-              f"warm (+{compile_s:.1f} s compile): {ww_seconds / warm_s:.1f}x")
+        print(f"{name}: {args.members} models x {layers} layers; WeightWatcher {ww_seconds:.2f} s, "
+              f"lljax {warm_s:.3f} s warm (+{compile_s:.1f} s compile): {ww_seconds / warm_s:.1f}x")
         print(f"  {'metric':18s} {'float64':>9s} {'float32':>9s} {'target':>7s}")
         for metric in COLUMNS:
             target = TARGETS.get(metric)

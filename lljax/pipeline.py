@@ -173,6 +173,8 @@ def measure_family(family: Family, g: TrainedGroup, pairs: np.ndarray, shared: S
     shared = shared_inputs(g) if shared is None else shared
     if family.prepare is not None:
         shared = shared._replace(extra=sharding.replicate(family.prepare(ctx, shared, key), g.placement.mesh))
+    if not family.sharded:  # a host callback cannot be partitioned over devices: run on one device
+        shared = jax.device_put(sharding.to_host(shared), jax.local_devices()[0])
     s = g.state
     member = Member(s.params, s.batch_stats, g.member.view, g.member.hyper, np.asarray(s.diverged))
     take = lambda tree, i: jax.tree.map(lambda leaf: leaf[i], tree)
@@ -183,7 +185,11 @@ def measure_family(family: Family, g: TrainedGroup, pairs: np.ndarray, shared: S
     for n in np.unique(sizes):  # members (pairs) whose subsets differ in size get their own static context
         sel = np.flatnonzero(sizes == n)
         c = dataclasses.replace(ctx, subset_size=int(n)) if family.static_subset else ctx
-        values = g.map(lambda *a: _family_program(family.compute, c, shared, *a), *take(args, sel), keys[sel])
+        program = lambda *a: _family_program(family.compute, c, shared, *a)
+        if family.sharded:
+            values = g.map(program, *take(args, sel), keys[sel])
+        else:
+            values = sharding.map_chunks(program, (*take(args, sel), keys[sel]), g.chunk)
         for name, value in values.items():
             value = np.asarray(value)
             out.setdefault(name, np.zeros((count, *value.shape[1:]), value.dtype))[sel] = value

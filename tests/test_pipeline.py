@@ -260,7 +260,8 @@ def test_run_across_two_processes_equals_one_process(tmp_path):
     assert not (tmp_path / "b").exists()  # process 1 created nothing
 
 
-def _assert_tables_close(dir_a, dir_b):
+def _assert_tables_close(dir_a, dir_b, loose=()):
+    """members.csv and pairs.csv agree (rtol 2e-3); `loose` columns, ill-conditioned ones, within 2e-2."""
     for name in ("members", "pairs"):
         a_rows, b_rows = read_csv(dir_a / f"{name}.csv"), read_csv(dir_b / f"{name}.csv")
         assert len(a_rows) == len(b_rows) > 0
@@ -270,7 +271,8 @@ def _assert_tables_close(dir_a, dir_b):
                 if a[key] in ("True", "False"):
                     assert a[key] == b[key]
                 else:
-                    np.testing.assert_allclose(float(a[key]), float(b[key]), rtol=2e-3, atol=2e-4, err_msg=key)
+                    rtol = 2e-2 if key in loose else 2e-3
+                    np.testing.assert_allclose(float(a[key]), float(b[key]), rtol=rtol, atol=2e-4, err_msg=key)
 
 
 def test_members_split_into_chunks_give_the_same_results(tmp_path):
@@ -562,3 +564,26 @@ def test_the_collapse_family_needs_the_features_hook_and_class_labels(tmp_path):
         pipeline.run(tiny_config(metrics=("loss", "collapse"), loss="mse"), tmp_path / "out", progress=False,
                      dataset=regression_dataset())
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_every_family_on_two_cpu_devices_finishes_and_equals_one_device(tmp_path):
+    """The families whose CPU path calls the host (spectra) run on one device: on two devices nothing hangs and
+    the numbers equal a one-device run. With the member axis sharded, this group (12 MNIST-1D MLPs of width 64,
+    three host callbacks in one program) deadlocked in an all-gather: XLA aborted after 40 s (exit 134)."""
+    script = textwrap.dedent("""
+        import sys
+        from lljax import experiment
+        experiment.use_all_cpu_cores()
+        config = experiment.Config.from_dict(dict(widths=(64,), lrs=(0.01, 0.03, 0.1, 0.3), batch_sizes=(64,),
+                                                  seeds=3, epochs=1, metrics=("loss", "spectra", "collapse"),
+                                                  spectra_bootstrap=4))
+        experiment.run(config, sys.argv[1], progress=False)
+    """)
+    for devices in (1, 2):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / str(devices))], env=env,
+                              capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    # after one epoch NC1 is ~290 (class means barely apart): the devices' float rounding moves it by ~0.2%
+    _assert_tables_close(tmp_path / "1", tmp_path / "2", loose=("nc1",))

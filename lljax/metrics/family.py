@@ -102,6 +102,9 @@ class Family:
                 on this model or loss (for instance no features hook)
     kind_of_metric  how the report groups the family's correlated columns: 'training', 'data-free', 'local',
                 'global' or 'features'
+    sharded     run with the member axis sharded over every device (default); False runs the program on one
+                device: a function that calls the host (`jax.pure_callback`) cannot be partitioned (XLA gathers
+                its operands to one device and the other devices' threads wait in a collective forever)
     """
 
     name: str
@@ -121,6 +124,7 @@ class Family:
     layer_columns: Callable[[Context], Sequence[str]] | Sequence[str] = ()
     check: Callable | None = None
     kind_of_metric: str = ""
+    sharded: bool = True
 
     def __post_init__(self):
         if not self.name.isidentifier():

@@ -50,4 +50,4 @@ FAMILY = Family(
               Heatmap("mp_softrank", "MP soft rank (layer mean)")),
     correlated=("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank"), cost=0.02,
     default=False, layers=layer_names, layer_columns=tuple(f"layer_{m}" for m in spectra.METRICS), check=check,
-    kind_of_metric="data-free")
+    kind_of_metric="data-free", sharded=False)  # its CPU path calls numpy through a host callback
