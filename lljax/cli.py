@@ -59,7 +59,7 @@ def parser(description: str, presets: dict[str, dict]) -> argparse.ArgumentParse
     _add_flags(p.add_argument_group("run"), Config, "", "", defaults)
     for section, (cls, prefix) in configs.sections().items():
         titles = {"phase": "phase rule (see lljax/phases.py)", "uncertainty": "intervals and phase stability "
-                  "(see lljax/uncertainty.py)"}
+                  "(see lljax/uncertainty.py)", "track": "metrics along training (see lljax/tracking.py)"}
         title = titles.get(section, f"metric family {section!r}")
         _add_flags(p.add_argument_group(title), cls, prefix, f"{prefix}_", cls())
     return p
@@ -75,8 +75,25 @@ def config_from_args(args: argparse.Namespace, presets: dict[str, dict]) -> Conf
     return Config.from_dict(values)
 
 
+def report_main(argv: Sequence[str]) -> int:
+    """`lljax report --out DIR`: the tables, figures and report of a run folder again, from its stored results."""
+    p = _Parser(prog="lljax report", description="Write a run folder's tables, figures and report again from its "
+                "stored group results (nothing is trained); names the missing groups of an unfinished run.")
+    p.add_argument("--out", required=True, help="the run folder")
+    args = p.parse_args(argv)
+    try:
+        pipeline.rebuild(args.out)
+    except LLJaxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, description: str = "Phase diagram of a grid of models",
          presets: dict[str, dict] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:])
     presets = configs.PRESETS if presets is None else presets
     args = parser(description, presets).parse_args(argv)
     try:

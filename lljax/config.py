@@ -15,7 +15,7 @@ import json
 import math
 from typing import Any, Mapping
 
-from lljax import data, losses, metrics, models, options, phases, registry, train, uncertainty
+from lljax import data, losses, metrics, models, options, phases, registry, tracking, train, uncertainty
 from lljax.errors import LLJaxError
 
 option = options.option
@@ -62,6 +62,7 @@ class Config:
                                                      "memory)", low=1)
     phase: phases.Thresholds = dataclasses.field(default_factory=phases.Thresholds)
     uncertainty: uncertainty.UncertaintyOptions = dataclasses.field(default_factory=uncertainty.UncertaintyOptions)
+    track: tracking.TrackOptions = dataclasses.field(default_factory=tracking.TrackOptions)
     families: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------ access
@@ -155,7 +156,8 @@ class Config:
 
 
 # sections of every run (not of a metric family): name -> options dataclass; the name is the flags' prefix
-CORE_SECTIONS = {"phase": phases.Thresholds, "uncertainty": uncertainty.UncertaintyOptions}
+CORE_SECTIONS = {"phase": phases.Thresholds, "uncertainty": uncertainty.UncertaintyOptions,
+                 "track": tracking.TrackOptions}
 
 
 def sections() -> dict[str, tuple[type, str]]:
@@ -242,6 +244,8 @@ def validate(config: Config, custom_dataset: bool = False) -> None:
             if hasattr(opts, "validate"):
                 opts.validate()
     options.check(config.uncertainty, "uncertainty")
+    options.check(config.track, "track")
+    tracking.validate(config)
 
 
 def check_plugins(config: Config, model=None, loss=None, optimizer=None) -> tuple[Any, losses.Loss, Any]:

@@ -65,19 +65,14 @@ def heatmap(values_YX: np.ndarray, x_values: Sequence, y_values: Sequence, x_kno
     plt.close(fig)
 
 
-def category_map(labels_YX: np.ndarray, categories: Sequence[str], colors: Sequence[str], x_values, y_values,
-                 x_knob: str, y_knob: str, title: str, path, overlay_YX: np.ndarray | None = None,
-                 hatch_YX: np.ndarray | None = None) -> None:
-    """A grid coloured by category (e.g. phases), boundaries between categories drawn, an optional number
-    written in each cell (e.g. test accuracy), and cells where `hatch_YX` is true hatched (unstable labels)."""
-    plt = _pyplot()
+def _draw_categories(ax, labels_YX, categories, colors, overlay_YX=None, hatch_YX=None) -> None:
+    """Cells coloured by category, boundaries where neighbours differ, optional numbers and hatching."""
     from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Rectangle
 
     index = {c: i for i, c in enumerate(categories)}
     codes = np.vectorize(lambda c: index.get(c, -1))(np.asarray(labels_YX, object)).astype(float)
     codes[codes < 0] = np.nan
-    fig, ax = plt.subplots(figsize=(1.8 + 0.75 * len(x_values), 1.2 + 0.55 * len(y_values)), dpi=110)
     ax.imshow(codes, origin="lower", aspect="auto", cmap=ListedColormap(colors), vmin=-0.5,
               vmax=len(categories) - 0.5)
     rows, cols = codes.shape
@@ -88,8 +83,6 @@ def category_map(labels_YX: np.ndarray, categories: Sequence[str], colors: Seque
             if i + 1 < rows and codes[i, j] != codes[i + 1, j]:
                 ax.plot([j - 0.5, j + 0.5], [i + 0.5, i + 0.5], color="black", lw=2)
     if hatch_YX is not None:
-        from matplotlib.patches import Rectangle
-
         for (i, j), flag in np.ndenumerate(np.asarray(hatch_YX, bool)):
             if flag:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="black",
@@ -98,15 +91,52 @@ def category_map(labels_YX: np.ndarray, categories: Sequence[str], colors: Seque
         text = str(label) if overlay_YX is None or not np.isfinite(overlay_YX[i, j]) else \
             f"{label}\n{overlay_YX[i, j]:.3g}"
         ax.text(j, i, text, ha="center", va="center", fontsize=7)
+
+
+def _legend(ax, categories, colors, hatched: bool) -> None:
+    from matplotlib.patches import Patch
+
     handles = [Patch(color=c, label=k) for k, c in zip(categories, colors)]
-    if hatch_YX is not None and np.any(hatch_YX):
+    if hatched:
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="///", label="unstable"))
     ax.legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8, title="phase")
+
+
+def _axes_labels(ax, x_values, y_values, x_knob, y_knob) -> None:
     ax.set_xticks(range(len(x_values)), _ticks(x_values))
     ax.set_yticks(range(len(y_values)), _ticks(y_values))
     ax.set_xlabel(KNOB_LABELS.get(x_knob, x_knob))
     ax.set_ylabel(KNOB_LABELS.get(y_knob, y_knob))
+
+
+def category_map(labels_YX: np.ndarray, categories: Sequence[str], colors: Sequence[str], x_values, y_values,
+                 x_knob: str, y_knob: str, title: str, path, overlay_YX: np.ndarray | None = None,
+                 hatch_YX: np.ndarray | None = None) -> None:
+    """A grid coloured by category (e.g. phases), boundaries between categories drawn, an optional number
+    written in each cell (e.g. test accuracy), and cells where `hatch_YX` is true hatched (unstable labels)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.8 + 0.75 * len(x_values), 1.2 + 0.55 * len(y_values)), dpi=110)
+    _draw_categories(ax, labels_YX, categories, colors, overlay_YX, hatch_YX)
+    _legend(ax, categories, colors, hatch_YX is not None and bool(np.any(hatch_YX)))
+    _axes_labels(ax, x_values, y_values, x_knob, y_knob)
     ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def category_maps(labels: Sequence[np.ndarray], titles: Sequence[str], categories: Sequence[str],
+                  colors: Sequence[str], x_values, y_values, x_knob: str, y_knob: str, title: str, path) -> None:
+    """Several category maps side by side (e.g. the phases at every tracked epoch), one legend."""
+    plt = _pyplot()
+    size = (1.6 + (0.7 * len(x_values) + 0.6) * len(labels), 1.4 + 0.55 * len(y_values))
+    fig, axes = plt.subplots(1, len(labels), figsize=size, dpi=100, squeeze=False)
+    for ax, labels_YX, subtitle in zip(axes[0], labels, titles):
+        _draw_categories(ax, labels_YX, categories, colors)
+        _axes_labels(ax, x_values, y_values, x_knob, y_knob)
+        ax.set_title(subtitle, fontsize=9)
+    _legend(axes[0][-1], categories, colors, False)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -271,5 +301,36 @@ def point_panels(results: "tables.Results", grid: Sequence[dict], draw: Callable
         path = out_dir / f"{stem}{suffix}.png"
         panels([[cell or [] for cell in row] for row in drawn], x_values, y_values if y else [""], x, y or "",
                x_label, y_label, _title(results, title, suffix), path, logy=logy)
+        written.append(path)
+    return written
+
+
+def write_trajectory_figures(results: "tables.Results", trajectories: "tables.Trajectories", out_dir: Path
+                             ) -> list[Path]:
+    """Along training: every tracked correlated metric against epoch (one panel per grid point of the
+    representative set, mean over seeds), and the phase map at every tracked epoch side by side."""
+    knob_values = results.knob_values
+    x, y = tables.choose_axes(knob_values)
+    if x is None:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    epochs = list(trajectories.grids)
+    by_point = {e: {tuple(r[k] for k in grids.KNOBS): r for r in grid} for e, grid in trajectories.grids.items()}
+    written = []
+    for column in (c for c in results.correlated if any(f"{c}_mean" in r for r in trajectories.grids[epochs[0]])):
+        def draw(point, column=column):
+            values = [by_point[e].get(point, {}).get(f"{column}_mean", np.nan) for e in epochs]
+            return [(epochs, values, column, {"lw": 1.2, "marker": "o", "ms": 3})] if np.isfinite(values).any() \
+                else None
+
+        written += point_panels(results, trajectories.grids[epochs[-1]], draw, out_dir, f"trajectory_{column}",
+                                "epoch", column, f"{column} along training (mean over seeds)")
+    x_values, y_values = list(knob_values[x]), (list(knob_values[y]) if y else None)
+    for suffix, _ in tables.facets(trajectories.grids[epochs[-1]], knob_values, x, y):
+        maps = [tables.grid_matrix([r for s, rows in tables.facets(trajectories.grids[e], knob_values, x, y)
+                                    if s == suffix for r in rows], "phase", x, y, x_values, y_values) for e in epochs]
+        path = out_dir / f"phase_trajectory{suffix}.png"
+        category_maps(maps, [f"epoch {e}" for e in epochs], phases.PHASES, PHASE_COLORS, x_values, y_values or [""],
+                      x, y or "", _title(results, "phases along training", suffix), path)
         written.append(path)
     return written

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lljax import config as configs
-from lljax import data, losses, metrics, models, pytrees, registry, sharding, store, tables, train
+from lljax import data, losses, metrics, models, pytrees, registry, sharding, store, tables, tracking, train
 from lljax import grid as grids
 from lljax.config import Config
 from lljax.errors import LLJaxError
@@ -58,15 +58,28 @@ class TrainedGroup:
     key: jax.Array
     placement: sharding.Placement
     chunk: int  # members per compiled call, as in training (memory)
+    snapshots: Callable[[int], tuple] | None = None  # epoch -> (params, batch_stats, diverged) of every member
 
     def map(self, fn: Callable, *member_args):
         """`Placement.map` in chunks of this group's size (metric programs need about what training needs)."""
         return self.placement.map(fn, *member_args, chunk=self.chunk)
 
+    def at_epoch(self, epoch: int) -> "TrainedGroup":
+        """The group as it was after `epoch` epochs (a tracked epoch: `tracking`)."""
+        params, batch_stats, diverged = self.snapshots(epoch)
+        return dataclasses.replace(self, state=self.state._replace(params=params, batch_stats=batch_stats,
+                                                                   diverged=diverged))
+
+
+def _snapshot(state: train.MemberState) -> tuple:
+    return state.params, state.batch_stats, state.diverged
+
 
 def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_dir, epochs, progress, label,
-                 checkpoint_seconds):
-    """Train one chunk of members (padded to the mesh) to `epochs`, resuming from and saving checkpoints."""
+                 checkpoint_seconds, track_epochs=()):
+    """Train one chunk of members (padded to the mesh) to `epochs`, resuming from and saving checkpoints, and
+    snapshot it at the tracked epochs before the last (on disk under ckpt_dir/track, in memory without a
+    folder). Returns the trained (state, member) as host arrays and `epoch -> snapshot` (host arrays)."""
     state, member = train.init_ensemble(spec, keys, hyper, labels, x_train.shape[1:], view_keys)
     state, member = sharding.shard_members((state, member), placement.mesh)
     passes = placement.passes_for(sharding.member_count(member), state.params)
@@ -79,16 +92,26 @@ def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_
         state = sharding.shard_members(store.restore(ckpt_dir, step, state), placement.mesh)
         epoch = step
         progress(step, f"{label}: resumed at epoch {step}")
+    snapshot_dir = None if ckpt_dir is None else ckpt_dir / "track"
+    targets = [e for e in track_epochs if e < epochs]
+    in_memory: dict[int, tuple] = {}
     while epoch < epochs:
-        stop = min(epoch + every, epochs)
+        stop = min(epoch + every, epochs, *[e for e in targets if e > epoch])  # a tracked epoch is a stop
         state = train.train_ensemble(spec, state, member, x_train, epoch, stop, passes)
         jax.block_until_ready(state)
+        if stop in targets:  # saved before any later checkpoint: a resumed run past `stop` finds it
+            if snapshot_dir is None:
+                in_memory[stop] = sharding.to_host(_snapshot(state))
+            else:
+                store.save_snapshot(snapshot_dir, stop, _snapshot(state))
         if ckpt_dir is not None and (stop == epochs or time.time() - last_save > checkpoint_seconds):
             store.save(ckpt_dir, stop, state)  # the last one keeps the trained ensemble for re-analysis
             last_save = time.time()
         progress(stop - epoch, f"{label} epoch {stop}/{epochs}")
         epoch = stop
-    return sharding.to_host((state, member))
+    like = _snapshot(state)
+    load = lambda e: in_memory[e] if e in in_memory else sharding.to_host(store.restore(snapshot_dir, e, like))
+    return sharding.to_host((state, member)), load
 
 
 def train_group(config: Config, dataset: data.Dataset, group: grids.Group, members: Sequence[grids.MemberConfig],
@@ -97,7 +120,8 @@ def train_group(config: Config, dataset: data.Dataset, group: grids.Group, membe
                 parts: Parts | None = None) -> TrainedGroup:
     """Train one group, members sharded over every device and split into chunks that fit memory, resuming
     each chunk from its newest checkpoint in `ckpt_dir` if any and saving one at most every
-    `checkpoint_seconds` (training is deterministic per epoch, so where it resumes does not matter)."""
+    `checkpoint_seconds` (training is deterministic per epoch, so where it resumes does not matter), and
+    snapshot it at the tracked epochs (`TrainedGroup.at_epoch`)."""
     placement = placement or sharding.Placement.default(config.max_members_per_chunk)
     parts = parts or resolve_parts(config)
     spec = train.TrainSpec(parts.spec(group.width, dataset.num_classes), group.batch_size, config.epochs,
@@ -124,19 +148,24 @@ def train_group(config: Config, dataset: data.Dataset, group: grids.Group, membe
 
     chunk = placement.chunk_for(count, estimate)
     size = -(-chunk // placement.mesh.size) * placement.mesh.size  # every chunk the same size: one program
-    pieces = []
+    pieces, loaders = [], []
+    track_epochs = tracking.tracked_epochs(config)
     for c, start in enumerate(range(0, count, size)):
         piece, real = sharding.pad_members(jax.tree.map(lambda a: a[start:start + size], (keys, hyper, view_keys)),
                                            size)
         folder = None if ckpt_dir is None else (ckpt_dir if size >= count else ckpt_dir / f"chunk-{c}")
         label = f"group {group.index} (width {group.width}, batch {group.batch_size}, {count} members" + \
             (f", chunk {c + 1}/{-(-count // size)})" if size < count else ")")
-        pieces.append(sharding.unpad(_train_chunk(spec, *piece, labels, x_train, placement, folder, config.epochs,
-                                                  progress, label, checkpoint_seconds), real))
+        trained, load = _train_chunk(spec, *piece, labels, x_train, placement, folder, config.epochs, progress,
+                                     label, checkpoint_seconds, track_epochs)
+        pieces.append(sharding.unpad(trained, real))
+        loaders.append(lambda e, load=load, real=real: sharding.unpad(load(e), real))
     join = lambda *a: jnp.concatenate(a) if isinstance(a[0], jax.Array) else np.concatenate(a)  # keys stay JAX
-    state, member = jax.tree.map(join, *pieces) if len(pieces) > 1 else pieces[0]
+    gather = lambda parts: jax.tree.map(join, *parts) if len(parts) > 1 else parts[0]
+    state, member = gather(pieces)
     return TrainedGroup(config, spec, dataset, group_members, state, member,
-                        grids.group_key(config.seed, group.index), placement, size)
+                        grids.group_key(config.seed, group.index), placement, size,
+                        lambda e: gather([load(e) for load in loaders]))
 
 
 # ------------------------------------------------------------------------------------------ metric families
@@ -298,36 +327,90 @@ def run(config: Config, out_dir: str | os.PathLike, *, model=None, dataset: data
     lead = sharding.is_lead_process()  # several hosts: all compute, process 0 writes files and prints
     members = grids.grid_members(config.knob_values(), config.seeds)
     groups = grids.group_members(members)
-    metric_cost = sum(f.cost for f in families)
+    track_epochs = tracking.tracked_epochs(config)
+    tracked = [f for f in families if f.name in tracking.tracked_families(config)]
+    metric_cost = sum(f.cost for f in families) + (len(track_epochs) - 1) * sum(f.cost for f in tracked) \
+        if track_epochs else sum(f.cost for f in families)
     bar = Progress(len(groups) * config.epochs * (1 + metric_cost), enabled=progress and lead)
     (out_dir / "groups").mkdir(exist_ok=True)
     placement = sharding.Placement.default(config.max_members_per_chunk)
     paths = [out_dir / "groups" / f"group-{group.index}.npz" for group in groups]
+    epoch_path = lambda group, e: out_dir / "groups" / f"group-{group.index}.epoch-{e}.npz"
     done = sharding.from_lead(np.asarray([path.exists() for path in paths]))
-    group_metrics = []
+    group_metrics, trajectories = [], []
     for group, path, finished in zip(groups, paths, done):
         if finished:
             group_metrics.append(store.load_arrays(path))
+            trajectories.append({e: store.load_arrays(epoch_path(group, e)) for e in track_epochs[:-1]})
             bar.update(config.epochs * (1 + metric_cost), f"group {group.index}: already done")
             continue
         ckpt_dir = out_dir / "checkpoints" / f"group-{group.index}"
+        group_start = time.time()
         g = train_group(config, dataset, group, members, ckpt_dir, bar.update, checkpoint_seconds, placement, parts)
+        trajectory = {}
+        for e in track_epochs[:-1]:  # the snapshots' metrics first: a finished group has all of them
+            have = bool(sharding.from_lead(np.asarray(epoch_path(group, e).exists())))
+            report_progress = lambda amount, message, e=e: bar.update(amount, f"epoch {e}: {message}")
+            trajectory[e] = store.load_arrays(epoch_path(group, e)) if have else \
+                measure_group(g.at_epoch(e), tracked, report_progress)
+            if lead and not have:
+                store.save_arrays(epoch_path(group, e), trajectory[e])
         arrays = measure_group(g, families, bar.update)
+        arrays["meta/seconds"] = np.asarray(time.time() - group_start)  # this run's time for the group
         if lead:
             store.save_arrays(path, arrays)
         group_metrics.append(arrays)
+        trajectories.append(trajectory)
     bar.close()
-    ctx = Context(parts.spec(config.widths[0], dataset.num_classes), parts.loss, None, config.epochs,
-                  config.eval_batch_size)
-    contexts = [dataclasses.replace(ctx, options=config.options(f.name)) for f in families]
-    correlated = {c: f.kind_of_metric for f, cx in zip(families, contexts) for c in f.correlated_names(cx)}
-    results = tables.Results(
-        config, config.dataset_name, registry.describe(config.model), members, groups, group_metrics,
-        time.time() - start, error_metric=parts.loss.error is not None, loss_name=parts.loss.name,
-        correlated=tuple(correlated), kinds=correlated, heatmaps=tuple(h for f in families for h in f.heatmaps),
-        families=tuple(families))
+    results = make_results(config, parts.loss, group_metrics, trajectories, time.time() - start)
     if lead:
         from lljax import report  # figures and the report: imported when they are written
 
         report.write_all(results, out_dir)
+    return results
+
+
+def make_results(config: Config, loss: losses.Loss, group_metrics: list, trajectories: list,
+                 seconds: float) -> tables.Results:
+    """The `tables.Results` of a run from its configuration and its groups' stored arrays."""
+    members = grids.grid_members(config.knob_values(), config.seeds)
+    groups = grids.group_members(members)
+    families = [metrics.get(name) for name in config.metric_names]
+    ctx = Context(models.ModelSpec(config.model, config.widths[0]), loss, None, config.epochs, config.eval_batch_size)
+    contexts = [dataclasses.replace(ctx, options=config.options(f.name)) for f in families]
+    correlated = {c: f.kind_of_metric for f, cx in zip(families, contexts) for c in f.correlated_names(cx)}
+    return tables.Results(
+        config, config.dataset_name, registry.describe(config.model), members, groups, group_metrics, seconds,
+        error_metric=loss.error is not None, loss_name=loss.name, correlated=tuple(correlated), kinds=correlated,
+        heatmaps=tuple(h for f in families for h in f.heatmaps), families=tuple(families),
+        trajectories=trajectories, tracked_epochs=tracking.tracked_epochs(config))
+
+
+def rebuild(out_dir: str | os.PathLike, loss: losses.Loss | None = None) -> tables.Results:
+    """Write the tables, figures and report of a run folder again from its stored group results (nothing is
+    trained or measured): after a change to the report, or once every shard of a sharded run is done. A
+    missing group is a one-line LLJaxError naming it. `loss`: the run's loss, when it was a Python object."""
+    out_dir = Path(out_dir)
+    path = out_dir / "config.json"
+    if not path.is_file():
+        raise LLJaxError(f"{out_dir} holds no lljax run (no config.json)")
+    import json
+
+    config = Config.from_dict(json.loads(path.read_text()))
+    loss = loss or losses.resolve(config.loss)
+    groups = grids.group_members(grids.grid_members(config.knob_values(), config.seeds))
+    epochs = tracking.tracked_epochs(config)[:-1]
+    files = [out_dir / "groups" / f"group-{g.index}.npz" for g in groups]
+    missing = [f"group-{g.index}" for g, f in zip(groups, files) if not f.exists()]
+    if missing:
+        raise LLJaxError(f"{out_dir} is not finished: {len(missing)} of {len(groups)} groups missing "
+                         f"({', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''})")
+    group_metrics = [store.load_arrays(f) for f in files]
+    trajectories = [{e: store.load_arrays(out_dir / "groups" / f"group-{g.index}.epoch-{e}.npz") for e in epochs}
+                    for g in groups]
+    seconds = float(sum(a.get("meta/seconds", 0.0) for a in group_metrics))
+    results = make_results(config, loss, group_metrics, trajectories, seconds)
+    from lljax import report
+
+    report.write_all(results, out_dir)
     return results

@@ -131,6 +131,44 @@ def kinds_of_metric(results: Results, table, intervals, score_name: str) -> list
     return lines + [""]
 
 
+def along_training(results: Results, trajectories: tables.Trajectories, grid: Sequence[dict], score_name: str
+                   ) -> list[str]:
+    """Does an early metric already rank the grid? Spearman of each tracked correlated metric at every tracked
+    epoch with the final test score; and the grid points whose phase changed between tracked epochs."""
+    epochs = list(trajectories.grids)
+    final = {tuple(r[k] for k in grids.KNOBS): r.get(results.score, math.nan) for r in grid}
+    swept = [k for k in grids.KNOBS if len(results.knob_values[k]) > 1]
+    tracked = [c for c in results.correlated if any(f"{c}_mean" in r for r in trajectories.grids[epochs[0]])]
+    lines = ["## Along training", "",
+             f"Tracked epochs: {', '.join(map(str, epochs))} (trajectory.csv, pair_trajectory.csv, "
+             f"phase_trajectory.csv). Spearman correlation over grid points of each metric at an epoch with the "
+             f"final {score_name}:", "",
+             "| metric | " + " | ".join(f"epoch {e}" for e in epochs) + " |", "|---|" + "---:|" * len(epochs)]
+    for column in tracked:
+        cells = []
+        for e in epochs:
+            rows = trajectories.grids[e]
+            values = [r.get(f"{column}_mean", math.nan) for r in rows]
+            scores = [final.get(tuple(r[k] for k in grids.KNOBS), math.nan) for r in rows]
+            rho = phases.correlation_table({column: values}, scores, ["?"] * len(rows))[0].spearman
+            cells.append("–" if math.isnan(rho) else f"{rho:+.2f}")
+        lines.append(f"| {column} | " + " | ".join(cells) + " |")
+    changes = []
+    for point in trajectories.grids[epochs[-1]]:
+        key = tuple(point[k] for k in grids.KNOBS)
+        seq = [next(r["phase"] for r in trajectories.grids[e] if tuple(r[k] for k in grids.KNOBS) == key)
+               for e in epochs]
+        steps = [f"{seq[i]} -> {seq[i + 1]} by epoch {epochs[i + 1]}" for i in range(len(seq) - 1)
+                 if seq[i] != seq[i + 1] and "?" not in (seq[i], seq[i + 1])]
+        if steps:
+            changes.append(f"- {_fmt_knobs(point, swept) or 'the only point'}: " + "; ".join(steps))
+    known = any(r["phase"] != "?" for e in epochs[:-1] for r in trajectories.grids[e])
+    lines += [""] + (["Phase changes between tracked epochs:", ""] + changes if changes else
+                     ["No grid point changed phase between tracked epochs." if known else
+                      "Phases before the last epoch need mc: track the curves family (--track-metrics ... curves)."])
+    return lines + [""]
+
+
 def stability_lines(results: Results, grid: Sequence[dict]) -> list[str]:
     """How many phase labels are stable, and the unstable points."""
     u = results.config.uncertainty
@@ -155,7 +193,8 @@ def _what(results: Results) -> tuple[str, str]:
     return "test loss", f"units of the {results.loss_name} loss"
 
 
-def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: Path) -> str:
+def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: Path,
+           trajectories: tables.Trajectories | None = None) -> str:
     """DIR/report.md: the run, the phase map, where the best test score lies, the correlation table, the grid
     and every figure."""
     config, grid = results.config, t.grid
@@ -209,6 +248,8 @@ def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: P
               "points of its scope; * marks an interval that excludes zero.", "",
               phases.format_correlation_table(table, intervals, u.level), ""]
     lines += kinds_of_metric(results, table, intervals, score_name)
+    if trajectories is not None:
+        lines += along_training(results, trajectories, grid, score_name)
     columns = swept + ["phase"] + [c for c in ("train_loss_mean", results.score,
                                                *[f"{n}_mean" for n in results.correlated if n != "train_loss"])
                                    if any(c in r for r in grid)]
@@ -266,13 +307,20 @@ def write_all(results: Results, out_dir: str | os.PathLike, verbose: bool = True
     layers = tables.layer_rows(results)
     if layers:
         store.write_atomic(out_dir / "layers.csv", tables.to_csv(layers))
+    trajectories = tables.trajectory_tables(results)
+    if trajectories is not None:
+        for name, rows in (("trajectory", trajectories.members), ("pair_trajectory", trajectories.pairs),
+                           ("phase_trajectory", trajectories.phases)):
+            store.write_atomic(out_dir / f"{name}.csv", tables.to_csv(rows))
     figures_dir = out_dir / "figures"
     paths = figures.write_heatmaps(results, t.grid, figures_dir)
     paths += figures.write_phase_figures(results, t.grid, figures_dir)
     for family in results.families:
         if family.outputs is not None:
             paths += family.outputs(results, t, figures_dir)
-    report(results, t, paths, out_dir)
+    if trajectories is not None:
+        paths += figures.write_trajectory_figures(results, trajectories, figures_dir)
+    report(results, t, paths, out_dir, trajectories)
     if verbose:
         print(summary(results, t, out_dir))
     return t

@@ -32,10 +32,26 @@ def _orbax():
     return ocp
 
 
-def _manager(path: Path):
+def _manager(path: Path, keep: int | None = 1):
     ocp = _orbax()
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False)
     return ocp.CheckpointManager(path.absolute(), options=options)
+
+
+def save_snapshot(path: str | os.PathLike, step: int, tree: Any) -> None:
+    """Save a pytree as snapshot `step` beside the others (all are kept); committed atomically by orbax."""
+    with _manager(Path(path), keep=None) as manager:
+        manager.save(step, args=_orbax().args.StandardSave(tree), force=True)
+        manager.wait_until_finished()
+
+
+def steps(path: str | os.PathLike) -> list[int]:
+    """The complete checkpoint (or snapshot) steps under `path`."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    with _manager(path, keep=None) as manager:
+        return sorted(manager.all_steps())
 
 
 def latest_step(path: str | os.PathLike) -> int | None:
@@ -55,11 +71,11 @@ def save(path: str | os.PathLike, step: int, tree: Any) -> None:
 
 
 def restore(path: str | os.PathLike, step: int, like: Any) -> Any:
-    """Restore checkpoint `step` into the structure, shapes and dtypes of `like`; a damaged checkpoint is an
-    LLJaxError naming the folder."""
+    """Restore checkpoint (or snapshot) `step` into the structure, shapes and dtypes of `like`; a damaged
+    checkpoint is an LLJaxError naming the folder."""
     folder = Path(path) / str(step)
     try:
-        with _manager(Path(path)) as manager:
+        with _manager(Path(path), keep=None) as manager:
             tree = manager.restore(step, args=_orbax().args.StandardRestore(jax.eval_shape(lambda: like)))
     except Exception as e:
         raise LLJaxError(f"corrupted checkpoint {folder} ({type(e).__name__}); delete it to retrain that group")

@@ -35,6 +35,8 @@ class Results:
     kinds           correlated column -> its family's kind of metric (training, data-free, local, global, ...)
     heatmaps        `lljax.metrics.Heatmap`s of the families run
     families        the families run (`lljax.metrics.Family`), in registration order
+    trajectories    per group: tracked epoch -> that epoch's arrays (as group_metrics), the last epoch apart
+    tracked_epochs  the tracked epochs, the last included (`lljax.tracking`); () without tracking
     """
 
     config: Any
@@ -50,6 +52,8 @@ class Results:
     kinds: dict = dataclasses.field(default_factory=dict)
     heatmaps: tuple = ()
     families: tuple = ()
+    trajectories: list = dataclasses.field(default_factory=list)
+    tracked_epochs: tuple = ()
 
     @property
     def knob_values(self) -> dict[str, tuple]:
@@ -113,10 +117,11 @@ def _scalar_columns(arrays: dict[str, np.ndarray], prefix: str, count: int) -> d
             if k.startswith(prefix) and v.shape == (count,) and k not in ("pair/a", "pair/b")}
 
 
-def member_rows(results: Results) -> list[dict]:
-    """One row per member: its knobs, seed, group and every scalar per-member metric."""
+def member_rows(results: Results, group_metrics: Sequence[dict] | None = None) -> list[dict]:
+    """One row per member: its knobs, seed, group and every scalar per-member metric (of `group_metrics`,
+    default the run's)."""
     rows = []
-    for group, arrays in zip(results.groups, results.group_metrics):
+    for group, arrays in zip(results.groups, results.group_metrics if group_metrics is None else group_metrics):
         columns = _scalar_columns(arrays, "member/", len(group.members))
         for pos, index in enumerate(group.members):
             m = results.members[index]
@@ -127,10 +132,10 @@ def member_rows(results: Results) -> list[dict]:
     return rows
 
 
-def pair_rows(results: Results) -> list[dict]:
+def pair_rows(results: Results, group_metrics: Sequence[dict] | None = None) -> list[dict]:
     """One row per pair of members at the same grid point: the point's knobs, both seeds, every pair metric."""
     rows = []
-    for group, arrays in zip(results.groups, results.group_metrics):
+    for group, arrays in zip(results.groups, results.group_metrics if group_metrics is None else group_metrics):
         a, b = arrays["pair/a"], arrays["pair/b"]
         columns = _scalar_columns(arrays, "pair/", len(a))
         for p in range(len(a)):
@@ -251,6 +256,52 @@ def make_tables(results: Results) -> Tables:
     add_phases(grid, config.phase)
     add_stability(grid, members, pairs, config)
     return Tables(members, pairs, grid)
+
+
+@dataclasses.dataclass
+class Trajectories:
+    """The tracked epochs' tables (`lljax.tracking`): member, pair and grid rows with an 'epoch' column, and
+    the grid rows of each epoch (with phases)."""
+
+    members: list[dict]
+    pairs: list[dict]
+    phases: list[dict]
+    grids: dict
+
+
+def _with_epoch(row: dict, epoch: int, after: str) -> dict:
+    keys = list(row)
+    cut = keys.index(after) + 1
+    return {**{k: row[k] for k in keys[:cut]}, "epoch": epoch, **{k: row[k] for k in keys[cut:]}}
+
+
+def trajectory_tables(results: Results) -> Trajectories | None:
+    """Every tracked epoch's members, pairs and grid (phases by the rule on that epoch's means); the last epoch
+    keeps the columns the earlier ones have (the tracked families'). None without tracking."""
+    epochs = results.tracked_epochs
+    if not epochs:
+        return None
+    config, last = results.config, epochs[-1]
+    members, pairs, phase_rows, grids_by_epoch = [], [], [], {}
+    columns: dict[str, set] = {"members": set(), "pairs": set()}
+    for e in epochs:
+        metrics_e = results.group_metrics if e == last else [t[e] for t in results.trajectories]
+        m_rows, p_rows = member_rows(results, metrics_e), pair_rows(results, metrics_e)
+        if e != last or len(epochs) == 1:
+            columns["members"].update(*(r.keys() for r in m_rows))
+            columns["pairs"].update(*(r.keys() for r in p_rows))
+        else:  # the last epoch's rows hold what every family measured: keep the tracked columns
+            m_rows = [{k: v for k, v in r.items() if k in columns["members"]} for r in m_rows]
+            p_rows = [{k: v for k, v in r.items() if k in columns["pairs"]} for r in p_rows]
+        grid = grid_rows(m_rows, p_rows, config.uncertainty.level, config.seed, config.uncertainty.resamples)
+        add_phases(grid, config.phase)
+        grids_by_epoch[e] = grid
+        cka = cka_column(grid)
+        members += [_with_epoch(r, e, "seed") for r in m_rows]
+        pairs += [_with_epoch(r, e, "seed_b") for r in p_rows]
+        phase_rows += [{**{k: r[k] for k in grids.KNOBS}, "epoch": e, "phase": r["phase"],
+                        **{c: r.get(c, math.nan) for c in ("train_loss_mean", "mc_mean", cka)}} for r in grid]
+    return Trajectories(members, pairs, phase_rows, grids_by_epoch)
 
 
 # ------------------------------------------------------------------------------------------ views of the grid
