@@ -12,7 +12,7 @@ import sys
 from typing import Any, Sequence
 
 from lljax import config as configs
-from lljax import options, pipeline, runtime, sharding
+from lljax import jobs, options, pipeline, runtime, sharding
 from lljax.config import Config
 from lljax.errors import LLJaxError
 
@@ -55,6 +55,20 @@ def parser(description: str, presets: dict[str, dict]) -> argparse.ArgumentParse
     p.add_argument("--preset", choices=sorted(presets), default="quick" if "quick" in presets else None,
                    help="base settings that the options below override (default: quick)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    j = p.add_argument_group("independent jobs (see docs/distributed.md)")
+    j.add_argument("--shard", metavar="I/N", help="compute shard I of N of the groups into the shared --out")
+    j.add_argument("--workers", type=int, metavar="K", help="run K shards as local processes sharing this "
+                   "machine (one GPU each, a share of one GPU's memory, or a share of the CPU cores)")
+    j.add_argument("--launcher", choices=("slurm", "local"), help="submit the shards as a job array through "
+                   "submitit (local: its local executor, the same code path)")
+    j.add_argument("--shards", type=int, metavar="N", help="shards of a --launcher run (default: 8, at most the "
+                   "number of groups)")
+    j.add_argument("--wait", action="store_true", help="with --launcher slurm: wait for every job")
+    for name, kind, text in (("partition", str, "SLURM partition"), ("gpus-per-task", int, "GPUs per job"),
+                             ("cpus-per-task", int, "CPUs per job"), ("time", int, "time limit per job, minutes"),
+                             ("mem-gb", int, "memory per job, GB"),
+                             ("array-parallelism", int, "jobs of the array running at once")):
+        j.add_argument(f"--slurm-{name}", type=kind, help=text)
     defaults = Config()
     _add_flags(p.add_argument_group("run"), Config, "", "", defaults)
     for section, (cls, prefix) in configs.sections().items():
@@ -68,7 +82,8 @@ def parser(description: str, presets: dict[str, dict]) -> argparse.ArgumentParse
 def config_from_args(args: argparse.Namespace, presets: dict[str, dict]) -> Config:
     """Preset values overridden by the options given."""
     values: dict[str, Any] = dict(presets.get(args.preset, {}))
-    ignored = {"out", "preset", "no_progress"}
+    ignored = {"out", "preset", "no_progress", "shard", "workers", "launcher", "shards", "wait"}
+    ignored |= {k for k in vars(args) if k.startswith("slurm_")}
     for name, given in vars(args).items():
         if name not in ignored and given is not None:
             values[name] = tuple(given) if isinstance(given, list) else given
@@ -100,8 +115,23 @@ def main(argv: Sequence[str] | None = None, description: str = "Phase diagram of
         sharding.initialize_distributed()  # several hosts, when the environment asks (docs/distributed.md)
         runtime.use_all_cpu_cores()
         config = config_from_args(args, presets)
+        configs.validate(config)
+        if args.workers is not None:
+            if args.workers < 1:
+                raise LLJaxError(f"--workers must be at least 1, got {args.workers}")
+            return jobs.run_workers(argv, args.workers, args.out, not args.no_progress)
+        if args.launcher is not None:
+            from lljax import grid
+
+            groups = len(grid.group_members(grid.grid_members(config.knob_values(), config.seeds)))
+            shards = args.shards or min(8, groups)
+            if shards < 1:
+                raise LLJaxError(f"--shards must be at least 1, got {shards}")
+            slurm = {k[len("slurm_"):]: v for k, v in vars(args).items() if k.startswith("slurm_")}
+            return jobs.submit(argv, args.out, shards, args.launcher, slurm, args.wait)
+        shard = jobs.parse_shard(args.shard) if args.shard else None
         runtime.enable_compilation_cache()
-        pipeline.run(config, args.out, progress=not args.no_progress)
+        pipeline.run(config, args.out, progress=not args.no_progress, shard=shard)
     except LLJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

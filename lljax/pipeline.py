@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lljax import config as configs
-from lljax import data, losses, metrics, models, pytrees, registry, sharding, store, tables, tracking, train
+from lljax import data, jobs, losses, metrics, models, pytrees, registry, sharding, store, tables, tracking, train
 from lljax import grid as grids
 from lljax.config import Config
 from lljax.errors import LLJaxError
@@ -303,7 +303,7 @@ def check_model(parts: Parts, config: Config, dataset: data.Dataset, families: S
 
 def run(config: Config, out_dir: str | os.PathLike, *, model=None, dataset: data.Dataset | None = None,
         loss: losses.Loss | str | None = None, optimizer=None, progress: bool = True,
-        checkpoint_seconds: float = 60.0) -> tables.Results:
+        checkpoint_seconds: float = 60.0, shard: tuple[int, int] | None = None) -> tables.Results | None:
     """Run (or resume) a study into `out_dir` and write every output there; returns the `tables.Results`.
 
     model: a factory(width, num_classes) -> flax.linen.Module (default: `config.model`); dataset: a
@@ -311,7 +311,12 @@ def run(config: Config, out_dir: str | os.PathLike, *, model=None, dataset: data
     `config.loss`); optimizer: an optax transformation, or a function of `train.Hyper` returning one, giving a
     descent direction that lljax scales by the scheduled learning rate (default: `config.optimizer`). Objects
     passed here are named in config.json. Bad input raises LLJaxError before anything is created; training
-    state is checkpointed at most every `checkpoint_seconds`."""
+    state is checkpointed at most every `checkpoint_seconds`.
+
+    shard=(i, n) computes only shard i of n of the groups (`jobs.assign`); every group is claimed first, so
+    shards and workers sharing `out_dir` never compute a group twice (a run without `shard` waits for groups
+    another live process holds). The outputs are written once every group is done, by whoever finishes last;
+    until then a sharded run returns None."""
     start = time.time()
     named = {"model": model, "loss": loss.name if isinstance(loss, losses.Loss) else loss, "optimizer": optimizer}
     config = config.replace(**{k: registry.describe(v) for k, v in named.items() if v is not None},
@@ -327,47 +332,77 @@ def run(config: Config, out_dir: str | os.PathLike, *, model=None, dataset: data
     lead = sharding.is_lead_process()  # several hosts: all compute, process 0 writes files and prints
     members = grids.grid_members(config.knob_values(), config.seeds)
     groups = grids.group_members(members)
+    mine = groups if shard is None else [groups[k] for k in jobs.assign(group_costs(config, dataset, parts, groups),
+                                                                        shard[1])[shard[0]]]
     track_epochs = tracking.tracked_epochs(config)
     tracked = [f for f in families if f.name in tracking.tracked_families(config)]
-    metric_cost = sum(f.cost for f in families) + (len(track_epochs) - 1) * sum(f.cost for f in tracked) \
-        if track_epochs else sum(f.cost for f in families)
-    bar = Progress(len(groups) * config.epochs * (1 + metric_cost), enabled=progress and lead)
+    metric_cost = sum(f.cost for f in families) + max(len(track_epochs) - 1, 0) * sum(f.cost for f in tracked)
+    bar = Progress(len(mine) * config.epochs * (1 + metric_cost), enabled=progress and lead,
+                   report_to=os.environ.get("LLJAX_PROGRESS_FILE"))
     (out_dir / "groups").mkdir(exist_ok=True)
     placement = sharding.Placement.default(config.max_members_per_chunk)
-    paths = [out_dir / "groups" / f"group-{group.index}.npz" for group in groups]
+    paths = {g.index: out_dir / "groups" / f"group-{g.index}.npz" for g in groups}
     epoch_path = lambda group, e: out_dir / "groups" / f"group-{group.index}.epoch-{e}.npz"
-    done = sharding.from_lead(np.asarray([path.exists() for path in paths]))
-    group_metrics, trajectories = [], []
-    for group, path, finished in zip(groups, paths, done):
-        if finished:
-            group_metrics.append(store.load_arrays(path))
-            trajectories.append({e: store.load_arrays(epoch_path(group, e)) for e in track_epochs[:-1]})
-            bar.update(config.epochs * (1 + metric_cost), f"group {group.index}: already done")
+    claims = jax.process_count() == 1  # several hosts: process 0's view decides, broadcast (no claim files)
+    for group in mine:
+        whole = config.epochs * (1 + metric_cost)
+        if bool(sharding.from_lead(np.asarray(paths[group.index].exists()))):
+            bar.update(whole, f"group {group.index}: already done")
             continue
-        ckpt_dir = out_dir / "checkpoints" / f"group-{group.index}"
-        group_start = time.time()
-        g = train_group(config, dataset, group, members, ckpt_dir, bar.update, checkpoint_seconds, placement, parts)
-        trajectory = {}
-        for e in track_epochs[:-1]:  # the snapshots' metrics first: a finished group has all of them
-            have = bool(sharding.from_lead(np.asarray(epoch_path(group, e).exists())))
-            report_progress = lambda amount, message, e=e: bar.update(amount, f"epoch {e}: {message}")
-            trajectory[e] = store.load_arrays(epoch_path(group, e)) if have else \
-                measure_group(g.at_epoch(e), tracked, report_progress)
-            if lead and not have:
-                store.save_arrays(epoch_path(group, e), trajectory[e])
-        arrays = measure_group(g, families, bar.update)
-        arrays["meta/seconds"] = np.asarray(time.time() - group_start)  # this run's time for the group
-        if lead:
-            store.save_arrays(path, arrays)
-        group_metrics.append(arrays)
-        trajectories.append(trajectory)
+        claim = out_dir / "groups" / f"group-{group.index}.claim"
+        if claims and not store.claim(claim):
+            if shard is not None:  # another worker has it
+                bar.update(whole, f"group {group.index}: another worker's")
+                continue
+            while not paths[group.index].exists() and not store.claim(claim):  # wait for its holder
+                time.sleep(2.0)
+            if paths[group.index].exists():
+                bar.update(whole, f"group {group.index}: done by another worker")
+                continue
+        try:
+            beat = (lambda amount, message: (store.heartbeat(claim), bar.update(amount, message))) if claims \
+                else bar.update
+            group_start = time.time()
+            ckpt_dir = out_dir / "checkpoints" / f"group-{group.index}"
+            g = train_group(config, dataset, group, members, ckpt_dir, beat, checkpoint_seconds, placement, parts)
+            for e in track_epochs[:-1]:  # the snapshots' metrics first: a finished group has all of them
+                if not bool(sharding.from_lead(np.asarray(epoch_path(group, e).exists()))):
+                    arrays = measure_group(g.at_epoch(e), tracked, lambda a, m, e=e: beat(a, f"epoch {e}: {m}"))
+                    if lead:
+                        store.save_arrays(epoch_path(group, e), arrays)
+            arrays = measure_group(g, families, beat)
+            arrays["meta/seconds"] = np.asarray(time.time() - group_start)  # this run's time for the group
+            if lead:
+                store.save_arrays(paths[group.index], arrays)
+        finally:
+            if claims:
+                store.release(claim)
     bar.close()
-    results = make_results(config, parts.loss, group_metrics, trajectories, time.time() - start)
+    missing = [g.index for g in groups if not paths[g.index].exists()]
+    if missing:  # a shard whose siblings are not finished: the last one to finish writes the outputs
+        if lead:
+            print(f"lljax: shard {shard[0]}/{shard[1]} done; {len(missing)} of {len(groups)} groups still to come "
+                  f"from other shards (the last to finish writes the report; or lljax report --out {out_dir})")
+        return None
+    group_metrics = [store.load_arrays(paths[g.index]) for g in groups]
+    trajectories = [{e: store.load_arrays(epoch_path(g, e)) for e in track_epochs[:-1]} for g in groups]
+    seconds = time.time() - start if shard is None else float(sum(a["meta/seconds"] for a in group_metrics))
+    results = make_results(config, parts.loss, group_metrics, trajectories, seconds)
     if lead:
         from lljax import report  # figures and the report: imported when they are written
 
         report.write_all(results, out_dir)
     return results
+
+
+def group_costs(config: Config, dataset: data.Dataset, parts: Parts, groups: Sequence[grids.Group]) -> list[float]:
+    """Every group's estimated cost (`jobs.group_cost`), from its parameter count (shapes only)."""
+    counts = {}
+    for width in {g.width for g in groups}:
+        spec = parts.spec(width, dataset.num_classes)
+        shape = jax.eval_shape(lambda k: models.init(spec, k, dataset.x_train.shape[1:])[0], jax.random.key(0))
+        counts[width] = models.count_params(shape)
+    return [jobs.group_cost(len(g.members), counts[g.width], config.epochs) for g in groups]
 
 
 def make_results(config: Config, loss: losses.Loss, group_metrics: list, trajectories: list,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from pathlib import Path
 
 
 class Progress:
@@ -12,8 +13,9 @@ class Progress:
 
     LINE_SECONDS = 5.0  # off a terminal: at most one line this often (and the last)
 
-    def __init__(self, total: float, enabled: bool = True, stream=None):
+    def __init__(self, total: float, enabled: bool = True, stream=None, report_to: str | None = None):
         self.total, self.done, self.enabled = max(total, 1e-9), 0.0, enabled
+        self.report_to, self.last_report = report_to, 0.0  # a worker's progress, read by its parent (jobs)
         self.stream = sys.stderr if stream is None else stream
         self.start, self.last_line = time.time(), 0.0
         self.bar = None
@@ -30,6 +32,8 @@ class Progress:
 
     def update(self, amount: float, message: str) -> None:
         self.done += amount
+        if self.report_to and (time.time() - self.last_report > 1.0 or self.done >= self.total):
+            self._report()
         if not self.enabled:
             return
         if self.bar is not None:
@@ -45,6 +49,19 @@ class Progress:
             self.stream.flush()
             self.last_line = time.time()
 
+    def _report(self) -> None:
+        import json
+        import os
+
+        path = Path(self.report_to)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"done": self.done, "total": self.total}))
+        os.replace(tmp, path)
+        self.last_report = time.time()
+
     def close(self) -> None:
+        if self.report_to:
+            self._report()
         if self.bar is not None:
             self.bar.stop()

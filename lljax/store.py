@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,7 @@ def prepare_out_dir(config, out_dir: Path) -> None:
                                  f"({', '.join(previous.differences(config))} differ); use a new --out folder or "
                                  "the same settings to resume")
             return
-        if any(out_dir.iterdir()):
+        if any(p.name != "jobs" for p in out_dir.iterdir()):  # jobs/: submitit's logs of a --launcher run
             raise LLJaxError(f"output folder {out_dir} is not empty and holds no lljax run; use a new --out folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(config_path, config.to_json() + "\n")
@@ -161,3 +162,72 @@ def prepare_shared_out_dir(config, out_dir: Path) -> None:
         where = "" if seen else f": process {jax.process_index()} does not find the config.json process 0 wrote"
         raise LLJaxError(f"the results folder {out_dir} is not the same folder on every host{where}; put --out "
                          "on storage every host shares")
+
+
+# ------------------------------------------------------------------------------------------ group claims
+
+CLAIM_STALE_SECONDS = 600.0  # a claim whose holder has not touched it for this long is taken over
+
+
+def _claim_holder(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _stale(path: Path) -> bool:
+    """A claim is stale when its holder (on this host) is gone, or nobody touched it for CLAIM_STALE_SECONDS."""
+    import socket
+
+    holder = _claim_holder(path)
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        return False
+    if holder and holder.get("host") == socket.gethostname():
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError, KeyError):
+            pass
+    return age > CLAIM_STALE_SECONDS
+
+
+def claim(path: str | os.PathLike) -> bool:
+    """Claim a unit of work (a group) for this process: True when it is now ours (created atomically, or taken
+    over from a holder that died: the stale claim is renamed away first, so only one process can win it)."""
+    import socket
+
+    path = Path(path)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if not _stale(path):
+                return False
+            try:
+                os.rename(path, path.with_name(f"{path.name}.stale.{os.getpid()}"))
+            except OSError:
+                return False  # another process took it over first
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}, f)
+        return True
+    return False
+
+
+def heartbeat(path: str | os.PathLike) -> None:
+    """Tell other workers that the claim's holder is alive (its modification time)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def release(path: str | os.PathLike) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass

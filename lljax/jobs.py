@@ -1,0 +1,214 @@
+"""Whole grids as independent jobs: shards of the groups, local worker processes, SLURM job arrays (submitit).
+
+A grid is many independent groups, so its scale-out needs no collective: `--shard I/N` runs shard I of N (a
+deterministic assignment balanced by each group's estimated cost, longest first onto the least-loaded shard)
+into a shared `--out`; every group is claimed before it is computed (`store.claim`: an atomic file, taken over
+when its holder died), so any number of shards or workers may run at once and none computes a group twice. Each
+finished group lands atomically in groups/; whoever finishes the last group writes the tables and the report,
+which `lljax report --out DIR` also does (or names the missing groups). `--workers K` runs K shards as local
+processes with a share of the machine each; `--launcher slurm` submits the shards as a SLURM job array through
+submitit (`--launcher local`: submitit's local executor, the same code path, for testing). See
+docs/distributed.md for when to use these and when `jax.distributed`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lljax.errors import LLJaxError
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 0 <= I < N."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise LLJaxError(f"--shard takes I/N (shard I of N, 0 <= I < N), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise LLJaxError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return i, n
+
+
+def assign(costs: Sequence[float], shards: int) -> list[list[int]]:
+    """Groups (by position) per shard: longest processing time first onto the least-loaded shard (ties to the
+    lower index), so the shards' total estimated costs are close; deterministic."""
+    loads = [0.0] * shards
+    out: list[list[int]] = [[] for _ in range(shards)]
+    for g in sorted(range(len(costs)), key=lambda g: (-costs[g], g)):
+        s = min(range(shards), key=lambda s: (loads[s], s))
+        out[s].append(g)
+        loads[s] += costs[g]
+    return [sorted(groups) for groups in out]
+
+
+def group_cost(members: int, params: int, epochs: int) -> float:
+    """A group's estimated cost: members x parameters x epochs (an epoch's work is about the training set times
+    the parameters, whatever the batch size)."""
+    return float(members) * float(params) * float(epochs)
+
+
+def _strip(argv: Sequence[str], options: dict[str, int]) -> list[str]:
+    """argv without the given options (option -> number of values it takes)."""
+    out, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = arg.split("=", 1)[0]
+        if name in options:
+            skip = 0 if "=" in arg else options[name]
+            continue
+        out.append(arg)
+    return out
+
+
+JOB_OPTIONS = {"--workers": 1, "--launcher": 1, "--shards": 1, "--shard": 1, "--no-progress": 0, "--wait": 0,
+               "--slurm-partition": 1, "--slurm-gpus-per-task": 1, "--slurm-cpus-per-task": 1, "--slurm-time": 1,
+               "--slurm-array-parallelism": 1, "--slurm-mem-gb": 1}
+
+
+def _gpu_count() -> int:
+    """GPUs on this machine (nvidia-smi), without starting JAX in the parent."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+        return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
+    except (OSError, subprocess.SubprocessError):
+        return 0
+
+
+def worker_environments(workers: int) -> list[tuple[dict, list[int] | None]]:
+    """(environment, CPU cores) of each local worker: one GPU each where there are several, a share of the one
+    GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION) where there is one, else a share of the CPU cores (one JAX
+    device per core it gets)."""
+    gpus = _gpu_count()
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    out = []
+    for w in range(workers):
+        env = dict(os.environ)
+        if gpus > 1:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(gpus) if g % workers == w)
+            out.append((env, None))
+        elif gpus == 1:
+            env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / workers:.3f}"
+            out.append((env, None))
+        else:
+            mine = cores[w::workers] or cores[:1]
+            env["JAX_PLATFORMS"] = "cpu"
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={len(mine)}"
+                                ).strip()
+            out.append((env, mine))
+    return out
+
+
+def progress_file(out_dir: str | os.PathLike, shard: int) -> Path:
+    return Path(out_dir) / "groups" / ".progress" / f"shard-{shard}.json"
+
+
+def run_workers(argv: Sequence[str], workers: int, out_dir: str | os.PathLike, show_progress: bool = True) -> int:
+    """Run `workers` shards of the command `argv` as local processes (each `--shard w/workers`), one progress
+    bar over all of them; Ctrl-C stops them all (everything stays resumable). Returns the exit status."""
+    from lljax.progress import Progress
+
+    base = _strip(argv, JOB_OPTIONS)
+    procs = []
+    for w, (env, cores) in enumerate(worker_environments(workers)):
+        env["LLJAX_PROGRESS_FILE"] = str(progress_file(out_dir, w))
+        preexec = (lambda cores=cores: os.sched_setaffinity(0, cores)) if cores and hasattr(os, "sched_setaffinity") \
+            else None
+        procs.append(subprocess.Popen([sys.executable, "-m", "lljax", *base, "--shard", f"{w}/{workers}",
+                                       "--no-progress"], env=env, preexec_fn=preexec, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    bar = Progress(1.0, enabled=show_progress)
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(1.0)
+            fractions = []
+            for w in range(workers):
+                try:
+                    state = json.loads(progress_file(out_dir, w).read_text())
+                    fractions.append(state["done"] / max(state["total"], 1e-9))
+                except (OSError, ValueError, KeyError):
+                    fractions.append(0.0)
+            bar.update(float(np.mean(fractions)) - bar.done, f"{workers} workers, "
+                       f"{sum(p.poll() is not None for p in procs)} finished")
+    except KeyboardInterrupt:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        bar.close()
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    bar.close()
+    outputs = [p.communicate() for p in procs]
+    failed = [(w, p.returncode, err) for w, (p, (_, err)) in enumerate(zip(procs, outputs)) if p.returncode]
+    for w, code, err in failed:
+        last = [line for line in err.strip().splitlines() if line.strip()][-1:] or [f"exit status {code}"]
+        print(f"worker {w}: {last[0]}", file=sys.stderr)
+    if failed:
+        return 2 if all(code == 2 for _, code, _ in failed) else 1
+    summary = [line for out, _ in outputs for line in out.splitlines() if line.startswith(("lljax:", "best mean"))]
+    print("\n".join(summary[-2:]) if summary else f"{workers} workers finished")
+    return 0
+
+
+def shard_job(argv: Sequence[str], shard: int, shards: int) -> int:
+    """One job of a job array: the command for one shard (what submitit runs on a node)."""
+    from lljax import cli
+
+    status = cli.main([*argv, "--shard", f"{shard}/{shards}", "--no-progress"])
+    if status:
+        raise RuntimeError(f"shard {shard}/{shards} failed with exit status {status}")
+    return status
+
+
+def submit(argv: Sequence[str], out_dir: str | os.PathLike, shards: int, launcher: str, slurm: dict,
+           wait: bool = False) -> int:
+    """Submit `shards` shards of the command as a job array through submitit ('slurm', or 'local' for its
+    local executor); jobs requeue on preemption and time-out (submitit's checkpointing of the call). With `wait`
+    (always for 'local'), wait for every job and report failures."""
+    try:
+        import submitit
+    except ImportError:
+        raise LLJaxError("--launcher needs submitit: pip install submitit") from None
+    base = _strip(argv, JOB_OPTIONS)
+    folder = Path(out_dir) / "jobs"
+    executor = submitit.AutoExecutor(folder=folder, cluster=None if launcher == "slurm" else "local")
+    parameters = {"timeout_min": int(slurm.get("time") or 60)}
+    if launcher == "slurm":
+        wanted = (("slurm_partition", "partition"), ("gpus_per_node", "gpus_per_task"),
+                  ("cpus_per_task", "cpus_per_task"), ("mem_gb", "mem_gb"),
+                  ("slurm_array_parallelism", "array_parallelism"))
+        parameters.update({name: slurm[key] for name, key in wanted if slurm.get(key) is not None})
+    executor.update_parameters(name="lljax", **parameters)
+    jobs = executor.map_array(shard_job, [base] * shards, list(range(shards)), [shards] * shards)
+    print(f"submitted {len(jobs)} jobs ({launcher}): {', '.join(str(j.job_id) for j in jobs[:5])}"
+          f"{', ...' if len(jobs) > 5 else ''}; logs in {folder}")
+    if not (wait or launcher == "local"):
+        return 0
+    codes = []
+    for job in jobs:
+        try:
+            job.result()
+            codes.append(0)
+        except Exception:  # noqa: BLE001 -- a job's failure, reported in one line from its log
+            try:
+                lines = Path(job.paths.stderr).read_text().splitlines()
+            except OSError:
+                lines = []
+            errors = [line for line in lines if line.startswith("error: ")]
+            codes.append(2 if errors else 1)
+            print(f"job {job.job_id}: {errors[0] if errors else 'failed; see ' + str(job.paths.stderr)}",
+                  file=sys.stderr)
+    return max(codes, default=0)

@@ -1,0 +1,143 @@
+"""lljax.jobs and sharded runs: shards in sequence and at once into one folder equal a single-process run, a
+killed worker's group is taken over, `lljax report` names missing groups, local workers and submitit's local
+executor run whole studies."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from lljax import cli, jobs, pipeline, store
+from lljax.config import Config
+from lljax.errors import LLJaxError
+from test_pipeline import _assert_tables_close, tiny_dataset
+
+STUDY = ["--widths", "3", "6", "9", "--lrs", "0.05", "0.2", "--batch-sizes", "32", "--seeds", "2", "--epochs", "3",
+         "--metrics", "loss", "hessian", "curves", "cka", "l2", "--hessian-samples", "16", "--hessian-top-k", "1",
+         "--hessian-lanczos-steps", "4", "--hessian-density-runs", "0", "--curve-epochs", "1",
+         "--curve-points", "3", "--cka-samples", "16"]
+
+
+def config():
+    return cli.config_from_args(cli.parser("x", {}).parse_args([*STUDY, "--out", "o"]), {})
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    d = tiny_dataset()
+    np.savez(path, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
+    return path
+
+
+def cli_env(devices=1):
+    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+
+
+def test_assignment_balances_cost_and_is_deterministic():
+    costs = [10, 1, 1, 1, 7, 3, 3, 2]
+    shards = jobs.assign(costs, 3)
+    assert sorted(g for s in shards for g in s) == list(range(8)) and shards == jobs.assign(costs, 3)
+    loads = [sum(costs[g] for g in s) for s in shards]
+    assert max(loads) - min(loads) <= 2  # LPT: 10 | 7+2 | 3+3+1+1+1
+    assert jobs.assign([1, 1], 4)[2:] == [[], []]
+    assert jobs.parse_shard("2/5") == (2, 5)
+    for bad in ("5/5", "x", "1/0", "-1/3"):
+        with pytest.raises(LLJaxError, match="--shard"):
+            jobs.parse_shard(bad)
+
+
+def test_three_shards_one_after_another_equal_one_process(tmp_path):
+    c = config()
+    pipeline.run(c, tmp_path / "one", progress=False, dataset=tiny_dataset())
+    outcomes = [pipeline.run(c, tmp_path / "sharded", progress=False, dataset=tiny_dataset(), shard=(i, 3))
+                for i in range(3)]
+    assert outcomes[0] is None and outcomes[1] is None and outcomes[2] is not None  # the last writes the report
+    for name in ("members.csv", "pairs.csv", "grid.csv", "curves.csv"):
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "sharded" / name).read_text(), name
+    assert (tmp_path / "sharded" / "report.md").exists()
+
+
+def test_lljax_report_names_missing_groups_and_rebuilds_a_finished_folder(tmp_path, capsys):
+    c = config()
+    pipeline.run(c, tmp_path / "part", progress=False, dataset=tiny_dataset(), shard=(0, 3))
+    assert cli.main(["report", "--out", str(tmp_path / "part")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "2 of 3 groups missing" in err and "group-" in err
+    pipeline.run(c, tmp_path / "whole", progress=False, dataset=tiny_dataset())
+    before = (tmp_path / "whole" / "grid.csv").read_text()
+    (tmp_path / "whole" / "report.md").unlink()
+    assert cli.main(["report", "--out", str(tmp_path / "whole")]) == 0
+    assert (tmp_path / "whole" / "report.md").exists() and (tmp_path / "whole" / "grid.csv").read_text() == before
+    assert cli.main(["report", "--out", str(tmp_path / "nothing")]) == 2
+
+
+def test_claims_are_exclusive_and_a_dead_holders_claim_is_taken_over(tmp_path):
+    path = tmp_path / "group-0.claim"
+    assert store.claim(path) and not store.claim(path)  # ours, held by a live process (this one)
+    store.release(path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import json
+    import socket
+
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "since": 0}))
+    assert store.claim(path) and json.loads(path.read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.slow
+def test_two_shards_at_once_and_a_killed_worker_resumed_equal_one_process(tmp_path, npz):
+    base = [sys.executable, "-m", "lljax", *STUDY, "--dataset", str(npz), "--no-progress"]
+    subprocess.run([*base, "--out", str(tmp_path / "one")], env=cli_env(), check=True, capture_output=True,
+                   timeout=300)
+    procs = [subprocess.Popen([*base, "--out", str(tmp_path / "two"), "--shard", f"{i}/2"], env=cli_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    _assert_tables_close(tmp_path / "one", tmp_path / "two")
+    assert (tmp_path / "one" / "members.csv").read_text() == (tmp_path / "two" / "members.csv").read_text()
+    # a shard killed inside a group leaves a claim; the next run of the shard takes it over
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*base, "--out", str(killed), "--shard", "0/1", "--epochs", "40"], env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 200
+    while not list((killed / "groups").glob("*.claim")) if killed.exists() else True:
+        if time.time() > deadline or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list((killed / "groups").glob("*.claim")), "no claim was left behind"
+    subprocess.run([*base, "--out", str(killed), "--shard", "0/1", "--epochs", "40"], env=cli_env(), check=True,
+                   capture_output=True, timeout=300)
+    subprocess.run([*base, "--out", str(tmp_path / "clean"), "--epochs", "40"], env=cli_env(), check=True,
+                   capture_output=True, timeout=300)
+    assert (killed / "members.csv").read_text() == (tmp_path / "clean" / "members.csv").read_text()
+    assert not list((killed / "groups").glob("*.claim"))
+
+
+@pytest.mark.slow
+def test_local_workers_and_submitits_local_executor_run_whole_studies(tmp_path, npz):
+    pytest.importorskip("submitit")
+    base = [sys.executable, "-m", "lljax", *STUDY, "--dataset", str(npz), "--no-progress"]
+    subprocess.run([*base, "--out", str(tmp_path / "one")], env=cli_env(), check=True, capture_output=True,
+                   timeout=300)
+    workers = subprocess.run([*base, "--out", str(tmp_path / "workers"), "--workers", "2"], env=cli_env(),
+                             capture_output=True, text=True, timeout=400)
+    assert workers.returncode == 0, workers.stderr[-2000:]
+    assert (tmp_path / "one" / "members.csv").read_text() == (tmp_path / "workers" / "members.csv").read_text()
+    local = subprocess.run([*base, "--out", str(tmp_path / "local"), "--launcher", "local", "--shards", "2"],
+                           env=cli_env(), capture_output=True, text=True, timeout=400)
+    assert local.returncode == 0, local.stdout[-2000:] + local.stderr[-2000:]
+    assert "submitted 2 jobs (local)" in local.stdout
+    assert (tmp_path / "one" / "members.csv").read_text() == (tmp_path / "local" / "members.csv").read_text()
+    assert (tmp_path / "local" / "report.md").exists()
+
+
+def test_job_options_do_not_enter_the_configuration():
+    args = cli.parser("x", {}).parse_args(["--out", "o", "--shard", "1/2", "--workers", "3", "--slurm-time", "5"])
+    assert cli.config_from_args(args, {}).same_run(Config())
+    assert jobs._strip(["--out", "o", "--workers", "2", "--shard=1/2", "--no-progress", "--epochs", "3"],
+                       jobs.JOB_OPTIONS) == ["--out", "o", "--epochs", "3"]
