@@ -55,6 +55,7 @@ def parser(description: str, presets: dict[str, dict]) -> argparse.ArgumentParse
     p.add_argument("--preset", choices=sorted(presets), default="quick" if "quick" in presets else None,
                    help="base settings that the options below override (default: quick)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--timings", action="store_true", help="print where the time went (every run writes timings.json)")
     j = p.add_argument_group("independent jobs (see docs/distributed.md)")
     j.add_argument("--shard", metavar="I/N", help="compute shard I of N of the groups into the shared --out")
     j.add_argument("--workers", type=int, metavar="K", help="run K shards as local processes sharing this "
@@ -82,7 +83,7 @@ def parser(description: str, presets: dict[str, dict]) -> argparse.ArgumentParse
 def config_from_args(args: argparse.Namespace, presets: dict[str, dict]) -> Config:
     """Preset values overridden by the options given."""
     values: dict[str, Any] = dict(presets.get(args.preset, {}))
-    ignored = {"out", "preset", "no_progress", "shard", "workers", "launcher", "shards", "wait"}
+    ignored = {"out", "preset", "no_progress", "timings", "shard", "workers", "launcher", "shards", "wait"}
     ignored |= {k for k in vars(args) if k.startswith("slurm_")}
     for name, given in vars(args).items():
         if name not in ignored and given is not None:
@@ -131,7 +132,7 @@ def main(argv: Sequence[str] | None = None, description: str = "Phase diagram of
             return jobs.submit(argv, args.out, shards, args.launcher, slurm, args.wait)
         shard = jobs.parse_shard(args.shard) if args.shard else None
         runtime.enable_compilation_cache()
-        pipeline.run(config, args.out, progress=not args.no_progress, shard=shard)
+        pipeline.run(config, args.out, progress=not args.no_progress, shard=shard, print_timings=args.timings)
     except LLJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

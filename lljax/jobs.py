@@ -70,7 +70,8 @@ def _strip(argv: Sequence[str], options: dict[str, int]) -> list[str]:
     return out
 
 
-JOB_OPTIONS = {"--workers": 1, "--launcher": 1, "--shards": 1, "--shard": 1, "--no-progress": 0, "--wait": 0,
+JOB_OPTIONS = {"--timings": 0, "--workers": 1, "--launcher": 1, "--shards": 1, "--shard": 1, "--no-progress": 0,
+               "--wait": 0,
                "--slurm-partition": 1, "--slurm-gpus-per-task": 1, "--slurm-cpus-per-task": 1, "--slurm-time": 1,
                "--slurm-array-parallelism": 1, "--slurm-mem-gb": 1}
 

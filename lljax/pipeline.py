@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lljax import config as configs
-from lljax import data, jobs, losses, metrics, models, pytrees, registry, sharding, store, tables, tracking, train
+from lljax import data, jobs, losses, metrics, models, pytrees, registry, sharding, store, tables, timings, tracking
+from lljax import train
 from lljax import grid as grids
 from lljax.config import Config
 from lljax.errors import LLJaxError
@@ -238,7 +239,8 @@ def measure_group(g: TrainedGroup, families: Sequence[Family],
     out: dict[str, np.ndarray] = {"pair/a": pairs[:, 0], "pair/b": pairs[:, 1]}
     shared = shared_inputs(g)
     for family in families:
-        values = measure_family(family, g, pairs, shared)
+        with timings.section(f"measure/{family.name}"):
+            values = measure_family(family, g, pairs, shared)
         out.update({f"{family.kind}/{k}": np.asarray(v) for k, v in values.items()})
         ctx = family_context(family, g)
         if family.layers is not None and family.layer_column_names(ctx):  # the rows of layers.csv
@@ -303,7 +305,8 @@ def check_model(parts: Parts, config: Config, dataset: data.Dataset, families: S
 
 def run(config: Config, out_dir: str | os.PathLike, *, model=None, dataset: data.Dataset | None = None,
         loss: losses.Loss | str | None = None, optimizer=None, progress: bool = True,
-        checkpoint_seconds: float = 60.0, shard: tuple[int, int] | None = None) -> tables.Results | None:
+        checkpoint_seconds: float = 60.0, shard: tuple[int, int] | None = None,
+        print_timings: bool = False) -> tables.Results | None:
     """Run (or resume) a study into `out_dir` and write every output there; returns the `tables.Results`.
 
     model: a factory(width, num_classes) -> flax.linen.Module (default: `config.model`); dataset: a
@@ -316,17 +319,31 @@ def run(config: Config, out_dir: str | os.PathLike, *, model=None, dataset: data
     shard=(i, n) computes only shard i of n of the groups (`jobs.assign`); every group is claimed first, so
     shards and workers sharing `out_dir` never compute a group twice (a run without `shard` waits for groups
     another live process holds). The outputs are written once every group is done, by whoever finishes last;
-    until then a sharded run returns None."""
+    until then a sharded run returns None. Every run writes timings.json (`lljax.timings`); `print_timings`
+    also prints the breakdown."""
     start = time.time()
+    recorder = timings.Timings()
+    try:
+        return _run(config, out_dir, model, dataset, loss, optimizer, progress, checkpoint_seconds, shard,
+                    print_timings, start, recorder)
+    finally:
+        recorder.close()
+
+
+def _run(config, out_dir, model, dataset, loss, optimizer, progress, checkpoint_seconds, shard, print_timings,
+         start, recorder):
     named = {"model": model, "loss": loss.name if isinstance(loss, losses.Loss) else loss, "optimizer": optimizer}
     config = config.replace(**{k: registry.describe(v) for k, v in named.items() if v is not None},
                             **({"dataset": dataset.name} if dataset is not None else {}))
-    configs.validate(config, custom_dataset=dataset is not None)
-    parts = resolve_parts(config, model, loss, optimizer)
-    dataset = dataset or data.load_dataset(config.dataset, config.data_dir)
-    configs.validate_with_data(config, dataset, parts.loss)
-    families = [metrics.get(name) for name in config.metric_names]
-    check_model(parts, config, dataset, families)
+    with timings.section("validate"):
+        configs.validate(config, custom_dataset=dataset is not None)
+        parts = resolve_parts(config, model, loss, optimizer)
+    with timings.section("data"):
+        dataset = dataset or data.load_dataset(config.dataset, config.data_dir)
+    with timings.section("validate"):
+        configs.validate_with_data(config, dataset, parts.loss)
+        families = [metrics.get(name) for name in config.metric_names]
+        check_model(parts, config, dataset, families)
     out_dir = Path(out_dir)
     store.prepare_shared_out_dir(config, out_dir)
     lead = sharding.is_lead_process()  # several hosts: all compute, process 0 writes files and prints
@@ -364,7 +381,9 @@ def run(config: Config, out_dir: str | os.PathLike, *, model=None, dataset: data
                 else bar.update
             group_start = time.time()
             ckpt_dir = out_dir / "checkpoints" / f"group-{group.index}"
-            g = train_group(config, dataset, group, members, ckpt_dir, beat, checkpoint_seconds, placement, parts)
+            with timings.section("train"):
+                g = train_group(config, dataset, group, members, ckpt_dir, beat, checkpoint_seconds, placement,
+                                parts)
             for e in track_epochs[:-1]:  # the snapshots' metrics first: a finished group has all of them
                 if not bool(sharding.from_lead(np.asarray(epoch_path(group, e).exists()))):
                     arrays = measure_group(g.at_epoch(e), tracked, lambda a, m, e=e: beat(a, f"epoch {e}: {m}"))
@@ -392,6 +411,9 @@ def run(config: Config, out_dir: str | os.PathLike, *, model=None, dataset: data
         from lljax import report  # figures and the report: imported when they are written
 
         report.write_all(results, out_dir)
+        summary = recorder.write(out_dir / "timings.json")
+        if print_timings:
+            print(timings.format_summary(summary))
     return results
 
 

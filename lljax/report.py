@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lljax import figures, phases, store, tables, uncertainty
+from lljax import figures, phases, store, tables, timings, uncertainty
 from lljax import grid as grids
 from lljax.tables import Results, Tables
 
@@ -300,6 +300,25 @@ def write_all(results: Results, out_dir: str | os.PathLike, verbose: bool = True
     """Write the tables, every figure (heatmaps, phase figures, the families' own outputs) and report.md into
     the run folder; print the summary."""
     out_dir = Path(out_dir)
+    with timings.section("tables"):
+        t, layers, trajectories = _tables(results, out_dir)
+    with timings.section("figures"):
+        paths = figures.write_heatmaps(results, t.grid, out_dir / "figures")
+        paths += figures.write_phase_figures(results, t.grid, out_dir / "figures")
+        for family in results.families:
+            if family.outputs is not None:
+                paths += family.outputs(results, t, out_dir / "figures")
+        if trajectories is not None:
+            paths += figures.write_trajectory_figures(results, trajectories, out_dir / "figures")
+    with timings.section("report"):
+        report(results, t, paths, out_dir, trajectories)
+        if verbose:
+            print(summary(results, t, out_dir))
+    return t
+
+
+def _tables(results: Results, out_dir: Path):
+    """Write members.csv, pairs.csv, grid.csv, layers.csv and the trajectories; return the tables."""
     t = tables.make_tables(results)
     store.write_atomic(out_dir / "members.csv", tables.to_csv(t.members))
     store.write_atomic(out_dir / "pairs.csv", tables.to_csv(t.pairs, tables.PAIR_KEYS))
@@ -312,15 +331,4 @@ def write_all(results: Results, out_dir: str | os.PathLike, verbose: bool = True
         for name, rows in (("trajectory", trajectories.members), ("pair_trajectory", trajectories.pairs),
                            ("phase_trajectory", trajectories.phases)):
             store.write_atomic(out_dir / f"{name}.csv", tables.to_csv(rows))
-    figures_dir = out_dir / "figures"
-    paths = figures.write_heatmaps(results, t.grid, figures_dir)
-    paths += figures.write_phase_figures(results, t.grid, figures_dir)
-    for family in results.families:
-        if family.outputs is not None:
-            paths += family.outputs(results, t, figures_dir)
-    if trajectories is not None:
-        paths += figures.write_trajectory_figures(results, trajectories, figures_dir)
-    report(results, t, paths, out_dir, trajectories)
-    if verbose:
-        print(summary(results, t, out_dir))
-    return t
+    return t, layers, trajectories

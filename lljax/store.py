@@ -41,7 +41,9 @@ def _manager(path: Path, keep: int | None = 1):
 
 def save_snapshot(path: str | os.PathLike, step: int, tree: Any) -> None:
     """Save a pytree as snapshot `step` beside the others (all are kept); committed atomically by orbax."""
-    with _manager(Path(path), keep=None) as manager:
+    from lljax import timings
+
+    with timings.section("checkpoint"), _manager(Path(path), keep=None) as manager:
         manager.save(step, args=_orbax().args.StandardSave(tree), force=True)
         manager.wait_until_finished()
 
@@ -66,7 +68,9 @@ def latest_step(path: str | os.PathLike) -> int | None:
 
 def save(path: str | os.PathLike, step: int, tree: Any) -> None:
     """Save a pytree of arrays as checkpoint `step`, replacing older ones; committed atomically by orbax."""
-    with _manager(Path(path)) as manager:
+    from lljax import timings
+
+    with timings.section("checkpoint"), _manager(Path(path)) as manager:
         manager.save(step, args=_orbax().args.StandardSave(tree), force=True)
         manager.wait_until_finished()
 
