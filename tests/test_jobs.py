@@ -99,7 +99,7 @@ def test_two_shards_at_once_and_a_killed_worker_resumed_equal_one_process(tmp_pa
     assert (tmp_path / "one" / "members.csv").read_text() == (tmp_path / "two" / "members.csv").read_text()
     # a shard killed inside a group leaves a claim; the next run of the shard takes it over
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*base, "--out", str(killed), "--shard", "0/1", "--epochs", "40"], env=cli_env(),
+    proc = subprocess.Popen([*base, "--out", str(killed), "--shard", "0/1", "--epochs", "20"], env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 200
     while not list((killed / "groups").glob("*.claim")) if killed.exists() else True:
@@ -110,9 +110,9 @@ def test_two_shards_at_once_and_a_killed_worker_resumed_equal_one_process(tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert list((killed / "groups").glob("*.claim")), "no claim was left behind"
-    subprocess.run([*base, "--out", str(killed), "--shard", "0/1", "--epochs", "40"], env=cli_env(), check=True,
+    subprocess.run([*base, "--out", str(killed), "--shard", "0/1", "--epochs", "20"], env=cli_env(), check=True,
                    capture_output=True, timeout=300)
-    subprocess.run([*base, "--out", str(tmp_path / "clean"), "--epochs", "40"], env=cli_env(), check=True,
+    subprocess.run([*base, "--out", str(tmp_path / "clean"), "--epochs", "20"], env=cli_env(), check=True,
                    capture_output=True, timeout=300)
     assert (killed / "members.csv").read_text() == (tmp_path / "clean" / "members.csv").read_text()
     assert not list((killed / "groups").glob("*.claim"))

@@ -97,8 +97,8 @@ def test_a_run_killed_while_tracking_resumes_to_identical_trajectories(tmp_path)
         import sys
         from lljax import experiment
         experiment.enable_compilation_cache()
-        config = experiment.Config.from_dict({{**{TRACKED!r}, "widths": (3, 6, 12), "epochs": 12,
-                                               "track_epochs": (3, 6, 9)}})
+        config = experiment.Config.from_dict({{**{TRACKED!r}, "widths": (3, 6), "epochs": 9,
+                                               "track_epochs": (3, 6)}})
         experiment.run(config, sys.argv[1], progress=False, dataset=tiny_dataset(), checkpoint_seconds=0)
     """)
     killed, clean = tmp_path / "killed", tmp_path / "clean"
