@@ -91,9 +91,16 @@ def classify(train_loss, mc, cka, thresholds: Thresholds = Thresholds()) -> np.n
     except ValueError:
         raise LLJaxError(f"classify: train_loss, mc and cka have incompatible shapes "
                          f"{[a.shape for a in arrays]}") from None
-    fitted = loss < thresholds.train_loss
-    barrier = mc < -thresholds.mc_band
-    similar = cka >= thresholds.cka
+    return rule(loss, mc, cka, thresholds.train_loss, thresholds.mc_band, thresholds.cka)
+
+
+def rule(loss, mc, cka, train_loss, mc_band, cka_threshold) -> np.ndarray:
+    """The phase rule on float arrays, thresholds included (all broadcast together): `classify` without its
+    checks, for many threshold settings at once (`uncertainty.phase_stability`)."""
+    loss, mc, cka = np.broadcast_arrays(loss, mc, cka, train_loss, mc_band, cka_threshold)[:3]
+    fitted = loss < train_loss
+    barrier = mc < -mc_band
+    similar = cka >= cka_threshold
     labels = np.where(fitted,
                       np.where(barrier, "III", np.where(similar, "IV-B", "IV-A")),
                       np.where(barrier, "I", "II")).astype("<U4")

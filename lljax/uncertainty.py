@@ -20,6 +20,7 @@ intervals are the same every time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import warnings
@@ -67,6 +68,7 @@ def mean_interval(values, level: float = 0.95, rng: np.random.Generator | None =
     return float(low), float(high)
 
 
+@functools.lru_cache(maxsize=16)
 def threshold_grid(thresholds: phases.Thresholds, steps: int = 9, span: float = 2.0) -> list[phases.Thresholds]:
     """The neighbourhood of a threshold setting (module docstring): steps^3 settings."""
     scales = span ** np.linspace(-1, 1, steps)
@@ -105,9 +107,9 @@ def phase_stability(train_loss: Sequence[float], mc: Sequence[float], cka: Seque
                               rng, resamples)
     boot = float(np.mean(phases.classify(loss_b, pair_b[:, 0], pair_b[:, 1], thresholds) == phase))
     means = [_mean(train_loss), _mean(mc), _mean(cka)]
-    grid = threshold_grid(thresholds)
-    kept = [str(phases.classify(*means, t)) == phase for t in grid]
-    return boot, float(np.mean(kept))
+    grid = np.asarray([(t.train_loss, t.mc_band, t.cka) for t in threshold_grid(thresholds)])
+    labels = phases.rule(*means, grid[:, 0], grid[:, 1], grid[:, 2])
+    return boot, float(np.mean(labels == phase))
 
 
 def best_point_probability(score_samples: Sequence[Sequence[float]], rng: np.random.Generator,
