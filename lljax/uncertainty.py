@@ -59,9 +59,9 @@ def mean_interval(values, level: float = 0.95, rng: np.random.Generator | None =
     if n < 2:
         return math.nan, math.nan
     if n < BOOTSTRAP_MIN_SEEDS or rng is None:
-        import scipy.stats
+        from scipy.special import stdtrit  # Student's t quantile (scipy.stats takes a second to import)
 
-        half = scipy.stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
+        half = stdtrit(n - 1, 0.5 + level / 2) * x.std(ddof=1) / math.sqrt(n)
         return float(x.mean() - half), float(x.mean() + half)
     means = x[rng.integers(0, n, (resamples, n))].mean(1)
     low, high = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
@@ -140,27 +140,6 @@ def phase_difference(score_samples: Sequence[Sequence[float]], labels: Sequence[
     return out
 
 
-def _ranks(a: np.ndarray) -> np.ndarray:
-    import scipy.stats
-
-    return scipy.stats.rankdata(a, axis=-1)
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    ra, rb = _ranks(a), _ranks(b)
-    ra, rb = ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (ra * rb).sum(-1) / np.sqrt((ra ** 2).sum(-1) * (rb ** 2).sum(-1))
-
-
-def _kendall(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Kendall's tau-b over the last axis (ties handled), all pairs at once."""
-    i, j = np.triu_indices(a.shape[-1], 1)
-    da, db = np.sign(a[..., i] - a[..., j]), np.sign(b[..., i] - b[..., j])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (da * db).sum(-1) / np.sqrt((da != 0).sum(-1) * (db != 0).sum(-1))
-
-
 def correlation_intervals(metrics: Mapping[str, Sequence[float]], score: Sequence[float], labels: Sequence[str],
                           rng: np.random.Generator, resamples: int = 1000, level: float = 0.95
                           ) -> dict[tuple[str, str], tuple[float, float, float, float]]:
@@ -180,7 +159,7 @@ def correlation_intervals(metrics: Mapping[str, Sequence[float]], score: Sequenc
             idx = chosen[rng.integers(0, chosen.size, (resamples, chosen.size))]
             a, b = values[idx], score[idx]
             q = [0.5 - level / 2, 0.5 + level / 2]
-            spearman, kendall = _spearman(a, b), _kendall(a, b)
+            spearman, kendall = phases.spearman(a, b), phases.kendall(a, b)
             out[(name, scope)] = (*np.nanquantile(spearman, q), *np.nanquantile(kendall, q)) if \
                 np.isfinite(spearman).any() else (math.nan,) * 4
     return out

@@ -108,7 +108,11 @@ def test_correlation_intervals():
                                               uncertainty.generator(0, "c"), 500)
     assert again[("m", "all")] == out[("m", "all")]
     from scipy import stats
-    ref = stats.kendalltau(x[:5], np.array([1.0, 3, 2, 5, 4])).statistic
-    assert uncertainty._kendall(x[:5], np.array([1.0, 3, 2, 5, 4])) == pytest.approx(ref)
-    assert uncertainty._spearman(x[:5], np.array([1.0, 3, 2, 5, 4])) == pytest.approx(
-        stats.spearmanr(x[:5], [1.0, 3, 2, 5, 4]).statistic)
+    rng = np.random.default_rng(6)
+    for a, b in ((x[:5], np.array([1.0, 3, 2, 5, 4])), (rng.integers(0, 4, 30), rng.integers(0, 3, 30)),
+                 (rng.normal(size=12), rng.normal(size=12))):  # ties in the second
+        assert phases.kendall(a, b) == pytest.approx(stats.kendalltau(a, b).statistic, rel=1e-12)
+        assert phases.spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, rel=1e-12)
+        np.testing.assert_allclose(phases.ranks(a), stats.rankdata(a))
+    batch = rng.integers(0, 5, (4, 9)).astype(float)
+    np.testing.assert_allclose(phases.ranks(batch), stats.rankdata(batch, axis=-1))
