@@ -238,6 +238,9 @@ def validate(config: Config, custom_dataset: bool = False) -> None:
     for name in config.metrics or ():
         metrics.get(name)  # an unknown name is an error
     for name in config.metric_names:
+        if metrics.get(name).kind == "quad" and config.seeds < 4:
+            raise LLJaxError(f"metric family {name!r} needs four seeds per grid point (a surface between four "
+                             f"models), got --seeds {config.seeds}")
         opts = config.options(name)
         if opts is not None:
             options.check(opts, metrics.get(name).flag_prefix)

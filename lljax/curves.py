@@ -279,15 +279,31 @@ def fit_curve(model: models.Model, curve: Curve, x_train, y_train, key: jax.Arra
 
     Returns the fitted curve (endpoints untouched) and the mean objective of every epoch (epochs,).
     """
+    batch_stats = {} if batch_stats is None else batch_stats
+    dtype = jax.tree.leaves(curve.start)[0].dtype
+
+    def start(total_steps):
+        optimizer = curve_optimizer(lr, momentum, total_steps, dtype)
+        step = lambda state, x, y, t, rng: fit_step(model, optimizer, state, batch_stats, x, y, t, weight_decay,
+                                                    loss, rng)
+        return fit_init(curve, optimizer), step
+
+    state, epoch_losses = _fit_loop(start, x_train, y_train, key, epochs, batch_size, rows,
+                                    lambda key_t, s: _step_t(key_t, s, dtype))
+    return state.curve, epoch_losses
+
+
+def _fit_loop(start, x_train, y_train, key, epochs, batch_size, rows, draw):
+    """The minibatch loop every fit shares: `epochs` passes over shuffled minibatches (`fold_in(shuffle stream,
+    epoch)`), each step's sample of the curve or surface parameter `draw(t stream, step)` and its Dropout key;
+    `start(total_steps) -> (state, step(state, x, y, sample, rng) -> (state, loss))`. Returns the last state
+    and the mean loss of every epoch (epochs,)."""
     num_train = _num_examples(x_train, y_train, rows)
     _check_fit_args(num_train, epochs, batch_size)
-    batch_stats = {} if batch_stats is None else batch_stats
     key_shuffle, key_t = _streams(key)
     key_dropout = grid.stream(key, "dropout")
     steps_per_epoch = num_train // batch_size
-    total_steps = epochs * steps_per_epoch
-    dtype = jax.tree.leaves(curve.start)[0].dtype
-    optimizer = curve_optimizer(lr, momentum, total_steps, dtype)
+    state, step_fn = start(epochs * steps_per_epoch)
 
     def epoch(state, e):
         order = _epoch_order(key_shuffle, e, num_train)
@@ -296,14 +312,12 @@ def fit_curve(model: models.Model, curve: Curve, x_train, y_train, key: jax.Arra
             idx = jax.lax.dynamic_slice_in_dim(order, j * batch_size, batch_size)
             idx = idx if rows is None else rows[idx]
             s = e * steps_per_epoch + j
-            return fit_step(model, optimizer, state, batch_stats, x_train[idx], y_train[idx],
-                            _step_t(key_t, s, dtype), weight_decay, loss, jax.random.fold_in(key_dropout, s))
+            return step_fn(state, x_train[idx], y_train[idx], draw(key_t, s), jax.random.fold_in(key_dropout, s))
 
         state, step_losses = jax.lax.scan(step, state, jnp.arange(steps_per_epoch))
         return state, step_losses.mean()
 
-    state, epoch_losses = jax.lax.scan(epoch, fit_init(curve, optimizer), jnp.arange(epochs))
-    return state.curve, epoch_losses
+    return jax.lax.scan(epoch, state, jnp.arange(epochs))
 
 
 # ------------------------------------------------------------------------------------ BatchNorm statistics
@@ -446,6 +460,173 @@ def linear_barrier(model: models.Model, start: Params, end: Params, batch_stats:
                              x_test, y_test, ts, bn_chunk_size=bn_chunk_size, eval_batch_size=eval_batch_size,
                              loss=loss)
     return mode_connectivity(metrics.train_err if loss.error else metrics.train_loss), metrics
+
+
+# ------------------------------------------------------------------------------------------- surfaces
+
+class Surface(NamedTuple):
+    """A tensor-product Bezier surface of degree n over parameter pytrees (Ren et al., ICLR 2025): control points
+    `controls`, every leaf with leading axes (n + 1, n + 1); the four corners [0, 0], [0, n], [n, 0], [n, n] are
+    four trained models and stay fixed. theta(u, v) = sum_i sum_j B_i^n(u) B_j^n(v) theta_ij."""
+
+    controls: Params
+
+    @property
+    def degree(self) -> int:
+        return jax.tree.leaves(self.controls)[0].shape[0] - 1
+
+
+def init_surface(w00: Params, w0n: Params, wn0: Params, wnn: Params, degree: int = 2) -> Surface:
+    """A surface with the four models at its corners (theta(0, 0) = w00, theta(0, 1) = w0n, theta(1, 0) = wn0,
+    theta(1, 1) = wnn) and the other control points on the bilinear interpolation of the corners (so the initial
+    surface is that interpolation: Bernstein polynomials reproduce linear functions)."""
+    if int(degree) != degree or degree < 1:
+        raise LLJaxError(f"a Bezier surface needs a degree of at least 1, got {degree}")
+    for other in (w0n, wn0, wnn):
+        _check_endpoints(w00, other)
+    s = np.arange(degree + 1) / degree
+
+    def controls(a, b, c, d):
+        u = jnp.asarray(s, a.dtype).reshape(-1, 1, *([1] * a.ndim))
+        v = jnp.asarray(s, a.dtype).reshape(1, -1, *([1] * a.ndim))
+        return (1 - u) * (1 - v) * a + (1 - u) * v * b + u * (1 - v) * c + u * v * d
+
+    return Surface(jax.tree.map(controls, w00, w0n, wn0, wnn))
+
+
+def surface_point(surface: Surface, u, v) -> Params:
+    """theta(u, v); the corners are the four models bitwise."""
+    n = surface.degree
+
+    def point(c):
+        uu, vv = jnp.asarray(u, c.dtype), jnp.asarray(v, c.dtype)
+        bu, bv = bezier_coefficients(uu, n - 1), bezier_coefficients(vv, n - 1)  # degree n: n - 1 'bends'
+        w = jnp.tensordot(jnp.outer(bu, bv), c, axes=2)
+        corner = lambda i, j: c[i, j]
+        w = jnp.where((uu == 0) & (vv == 0), corner(0, 0), w)
+        w = jnp.where((uu == 0) & (vv == 1), corner(0, n), w)
+        w = jnp.where((uu == 1) & (vv == 0), corner(n, 0), w)
+        return jnp.where((uu == 1) & (vv == 1), corner(n, n), w)
+
+    return jax.tree.map(point, surface.controls)
+
+
+def _trainable_mask(n: int, boundary: bool | None) -> np.ndarray:
+    """(n + 1, n + 1): which control points a stage trains (never the corners). boundary=True: the edges',
+    False: the interior's, None: every non-corner point."""
+    i, j = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+    corner = np.isin(i, (0, n)) & np.isin(j, (0, n))
+    edge = (np.isin(i, (0, n)) | np.isin(j, (0, n))) & ~corner
+    return {None: ~corner, True: edge, False: ~corner & ~edge}[boundary]
+
+
+def fit_surface(model: models.Model, surface: Surface, x_train, y_train, key: jax.Array, *,
+                batch_stats: BatchStats = None, epochs: int, batch_size: int, lr=0.01, weight_decay=5e-4,
+                momentum=0.9, loss: losses.Loss = losses.cross_entropy, rows=None, boundary_first: bool = False
+                ) -> tuple[Surface, jax.Array]:
+    """Fit the non-corner control points: SGD with momentum (`curve_optimizer`) on the loss at one (u, v) ~ U[0,
+    1]^2 per minibatch + 0.5 wd ||theta(u, v)||^2, as `fit_curve`. boundary_first: the paper's two stages,
+    `epochs` each: the edges' control points on points of the boundary first, then the interior's with the edges
+    fixed. Returns the fitted surface and the mean objective of every epoch."""
+    batch_stats = {} if batch_stats is None else batch_stats
+    dtype = jax.tree.leaves(surface.controls)[0].dtype
+    n = surface.degree
+    stages = ((True, "boundary"), (False, "interior")) if boundary_first else ((None, "all"),)
+    history = []
+    for stage, (boundary, name) in enumerate(stages):
+        mask = _trainable_mask(n, boundary)
+
+        def start(total_steps, surface=surface, mask=mask):
+            optimizer = curve_optimizer(lr, momentum, total_steps, dtype)
+            keep = lambda c: jnp.asarray(mask.reshape(mask.shape + (1,) * (c.ndim - 2)), c.dtype)
+
+            def step(state, x, y, uv, rng):
+                controls, opt_state = state
+
+                def objective(controls):
+                    w = surface_point(Surface(controls), uv[0], uv[1])
+                    return loss.mean(models.apply(model, w, batch_stats, x, train=True, rng=rng)[0], y) + \
+                        0.5 * weight_decay * _l2_squared(w)
+
+                value, grads = jax.value_and_grad(objective)(controls)
+                grads = jax.tree.map(lambda g: g * keep(g), grads)  # corners (and the other stage's points) fixed
+                updates, opt_state = optimizer.update(grads, opt_state, controls)
+                return (optax.apply_updates(controls, updates), opt_state), value
+
+            return (surface.controls, optimizer.init(surface.controls)), step
+
+        def draw(key_t, s, boundary=boundary):
+            u, v = jax.random.uniform(jax.random.fold_in(key_t, s), (2,), dtype)
+            if not boundary:
+                return jnp.stack([u, v])
+            side = jnp.floor(v * 4)  # a point on one of the four edges, uniformly
+            return jnp.select([side == 0, side == 1, side == 2], [jnp.stack([u, 0 * u]), jnp.stack([u, 1 + 0 * u]),
+                                                                  jnp.stack([0 * u, u])], jnp.stack([1 + 0 * u, u]))
+
+        (controls, _), epoch_losses = _fit_loop(start, x_train, y_train, jax.random.fold_in(key, stage), epochs,
+                                                batch_size, rows, draw)
+        surface = Surface(controls)
+        history.append(epoch_losses)
+    return surface, jnp.concatenate(history)
+
+
+class SurfaceMetrics(NamedTuple):
+    """A surface evaluated on a G x G grid of (u, v) (us, vs (G,)): training and test loss and error (G, G), the
+    test accuracy of its best point by training loss (a model average), and the test accuracy of the ensemble
+    of every grid point's outputs (softmax averaged)."""
+
+    us: jax.Array
+    vs: jax.Array
+    train_loss: jax.Array
+    train_err: jax.Array
+    test_loss: jax.Array
+    test_err: jax.Array
+    best_test_acc: jax.Array
+    ensemble_test_acc: jax.Array
+
+
+def evaluate_surface(model: models.Model, surface: Surface, batch_stats: BatchStats, x_train, y_train, x_test,
+                     y_test, grid_size: int = 11, *, bn_chunk_size: int | None = None, eval_batch_size: int = 1000,
+                     loss: losses.Loss = losses.cross_entropy, rows=None, rng: jax.Array | None = None
+                     ) -> SurfaceMetrics:
+    """Every metric of `SurfaceMetrics` on a grid_size x grid_size grid, BatchNorm statistics recomputed exactly
+    at every point (Ren et al. interpolate them instead), the points one after another (memory)."""
+    if grid_size < 2:
+        raise LLJaxError(f"a surface grid needs at least 2 x 2 points, got {grid_size}")
+    dtype = jax.tree.leaves(surface.controls)[0].dtype
+    ticks = jnp.linspace(0, 1, grid_size).astype(dtype)
+    points = jnp.stack(jnp.meshgrid(ticks, ticks, indexing="ij"), -1).reshape(-1, 2)
+    batch_stats = {} if batch_stats is None else batch_stats
+
+    def at(uv):
+        w = surface_point(surface, uv[0], uv[1])
+        stats = recompute_batch_stats(model, w, batch_stats, x_train, chunk_size=bn_chunk_size, rows=rows, rng=rng)
+        train = _loss_and_error(model, w, stats, x_train, y_train, eval_batch_size, loss, rows)
+        test = _loss_and_error(model, w, stats, x_test, y_test, eval_batch_size, loss)
+        outputs = models.apply(model, w, stats, x_test)[0]
+        return jnp.stack([*train, *test]), jax.nn.softmax(outputs, -1) if loss.classification else outputs
+
+    values, outputs = jax.lax.map(at, points)
+    values = values.reshape(grid_size, grid_size, 4)
+    best = jnp.argmin(values[..., 0].reshape(-1))
+    if loss.classification:
+        ensemble = jnp.mean((jnp.mean(outputs, 0).argmax(-1) == y_test).astype(dtype))
+        best_acc = 1 - values[..., 3].reshape(-1)[best]
+    else:
+        ensemble = best_acc = jnp.full((), jnp.nan, dtype)
+    return SurfaceMetrics(ticks, ticks, values[..., 0], values[..., 1], values[..., 2], values[..., 3], best_acc,
+                          ensemble)
+
+
+def surface_connectivity(errors_GG) -> jax.Array:
+    """mode connectivity generalised to a surface: m = the mean of the four corners' values, the grid point
+    farthest from m, and mc = m - its value (negative: a barrier somewhere on the surface)."""
+    e = jnp.asarray(errors_GG)
+    corners = jnp.stack([e[..., 0, 0], e[..., 0, -1], e[..., -1, 0], e[..., -1, -1]], -1)
+    m = corners.mean(-1)
+    flat = e.reshape(*e.shape[:-2], -1)
+    worst = jnp.argmax(jnp.abs(flat - m[..., None]), axis=-1)
+    return m - jnp.take_along_axis(flat, worst[..., None], -1)[..., 0]
 
 
 # ------------------------------------------------------------------------------ over pairs (vmapped once)

@@ -278,29 +278,83 @@ def _representative(values: list, most: int) -> list:
     return [values[i] for i in np.unique(np.linspace(0, len(values) - 1, most).round().astype(int))]
 
 
+def _point_facets(results: "tables.Results", grid: Sequence[dict]):
+    """The representative set of grid points (at most 6 x 4 per facet): (suffix, x_values, y_values, x, y,
+    point(xv, yv) -> the grid point's knob tuple) for every facet."""
+    knob_values = results.knob_values
+    x, y = tables.choose_axes(knob_values)
+    if x is None:
+        return
+    x_values = _representative(list(knob_values[x]), 6)
+    y_values = _representative(list(knob_values[y]), 4) if y else [None]
+    for suffix, rows in tables.facets(grid, knob_values, x, y):
+        fixed = {k: rows[0][k] for k in grids.KNOBS}
+        point = lambda xv, yv, fixed=fixed: tuple({**fixed, x: xv, **({y: yv} if y else {})}[k] for k in grids.KNOBS)
+        yield suffix, x_values, y_values, x, y, point
+
+
 def point_panels(results: "tables.Results", grid: Sequence[dict], draw: Callable[[tuple], list | None],
                  out_dir: Path, stem: str, x_label: str, y_label: str, title: str, logy: bool = False
                  ) -> list[Path]:
     """Small multiples, one panel per grid point of a representative set (at most 6 x 4 points per facet):
     `draw(point) -> [(xs, ys, label, style), ...]` or None for a blank panel. One figure `stem<facet>.png` per
     facet where some panel is drawn."""
-    knob_values = results.knob_values
-    x, y = tables.choose_axes(knob_values)
-    if x is None:
-        return []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    x_values = _representative(list(knob_values[x]), 6)
-    y_values = _representative(list(knob_values[y]), 4) if y else [None]
     written = []
-    for suffix, rows in tables.facets(grid, knob_values, x, y):
-        fixed = {k: rows[0][k] for k in grids.KNOBS}
-        point = lambda xv, yv: tuple({**fixed, x: xv, **({y: yv} if y else {})}[k] for k in grids.KNOBS)
+    for suffix, x_values, y_values, x, y, point in _point_facets(results, grid):
         drawn = [[draw(point(xv, yv)) for xv in x_values] for yv in y_values]
         if not any(cell for row in drawn for cell in row):
             continue
+        out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{stem}{suffix}.png"
         panels([[cell or [] for cell in row] for row in drawn], x_values, y_values if y else [""], x, y or "",
                x_label, y_label, _title(results, title, suffix), path, logy=logy)
+        written.append(path)
+    return written
+
+
+def point_contours(results: "tables.Results", grid: Sequence[dict], surface: Callable[[tuple], tuple | None],
+                   out_dir: Path, stem: str, x_label: str, y_label: str, title: str, log10: bool = False,
+                   marks: Sequence[tuple] = ()) -> list[Path]:
+    """Filled contours, one panel per grid point of the representative set, ONE colour scale per figure so the
+    points compare: `surface(point) -> (xs (X,), ys (Y,), values (Y, X))` or None for a blank panel; `marks`:
+    (x, y) positions drawn on every panel (the models). One figure `stem<facet>.png` per facet drawn."""
+    plt = _pyplot()
+    written = []
+    for suffix, x_values, y_values, x, y, point in _point_facets(results, grid):
+        cells = [[surface(point(xv, yv)) for xv in x_values] for yv in y_values]
+        drawn = [c for row in cells for c in row if c is not None]
+        if not drawn:
+            continue
+        scale = (lambda v: np.log10(np.maximum(v, 1e-12))) if log10 else (lambda v: np.asarray(v, float))
+        values = np.concatenate([scale(c[2]).ravel() for c in drawn])
+        values = values[np.isfinite(values)]
+        levels = np.linspace(values.min(), values.max() + 1e-12, 21) if values.size else 21
+        rows, cols = len(y_values), len(x_values)
+        fig, axes = plt.subplots(rows, cols, figsize=(1.8 + 2.1 * cols, 1.3 + 1.9 * rows), dpi=100, squeeze=False)
+        image = None
+        for i in range(rows):
+            for j in range(cols):
+                ax, cell = axes[rows - 1 - i, j], cells[i][j]  # the first y value at the bottom
+                ax.tick_params(labelsize=6)
+                if cell is not None:
+                    xs, ys, z = cell
+                    image = ax.contourf(xs, ys, scale(z), levels=levels, cmap="viridis", extend="both")
+                    ax.contour(xs, ys, scale(z), levels=levels[::4], colors="white", linewidths=0.4)
+                    for mx, my in marks:
+                        ax.plot(mx, my, "w.", ms=4)
+                if i == 0:
+                    ax.set_xlabel(f"{x_label}\n{KNOB_LABELS.get(x, x)} = {_ticks([x_values[j]])[0]}", fontsize=7)
+                if j == 0:
+                    prefix = f"{KNOB_LABELS.get(y, y)} = {_ticks([y_values[i]])[0]}\n" if y else ""
+                    ax.set_ylabel(f"{prefix}{y_label}", fontsize=7)
+        fig.suptitle(_title(results, title, suffix), fontsize=9)
+        fig.tight_layout(rect=(0, 0, 0.9, 1))
+        bar = fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02)
+        bar.ax.tick_params(labelsize=6)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{stem}{suffix}.png"
+        fig.savefig(path)
+        plt.close(fig)
         written.append(path)
     return written
 

@@ -75,17 +75,27 @@ def group_members(members: Sequence[MemberConfig]) -> list[Group]:
             for g, (static, idx) in enumerate(by_static.items())]
 
 
-def pairs_within_points(members: Sequence[MemberConfig], indices: Sequence[int], max_pairs: int | None = None
-                        ) -> list[tuple[int, int]]:
-    """Pairs (i, j), i < j, of members at the same grid point; at most `max_pairs` per point (first by seed)."""
+def _by_point(members: Sequence[MemberConfig], indices: Sequence[int]) -> list[list[int]]:
     by_point: dict[tuple, list[int]] = {}
     for i in indices:
         by_point.setdefault(members[i].point, []).append(i)
+    return list(by_point.values())
+
+
+def pairs_within_points(members: Sequence[MemberConfig], indices: Sequence[int], max_pairs: int | None = None
+                        ) -> list[tuple[int, int]]:
+    """Pairs (i, j), i < j, of members at the same grid point; at most `max_pairs` per point (first by seed)."""
     pairs = []
-    for idx in by_point.values():
+    for idx in _by_point(members, indices):
         point_pairs = list(itertools.combinations(sorted(idx, key=lambda i: members[i].seed), 2))
         pairs += point_pairs[:max_pairs] if max_pairs else point_pairs
     return pairs
+
+
+def quads_within_points(members: Sequence[MemberConfig], indices: Sequence[int]) -> list[tuple[int, ...]]:
+    """The first four seeds (i, j, k, l) of every grid point that has at least four: the corners of its surface."""
+    return [tuple(sorted(idx, key=lambda i: members[i].seed)[:4]) for idx in _by_point(members, indices)
+            if len(idx) >= 4]
 
 
 # ---------------------------------------------------------------------------------------------- streams

@@ -189,12 +189,12 @@ def shared_inputs(g: TrainedGroup) -> Shared:
                               g.placement.mesh)
 
 
-def measure_family(family: Family, g: TrainedGroup, pairs: np.ndarray, shared: Shared | None = None
+def measure_family(family: Family, g: TrainedGroup, tuples: np.ndarray, shared: Shared | None = None
                    ) -> dict[str, np.ndarray]:
     """Every output of one family for a trained group: (M, ...) arrays for a member family, (P, ...) for a
-    pair family over `pairs` (P, 2) of member positions. Keys come from the family's named stream; `shared`
-    defaults to `shared_inputs(g)`."""
-    count = len(pairs) if family.kind == "pair" else len(g.members)
+    pair (quad) family over `tuples` (P, 2) ((Q, 4)) of member positions (ignored by a member family). Keys
+    come from the family's named stream; `shared` defaults to `shared_inputs(g)`."""
+    count = len(g.members) if family.kind == "member" else len(tuples)
     if count == 0:
         return {}
     ctx = family_context(family, g)
@@ -208,7 +208,8 @@ def measure_family(family: Family, g: TrainedGroup, pairs: np.ndarray, shared: S
     s = g.state
     member = Member(s.params, s.batch_stats, g.member.view, g.member.hyper, np.asarray(s.diverged))
     take = lambda tree, i: jax.tree.map(lambda leaf: leaf[i], tree)
-    args = (member,) if family.kind == "member" else (take(member, pairs[:, 0]), take(member, pairs[:, 1]))
+    args = (member,) if family.kind == "member" else tuple(take(member, tuples[:, i])
+                                                             for i in range(tuples.shape[1]))
     first = args[0]
     sizes = np.asarray(first.view.size) if family.static_subset else np.zeros(count, int)
     out: dict[str, np.ndarray] = {}
@@ -232,15 +233,20 @@ def measure_family(family: Family, g: TrainedGroup, pairs: np.ndarray, shared: S
 
 def measure_group(g: TrainedGroup, families: Sequence[Family],
                   progress: Callable[[float, str], None] = lambda amount, message: None) -> dict[str, np.ndarray]:
-    """Every requested family of a trained group: 'member/<name>' (M, ...) and 'pair/<name>' (P, ...) arrays,
-    plus 'pair/a', 'pair/b' (positions of the two members within the group)."""
-    pairs = np.asarray(grids.pairs_within_points(g.members, range(len(g.members)), g.config.max_pairs),
-                       np.int32).reshape(-1, 2)
+    """Every requested family of a trained group: 'member/<name>' (M, ...), 'pair/<name>' (P, ...) and
+    'quad/<name>' (Q, ...) arrays, plus 'pair/a', 'pair/b' (positions of the two members within the group) and,
+    with a quad family, 'quad/members' (Q, 4)."""
+    positions = range(len(g.members))
+    pairs = np.asarray(grids.pairs_within_points(g.members, positions, g.config.max_pairs), np.int32).reshape(-1, 2)
+    quads = np.asarray(grids.quads_within_points(g.members, positions), np.int32).reshape(-1, 4)
     out: dict[str, np.ndarray] = {"pair/a": pairs[:, 0], "pair/b": pairs[:, 1]}
+    if any(family.kind == "quad" for family in families):
+        out["quad/members"] = quads
+    tuples = {"member": None, "pair": pairs, "quad": quads}
     shared = shared_inputs(g)
     for family in families:
         with timings.section(f"measure/{family.name}"):
-            values = measure_family(family, g, pairs, shared)
+            values = measure_family(family, g, tuples[family.kind], shared)
         out.update({f"{family.kind}/{k}": np.asarray(v) for k, v in values.items()})
         ctx = family_context(family, g)
         if family.layers is not None and family.layer_column_names(ctx):  # the rows of layers.csv

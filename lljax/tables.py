@@ -27,7 +27,8 @@ class Results:
     dataset         the dataset's name
     model           the model's name
     members, groups the grid (`lljax.grid`)
-    group_metrics   per group: 'member/<name>' (M, ...) and 'pair/<name>' (P, ...) arrays, 'pair/a', 'pair/b'
+    group_metrics   per group: 'member/<name>' (M, ...), 'pair/<name>' (P, ...) and 'quad/<name>' (Q, ...)
+                    arrays, 'pair/a', 'pair/b' and 'quad/members' (`lljax.pipeline.measure_group`)
     seconds         run time
     error_metric    whether the loss has an error metric (classification): accuracy columns and mc on error
     loss_name       the loss's name (the units of training-loss thresholds)
@@ -65,15 +66,14 @@ class Results:
         return "test_acc_mean" if self.error_metric else "test_loss_mean"
 
     def arrays_by_point(self, kind: str, name: str) -> dict[tuple, list[np.ndarray]]:
-        """The per-member (kind 'member') or per-pair ('pair') array `name` of every grid point, as a list over
-        its members (pairs), diverged members (pairs with one) left out."""
+        """The per-member (kind 'member'), per-pair ('pair') or per-quad ('quad') array `name` of every grid
+        point, as a list over its members (pairs, quads), diverged members (pairs, quads with one) left out."""
         out: dict[tuple, list[np.ndarray]] = {}
         for group, arrays in zip(self.groups, self.group_metrics):
             if f"{kind}/{name}" not in arrays:
                 continue
             values, diverged = arrays[f"{kind}/{name}"], arrays["member/diverged"]
-            owners = [(p,) for p in range(len(group.members))] if kind == "member" else \
-                list(zip(arrays["pair/a"], arrays["pair/b"]))
+            owners = owners_of(kind, arrays, len(group.members))
             for i, owner in enumerate(owners):
                 if not any(diverged[p] for p in owner):
                     out.setdefault(self.members[group.members[owner[0]]].point, []).append(values[i])
@@ -112,6 +112,15 @@ def to_csv(rows: Sequence[dict], columns: Sequence[str] = ()) -> str:
     return buffer.getvalue()
 
 
+def owners_of(kind: str, arrays: dict[str, np.ndarray], members: int) -> list[tuple]:
+    """The member positions (within the group) behind every entry of a kind's arrays."""
+    if kind == "member":
+        return [(p,) for p in range(members)]
+    if kind == "pair":
+        return list(zip(arrays["pair/a"], arrays["pair/b"]))
+    return [tuple(q) for q in arrays.get("quad/members", np.zeros((0, 4), int))]
+
+
 def _scalar_columns(arrays: dict[str, np.ndarray], prefix: str, count: int) -> dict[str, np.ndarray]:
     return {k[len(prefix):]: v for k, v in arrays.items()
             if k.startswith(prefix) and v.shape == (count,) and k not in ("pair/a", "pair/b")}
@@ -132,16 +141,17 @@ def member_rows(results: Results, group_metrics: Sequence[dict] | None = None) -
     return rows
 
 
-def pair_rows(results: Results, group_metrics: Sequence[dict] | None = None) -> list[dict]:
-    """One row per pair of members at the same grid point: the point's knobs, both seeds, every pair metric."""
+def pair_rows(results: Results, group_metrics: Sequence[dict] | None = None, kind: str = "pair") -> list[dict]:
+    """One row per pair of members at the same grid point: the point's knobs, both seeds (seed_a, seed_b), every
+    pair metric; kind='quad': one row per quad, its four seeds (seed_a ... seed_d) and every quad metric."""
     rows = []
     for group, arrays in zip(results.groups, results.group_metrics if group_metrics is None else group_metrics):
-        a, b = arrays["pair/a"], arrays["pair/b"]
-        columns = _scalar_columns(arrays, "pair/", len(a))
-        for p in range(len(a)):
-            ma, mb = results.members[group.members[a[p]]], results.members[group.members[b[p]]]
-            row = {k: getattr(ma, k) for k in grids.KNOBS}
-            row.update(seed_a=ma.seed, seed_b=mb.seed, group=group.index)
+        owners = owners_of(kind, arrays, len(group.members))
+        columns = _scalar_columns(arrays, f"{kind}/", len(owners))
+        for p, owner in enumerate(owners):
+            seeds = [results.members[group.members[i]] for i in owner]
+            row = {k: getattr(seeds[0], k) for k in grids.KNOBS}
+            row.update({f"seed_{'abcd'[i]}": m.seed for i, m in enumerate(seeds)}, group=group.index)
             row.update({k: v[p] for k, v in columns.items()})
             rows.append(row)
     return rows
@@ -174,44 +184,51 @@ def layer_rows(results: Results) -> list[dict]:
 
 @dataclasses.dataclass
 class Point:
-    """One grid point's rows: all its members and pairs, and those without a diverged member (`kept_*`)."""
+    """One grid point's rows: all its members, pairs and quads, and those without a diverged member (`kept_*`)."""
 
     knobs: dict
     members: list[dict]
     pairs: list[dict]
     kept_members: list[dict]
     kept_pairs: list[dict]
+    quads: list[dict] = dataclasses.field(default_factory=list)
+    kept_quads: list[dict] = dataclasses.field(default_factory=list)
 
 
-def points_of(members: Sequence[dict], pairs: Sequence[dict]) -> list[Point]:
-    """The grid points of the member and pair rows, in order of first appearance."""
+SEEDS = ("seed_a", "seed_b", "seed_c", "seed_d")
+
+
+def points_of(members: Sequence[dict], pairs: Sequence[dict], quads: Sequence[dict] = ()) -> list[Point]:
+    """The grid points of the member, pair and quad rows, in order of first appearance."""
     by_point: dict[tuple, Point] = {}
     for row in members:
         key = tuple(row[k] for k in grids.KNOBS)
         by_point.setdefault(key, Point(dict(zip(grids.KNOBS, key)), [], [], [], [])).members.append(row)
-    for row in pairs:
-        by_point[tuple(row[k] for k in grids.KNOBS)].pairs.append(row)
+    for rows, field in ((pairs, "pairs"), (quads, "quads")):
+        for row in rows:
+            getattr(by_point[tuple(row[k] for k in grids.KNOBS)], field).append(row)
     for p in by_point.values():
         diverged = {r["seed"] for r in p.members if r.get("diverged")}
+        kept = lambda rows: [r for r in rows if not any(r.get(s) in diverged for s in SEEDS if s in r)]
         p.kept_members = [r for r in p.members if not r.get("diverged")]
-        p.kept_pairs = [r for r in p.pairs if r["seed_a"] not in diverged and r["seed_b"] not in diverged]
+        p.kept_pairs, p.kept_quads = kept(p.pairs), kept(p.quads)
     return list(by_point.values())
 
 
-SKIP = set(grids.KNOBS) | {"seed", "seed_a", "seed_b", "group", "diverged"}
+SKIP = set(grids.KNOBS) | {"seed", *SEEDS, "group", "diverged"}
 
 
 def grid_rows(members: Sequence[dict], pairs: Sequence[dict], level: float = 0.95, seed: int = 0,
-              resamples: int = 1000) -> list[dict]:
+              resamples: int = 1000, quads: Sequence[dict] = ()) -> list[dict]:
     """One row per grid point: knobs, members, diverged, and the mean, standard deviation and `level` interval
     (`uncertainty.mean_interval`: `_lo`, `_hi`) over seeds of every metric (NaN where every member of the
     point diverged)."""
     out = []
-    for index, p in enumerate(points_of(members, pairs)):
+    for index, p in enumerate(points_of(members, pairs, quads)):
         row = dict(p.knobs)
         row["members"] = len(p.members)
         row["diverged"] = len(p.members) - len(p.kept_members)
-        for everything, kept in ((p.members, p.kept_members), (p.pairs, p.kept_pairs)):
+        for everything, kept in ((p.members, p.kept_members), (p.pairs, p.kept_pairs), (p.quads, p.kept_quads)):
             for name in (k for k in (everything[0] if everything else {}) if k not in SKIP):
                 values = np.asarray([r[name] for r in kept], float)
                 finite = values[np.isfinite(values)]
@@ -251,8 +268,8 @@ def add_stability(grid: Sequence[dict], members: Sequence[dict], pairs: Sequence
 
 def make_tables(results: Results) -> Tables:
     config = results.config
-    members, pairs = member_rows(results), pair_rows(results)
-    grid = grid_rows(members, pairs, config.uncertainty.level, config.seed, config.uncertainty.resamples)
+    members, pairs, quads = member_rows(results), pair_rows(results), pair_rows(results, kind="quad")
+    grid = grid_rows(members, pairs, config.uncertainty.level, config.seed, config.uncertainty.resamples, quads)
     add_phases(grid, config.phase)
     add_stability(grid, members, pairs, config)
     return Tables(members, pairs, grid)

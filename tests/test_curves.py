@@ -341,3 +341,145 @@ def test_vmapped_evaluation_with_batchnorm_equals_a_loop():
                     np.testing.assert_allclose(getattr(metrics, f"{name}_loss")[i, j], ce, rtol=1e-10)
                     np.testing.assert_allclose(getattr(metrics, f"{name}_err")[i, j], err, atol=1e-12)
         assert ((metrics.train_err >= 0) & (metrics.train_err <= 1)).all()
+
+
+# ------------------------------------------------------------------------------------------------ surfaces
+
+def four_models(key, make=random_params):
+    return [make(k) for k in jax.random.split(key, 4)]
+
+
+@pytest.mark.parametrize("degree", [1, 2, 3])
+def test_surface_corners_are_the_four_models_bitwise(degree):
+    with X64:
+        w = four_models(jax.random.key(50))
+        surface = curves.init_surface(*w, degree=degree)
+        assert surface.degree == degree
+        perturbed = curves.Surface(jax.tree.map(lambda c: c + 0.3, surface.controls))  # corners moved too
+        for (u, v), model in zip(((0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)), w):
+            for s in (surface, perturbed):
+                point = jax.jit(curves.surface_point)(s, u, v)
+                expected = model if s is surface else jax.tree.map(lambda x: x + 0.3, model)
+                for a, b in zip(jax.tree.leaves(point), jax.tree.leaves(expected)):
+                    np.testing.assert_array_equal(bits(a), bits(b))
+
+
+@pytest.mark.parametrize("degree", [1, 2])
+def test_an_initial_surface_is_bilinear_interpolation(degree):
+    """degree 1 is bilinear interpolation by definition; higher degrees start on it (Bernstein polynomials
+    reproduce linear functions)."""
+    with X64:
+        w00, w0n, wn0, wnn = four_models(jax.random.key(51))
+        surface = curves.init_surface(w00, w0n, wn0, wnn, degree=degree)
+        for u, v in np.random.default_rng(0).uniform(size=(5, 2)):
+            expected = jax.tree.map(lambda a, b, c, d: (1 - u) * (1 - v) * a + (1 - u) * v * b + u * (1 - v) * c
+                                    + u * v * d, w00, w0n, wn0, wnn)
+            for a, b in zip(jax.tree.leaves(curves.surface_point(surface, u, v)), jax.tree.leaves(expected)):
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_a_degree_n_surface_is_the_tensor_product_of_bernstein_polynomials():
+    from math import comb
+
+    with X64:
+        surface = curves.Surface(jax.tree.map(lambda c: c + jax.random.normal(jax.random.key(1), c.shape),
+                                              curves.init_surface(*four_models(jax.random.key(52)), 3).controls))
+        u, v = 0.3, 0.8
+        b = lambda t, i: comb(3, i) * t ** i * (1 - t) ** (3 - i)
+        expected = jax.tree.map(lambda c: sum(b(u, i) * b(v, j) * c[i, j] for i in range(4) for j in range(4)),
+                                surface.controls)
+        for a, e in zip(jax.tree.leaves(curves.surface_point(surface, u, v)), jax.tree.leaves(expected)):
+            np.testing.assert_allclose(a, e, rtol=1e-12)
+
+
+def test_surface_bad_input_raises():
+    w = four_models(jax.random.key(53), lambda k: random_params(k, jnp.float32))
+    with pytest.raises(LLJaxError, match="degree of at least 1"):
+        curves.init_surface(*w, degree=0)
+    with pytest.raises(LLJaxError, match="structure|shape"):
+        curves.init_surface(w[0], w[1], w[2], {"other": jnp.zeros(3)})
+    with pytest.raises(LLJaxError, match="at least 2 x 2"):
+        curves.evaluate_surface(linear_apply, curves.init_surface(*w), {}, jnp.zeros((4, 6)), jnp.zeros(4, int),
+                                jnp.zeros((4, 6)), jnp.zeros(4, int), grid_size=1)
+
+
+def test_surface_connectivity_on_hand_made_grids():
+    e = np.full((3, 3), 0.2)
+    assert float(curves.surface_connectivity(e)) == pytest.approx(0.0)
+    e[1, 2] = 0.5  # a barrier off the corners
+    assert float(curves.surface_connectivity(e)) == pytest.approx(-0.3)
+    e[0, 1] = 0.05  # a smaller dip elsewhere: the farthest point wins
+    assert float(curves.surface_connectivity(e)) == pytest.approx(-0.3)
+    stacked = np.stack([e, np.full((3, 3), 0.1)])
+    np.testing.assert_allclose(curves.surface_connectivity(stacked), [-0.3, 0.0], atol=1e-12)
+
+
+@pytest.mark.parametrize("boundary_first", [False, True])
+def test_fitting_a_surface_keeps_its_corners_vmapped_equals_a_loop(boundary_first):
+    with X64:
+        spec = models.ModelSpec("mlp", 6, num_classes=3, depth=1)
+        x, y = toy_data(jax.random.key(54), n=48)
+        quads = [[to64(models.init(spec, k, (6,))[0]) for k in jax.random.split(key, 4)]
+                 for key in jax.random.split(jax.random.key(55), 2)]
+        surfaces_ = [curves.init_surface(*q) for q in quads]
+        keys = jax.random.split(jax.random.key(56), 2)
+        lrs = jnp.array([0.05, 0.2])
+        epochs = 4 if boundary_first else 2  # every edge drawn at least once in 12 steps of 4 edges
+        fit = lambda s, k, lr: curves.fit_surface(spec, s, x, y, k, epochs=epochs, batch_size=16, lr=lr,
+                                                  boundary_first=boundary_first)
+        together, losses_ = jax.jit(jax.vmap(fit))(jax.tree.map(lambda *a: jnp.stack(a), *surfaces_), keys, lrs)
+        assert losses_.shape == (2, 2 * epochs if boundary_first else epochs)
+        for i in range(2):
+            single, single_losses = jax.jit(fit)(surfaces_[i], keys[i], lrs[i])
+            np.testing.assert_allclose(losses_[i], single_losses, rtol=1e-10)
+            for a, b in zip(jax.tree.leaves(jax.tree.map(lambda c: c[i], together.controls)),
+                            jax.tree.leaves(single.controls)):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+            moved = jax.tree.map(lambda a, b: jnp.abs(a - b).max((2, 3) if a.ndim == 4 else 2),
+                                 single.controls, surfaces_[i].controls)
+            change = np.max(np.stack([np.asarray(m) for m in jax.tree.leaves(moved)]), 0)  # (3, 3)
+            assert change[0, 0] == change[0, 2] == change[2, 0] == change[2, 2] == 0.0  # corners fixed
+            assert (np.delete(change.ravel(), [0, 2, 6, 8]) > 1e-4).all()  # every other point trained
+            for (u, v), model in zip(((0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)), quads[i]):
+                for a, b in zip(jax.tree.leaves(curves.surface_point(single, u, v)), jax.tree.leaves(model)):
+                    np.testing.assert_array_equal(bits(a), bits(b))
+
+
+def test_boundary_first_trains_the_edges_on_the_edges_only():
+    """Stage one (the edges) alone leaves the interior control point where it started."""
+    masks = {b: curves._trainable_mask(2, b) for b in (None, True, False)}
+    np.testing.assert_array_equal(masks[True], [[0, 1, 0], [1, 0, 1], [0, 1, 0]])
+    np.testing.assert_array_equal(masks[False], [[0, 0, 0], [0, 1, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(masks[None], masks[True] | masks[False])
+
+
+def test_vmapped_surface_evaluation_equals_a_loop_over_grid_points():
+    with X64:
+        x, y = toy_data(jax.random.key(57), n=40)
+        x_test, y_test = toy_data(jax.random.key(58), n=30)
+        members = [bn_init(k) for k in jax.random.split(jax.random.key(59), 4)]
+        surface = curves.Surface(jax.tree.map(
+            lambda c: c + 0.1 * jax.random.normal(jax.random.key(60), c.shape, c.dtype),
+            curves.init_surface(*[m[0] for m in members]).controls))
+        m = curves.evaluate_surface(BNNet(), surface, members[0][1], x, y, x_test, y_test, grid_size=3,
+                                    bn_chunk_size=16, eval_batch_size=16)
+        assert m.train_err.shape == (3, 3)
+        ticks = np.linspace(0, 1, 3)
+        probabilities, train_losses = [], []
+        for i, u in enumerate(ticks):
+            for j, v in enumerate(ticks):
+                w = curves.surface_point(surface, u, v)
+                stats = curves.recompute_batch_stats(BNNet(), w, members[0][1], x, chunk_size=16)
+                for xs, ys, name in ((x, y, "train"), (x_test, y_test, "test")):
+                    logits = models.apply(BNNet(), w, stats, xs)[0]
+                    ce = np.asarray(losses.softmax_cross_entropy(logits, ys)).mean()
+                    err = (np.asarray(logits).argmax(-1) != np.asarray(ys)).mean()
+                    np.testing.assert_allclose(getattr(m, f"{name}_loss")[i, j], ce, rtol=1e-10)
+                    np.testing.assert_allclose(getattr(m, f"{name}_err")[i, j], err, atol=1e-12)
+                    if name == "test":
+                        probabilities.append(np.asarray(jax.nn.softmax(logits)))
+                    else:
+                        train_losses.append(ce)
+        ensemble = (np.mean(probabilities, 0).argmax(-1) == np.asarray(y_test)).mean()
+        np.testing.assert_allclose(m.ensemble_test_acc, ensemble, atol=1e-12)
+        np.testing.assert_allclose(m.best_test_acc, 1 - m.test_err.ravel()[np.argmin(train_losses)], atol=1e-12)

@@ -41,16 +41,27 @@ def ln_cnn(width, num_classes):
 FAMILY_CONFIG = dict(widths=(12,), lrs=(0.05, 0.2), batch_sizes=(32,), seeds=2, epochs=3, hessian_samples=40,
                      hessian_top_k=2, hessian_lanczos_steps=6, hessian_density_runs=2, hessian_density_steps=5,
                      curve_epochs=2, curve_points=3, cka_samples=24, data_fractions=(0.5, 1.0), hessian_per_layer=True,
-                     spectra_bootstrap=4)
+                     spectra_bootstrap=4, slice_points=5, slice_grid=3, slice_directions=2, slice_recompute_bn=True,
+                     surface_epochs=1, surface_grid=3)
 
 
-@pytest.fixture(scope="module")
-def trained_group():
-    config = Config.from_dict(FAMILY_CONFIG)
+def train_first_group(**overrides):
+    config = Config.from_dict({**FAMILY_CONFIG, **overrides})
     members = grid.grid_members(config.knob_values(), config.seeds)
     group = grid.group_members(members)[0]
     parts = pipeline.resolve_parts(config, model=ln_cnn)
     return pipeline.train_group(config, tiny_dataset(), group, members, None, parts=parts)
+
+
+@pytest.fixture(scope="module")
+def trained_group():
+    return train_first_group()
+
+
+@pytest.fixture(scope="module")
+def four_seed_group():
+    """For the quad families: four seeds at each of two grid points (one data fraction)."""
+    return train_first_group(seeds=4, data_fractions=(1.0,), epochs=2)
 
 
 def to64(tree):
@@ -59,16 +70,19 @@ def to64(tree):
 
 
 @pytest.mark.parametrize("name", list(metrics.FAMILIES))
-def test_family_vmapped_equals_a_loop_of_single_calls(trained_group, name):
+def test_family_vmapped_equals_a_loop_of_single_calls(request, name):
     family = metrics.get(name)
+    trained_group = request.getfixturevalue("four_seed_group" if family.kind == "quad" else "trained_group")
     with jax.enable_x64(True):
         ds = trained_group.dataset
         g = dataclasses.replace(trained_group, state=trained_group.state._replace(
             params=to64(trained_group.state.params), batch_stats=to64(trained_group.state.batch_stats)),
             dataset=ds._replace(x_train=ds.x_train.astype(np.float64), x_test=ds.x_test.astype(np.float64)))
-        pairs = np.asarray(grid.pairs_within_points(g.members, range(len(g.members))), np.int32)
-        together = pipeline.measure_family(family, g, pairs)
-        again = pipeline.measure_family(family, g, pairs)
+        within = grid.quads_within_points if family.kind == "quad" else grid.pairs_within_points
+        tuples = np.asarray(within(g.members, range(len(g.members))), np.int32)
+        assert len(tuples) >= 2
+        together = pipeline.measure_family(family, g, tuples)
+        again = pipeline.measure_family(family, g, tuples)
         for k in together:  # deterministic under the same seed
             np.testing.assert_array_equal(together[k], again[k], err_msg=k)
         assert set(family.column_names(pipeline.family_context(family, g))) <= set(together)
@@ -82,7 +96,7 @@ def test_family_vmapped_equals_a_loop_of_single_calls(trained_group, name):
         member = Member(s.params, s.batch_stats, g.member.view, g.member.hyper, np.asarray(s.diverged))
         one = lambda i: jax.tree.map(lambda leaf: leaf[i], member)
         inputs = [(one(i),) for i in range(len(g.members))] if family.kind == "member" else \
-            [(one(a), one(b)) for a, b in pairs]
+            [tuple(one(i) for i in t) for t in tuples]
         keys = jax.random.split(key, len(inputs))
         single = jax.jit(family.compute, static_argnums=0)
         for i, args in enumerate(inputs):
@@ -155,7 +169,7 @@ def test_a_family_defined_here_lands_in_tables_figures_and_report(tmp_path, new_
 def test_registry_refuses_bad_families():
     with pytest.raises(LLJaxError, match="already registered"):
         metrics.register(dataclasses.replace(metrics.get("l2")))
-    with pytest.raises(LLJaxError, match="kind must be 'member' or 'pair'"):
+    with pytest.raises(LLJaxError, match="kind must be 'member', 'pair' or 'quad'"):
         metrics.Family("x", "grid", param_norm)
     with pytest.raises(LLJaxError, match="identifier"):
         metrics.Family("my-family", "member", param_norm)

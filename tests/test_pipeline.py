@@ -587,3 +587,39 @@ def test_every_family_on_two_cpu_devices_finishes_and_equals_one_device(tmp_path
         assert proc.returncode == 0, proc.stderr[-2000:]
     # after one epoch NC1 is ~290 (class means barely apart): the devices' float rounding moves it by ~0.2%
     _assert_tables_close(tmp_path / "1", tmp_path / "2", loose=("nc1",))
+
+
+def test_slices_and_surfaces_land_in_the_tables_surfaces_csv_and_figures(tmp_path):
+    out = tmp_path / "surfaces"
+    config = tiny_config(widths=(6,), seeds=4, metrics=("loss", "slices", "surfaces"), slice_points=5, slice_grid=3,
+                         slice_directions=2, surface_grid=3, surface_epochs=1)
+    pipeline.run(config, out, progress=False, dataset=tiny_dataset())
+    members, grid_ = read_csv(out / "members.csv"), read_csv(out / "grid.csv")
+    for m in members:  # the slices' data is the member's whole subset here: the loss at the model is its loss
+        np.testing.assert_allclose(float(m["slice_loss"]), float(m["train_loss"]), rtol=1e-5)
+        assert float(m["slice_sharpness_max"]) >= float(m["slice_sharpness"])
+    assert all(np.isfinite(float(r["surface_mc_mean"])) for r in grid_)
+    rows = read_csv(out / "surfaces.csv")
+    assert len(rows) == 2 * 3 * 3 and {"u", "v", "train_err", "train_loss", "test_err", "test_loss"} <= set(rows[0])
+    by_seed = {(m["lr"], m["seed"]): m for m in members}
+    for r in rows:  # the corners are the four seeds (no BatchNorm: their losses are theirs exactly)
+        corner = {("0", "0"): r["seed_a"], ("0", "1"): r["seed_b"], ("1", "0"): r["seed_c"],
+                  ("1", "1"): r["seed_d"]}.get((r["u"], r["v"]))
+        if corner is not None:
+            np.testing.assert_allclose(float(r["train_loss"]), float(by_seed[r["lr"], corner]["train_loss"]),
+                                       rtol=1e-5)
+            np.testing.assert_allclose(1 - float(r["test_err"]), float(by_seed[r["lr"], corner]["test_acc"]),
+                                       atol=1e-6)
+    for name in ("slices_1d", "slices_2d", "surface_train_err", "slice_sharpness", "surface_mc"):
+        assert (out / "figures" / f"{name}.png").exists(), name
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(seeds=3, metrics=("loss", "surfaces")), "needs four seeds per grid point"),
+    (dict(metrics=("loss", "slices"), slice_grid=0), "slice grid must be at least 2"),
+    (dict(seeds=4, metrics=("loss", "surfaces"), surface_grid=1), "surface grid must be at least 2"),
+])
+def test_surface_and_slice_input_errors_are_one_line_before_anything_is_written(tmp_path, overrides, message):
+    with pytest.raises(LLJaxError, match=message) as error:
+        pipeline.run(tiny_config(**overrides), tmp_path / "out", progress=False, dataset=tiny_dataset())
+    assert len(str(error.value).splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -6,7 +6,7 @@
 A new family is one file (a `Family` and its function for one model or one pair) plus one `register` call;
 `--metrics NAME` then computes it, its columns land in the tables, its heatmaps in figures/ and its
 correlated columns in the report. Built-in: loss (always computed), hessian, curves, cka, l2 (on by default),
-spectra and collapse (asked for with --metrics).
+spectra, collapse, slices and surfaces (asked for with --metrics).
 """
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ def default_names() -> tuple[str, ...]:
 
 
 def _register_builtins() -> None:
-    from lljax.metrics import cka, collapse, curves, hessian, l2, loss, spectra
+    from lljax.metrics import cka, collapse, curves, hessian, l2, loss, slices, spectra, surfaces
 
-    for module in (loss, hessian, curves, cka, l2, spectra, collapse):
+    for module in (loss, hessian, curves, cka, l2, spectra, collapse, slices, surfaces):
         register(module.FAMILY)
 
 

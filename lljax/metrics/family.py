@@ -4,10 +4,12 @@ A family is written for ONE trained member (or ONE pair of members at a grid poi
 
     member family:  compute(ctx: Context, shared: Shared, member: Member, key) -> dict of arrays
     pair family:    compute(ctx: Context, shared: Shared, a: Member, b: Member, key) -> dict of arrays
+    quad family:    compute(ctx: Context, shared: Shared, a: Member, b: Member, c: Member, d: Member, key)
 
-that the pipeline vmaps over a group's members (pairs), jits once per static context, runs in memory-sized
+(a quad: the first four seeds of a grid point with at least four) that the pipeline vmaps over a group's members
+(pairs, quads), jits once per static context, runs in memory-sized
 chunks with the member axis sharded over every device, and stores. Outputs that are one number per member
-(pair) become columns of members.csv (pairs.csv) and grid.csv; others (curves along t, spectral densities)
+(pair) become columns of members.csv (pairs.csv) and grid.csv (a quad's: of grid.csv); others (curves along t, spectral densities)
 are kept in the group's results file for the family's own figures and tables.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ import jax
 from lljax import data, losses, models, train
 from lljax.errors import LLJaxError
 
-KINDS = ("member", "pair")
+KINDS = {"member": 1, "pair": 2, "quad": 4}  # kind -> members per call
 
 
 class Shared(NamedTuple):
@@ -79,7 +81,7 @@ class Family:
     """A metric family, declared once.
 
     name        its name in --metrics, the name of its random stream and of its configuration section
-    kind        'member' or 'pair'
+    kind        'member', 'pair' or 'quad'
     compute     the function for one member or pair (module docstring)
     options     a frozen dataclass of options (fields made with `lljax.options.option`), or None: it becomes a
                 section of config.json and the flags --<prefix>-<field>
@@ -130,7 +132,7 @@ class Family:
         if not self.name.isidentifier():
             raise LLJaxError(f"a metric family's name must be an identifier, got {self.name!r}")
         if self.kind not in KINDS:
-            raise LLJaxError(f"metric family {self.name!r}: kind must be 'member' or 'pair', got {self.kind!r}")
+            raise LLJaxError(f"metric family {self.name!r}: kind must be 'member', 'pair' or 'quad', got {self.kind!r}")
         if self.options is not None and not dataclasses.is_dataclass(self.options):
             raise LLJaxError(f"metric family {self.name!r}: options must be a frozen dataclass")
         if not 0 <= self.cost < float("inf"):
