@@ -100,7 +100,8 @@ def main(argv=None):
                 shutil.copytree(data_cache, cache)
             if not cold:  # warm: the same command once before, into its own folder
                 subprocess.run([sys.executable, "-m", "lljax", *extra, "--out", str(root / f"{name}-prime-{r}"),
-                                "--no-progress"], check=True, capture_output=True, env={**env, "LLJAX_CACHE": str(cache)})
+                                "--no-progress"], check=True, capture_output=True,
+                               env={**env, "LLJAX_CACHE": str(cache)})
             out = root / f"{name}-{'cold' if cold else 'warm'}-{r}"
             seconds = timed([sys.executable, "-m", "lljax", *extra, "--out", str(out), "--no-progress"],
                             {**env, "LLJAX_CACHE": str(cache)})

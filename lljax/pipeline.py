@@ -208,8 +208,7 @@ def measure_family(family: Family, g: TrainedGroup, tuples: np.ndarray, shared: 
     s = g.state
     member = Member(s.params, s.batch_stats, g.member.view, g.member.hyper, np.asarray(s.diverged))
     take = lambda tree, i: jax.tree.map(lambda leaf: leaf[i], tree)
-    args = (member,) if family.kind == "member" else tuple(take(member, tuples[:, i])
-                                                             for i in range(tuples.shape[1]))
+    args = (member,) if family.kind == "member" else tuple(take(member, column) for column in tuples.T)
     first = args[0]
     sizes = np.asarray(first.view.size) if family.static_subset else np.zeros(count, int)
     out: dict[str, np.ndarray] = {}

@@ -7,10 +7,10 @@ A family is written for ONE trained member (or ONE pair of members at a grid poi
     quad family:    compute(ctx: Context, shared: Shared, a: Member, b: Member, c: Member, d: Member, key)
 
 (a quad: the first four seeds of a grid point with at least four) that the pipeline vmaps over a group's members
-(pairs, quads), jits once per static context, runs in memory-sized
-chunks with the member axis sharded over every device, and stores. Outputs that are one number per member
-(pair) become columns of members.csv (pairs.csv) and grid.csv (a quad's: of grid.csv); others (curves along t, spectral densities)
-are kept in the group's results file for the family's own figures and tables.
+(pairs, quads), jits once per static context, runs in memory-sized chunks with the member axis sharded over every
+device, and stores. Outputs that are one number per member (pair) become columns of members.csv (pairs.csv) and
+grid.csv (a quad's: of grid.csv); others (curves along t, spectral densities) are kept in the group's results
+file for the family's own figures and tables.
 """
 from __future__ import annotations
 
