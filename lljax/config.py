@@ -15,7 +15,8 @@ import json
 import math
 from typing import Any, Mapping
 
-from lljax import data, losses, metrics, models, options, phases, registry, tracking, train, uncertainty
+from lljax import conv, data, losses, metrics, models, options, phases, precision, probe, registry, tracking, train
+from lljax import uncertainty
 from lljax.errors import LLJaxError
 
 option = options.option
@@ -60,6 +61,14 @@ class Config:
     max_pairs: int | None = option(None, "pairs of seeds per grid point for the pair families (default: all)", low=1)
     max_members_per_chunk: int | None = option(None, "cap on models per compiled call (default: sized from device "
                                                      "memory)", low=1)
+    conv: str = option("auto", "convolution strategy for ensembles: auto (im2col on a CPU; elsewhere the fastest of a "
+                               "timed probe, cached), grouped, map, im2col (lljax.conv)", choices=conv.STRATEGIES)
+    conv_chunk: int = option(1, "members per slice of the map convolution strategy", low=1)
+    conv_probe: str = option("accelerator", "when --conv auto probes: accelerator (not on a CPU), on, off "
+                                            "(conv.rule decides)", choices=probe.MODES)
+    precision: str = option("float32", "training arithmetic: float32 (full-precision matmuls), tf32, bf16 "
+                                       "(bfloat16 compute, float32 master weights); metrics stay float32",
+                            choices=tuple(precision.POLICIES))
     phase: phases.Thresholds = dataclasses.field(default_factory=phases.Thresholds)
     uncertainty: uncertainty.UncertaintyOptions = dataclasses.field(default_factory=uncertainty.UncertaintyOptions)
     track: tracking.TrackOptions = dataclasses.field(default_factory=tracking.TrackOptions)

@@ -18,14 +18,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import itertools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lljax import losses, registry
+from lljax import conv, losses, precision, registry
 from lljax.errors import LLJaxError
 
 Params = Any
@@ -33,47 +32,30 @@ BatchStats = Any
 Factory = Callable[..., nn.Module]
 
 
-def _conv_im2col(x, kernel, strides, padding):
-    """Convolution as (strided slices -> concatenated patches) @ kernel. Under vmap this is one batched matmul,
-    which XLA:CPU runs several times faster than the grouped convolution vmap makes of `lax.conv`."""
-    nd = len(strides)
-    x = jnp.pad(x, [(0, 0), *padding, (0, 0)])
-    window = kernel.shape[:nd]
-    out = [(x.shape[1 + d] - window[d]) // strides[d] + 1 for d in range(nd)]
-    cols = []
-    for offset in itertools.product(*(range(k) for k in window)):
-        index = tuple(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, strides, out))
-        cols.append(x[(slice(None), *index)])
-    return jnp.concatenate(cols, -1) @ kernel.reshape(-1, kernel.shape[-1])
-
-
 class Conv(nn.Module):
     """`nn.Conv` with the same parameters ('kernel' (*window, C_in, C_out), optional 'bias') and 'SAME'-style
-    explicit padding, computed by im2col on CPU and by `lax.conv_general_dilated` elsewhere."""
+    explicit padding, computed by the convolution strategy's kernel (`conv.convolve`: im2col on a CPU and
+    `lax.conv_general_dilated` elsewhere for 'auto')."""
 
     features: int
     window: tuple[int, ...]
     strides: tuple[int, ...]
     padding: tuple[tuple[int, int], ...]
     use_bias: bool = True
+    strategy: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (*self.window, x.shape[-1], self.features), jnp.float32)
-        if jax.default_backend() == "cpu":
-            y = _conv_im2col(x, kernel.astype(x.dtype), self.strides, self.padding)
-        else:
-            spatial = "DHW"[-len(self.strides):]
-            y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), self.strides, self.padding,
-                                             dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+        y = conv.convolve(x, kernel.astype(x.dtype), self.strides, self.padding, self.strategy)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(x.dtype)
         return y
 
 
-def _conv(features, kernel, stride, nd, use_bias=True):
-    return Conv(features, (kernel,) * nd, (stride,) * nd, ((kernel // 2, kernel // 2),) * nd, use_bias)
+def _conv(features, kernel, stride, nd, use_bias=True, strategy="auto"):
+    return Conv(features, (kernel,) * nd, (stride,) * nd, ((kernel // 2, kernel // 2),) * nd, use_bias, strategy)
 
 
 class MLP(nn.Module):
@@ -98,13 +80,14 @@ def _as_image(x):
 class CNN(nn.Module):
     width: int
     num_classes: int = 10
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = _as_image(x)
         nd = x.ndim - 2
         for kernel in (5, 3, 3):  # padding 1 throughout, as the MNIST-1D baseline
-            x = nn.relu(Conv(self.width, (kernel,) * nd, (2,) * nd, ((1, 1),) * nd)(x))
+            x = nn.relu(Conv(self.width, (kernel,) * nd, (2,) * nd, ((1, 1),) * nd, strategy=self.conv)(x))
         x = x.reshape(x.shape[0], -1)
         self.sow("intermediates", "features", x)
         return nn.Dense(self.num_classes)(x)
@@ -113,11 +96,12 @@ class CNN(nn.Module):
 class BasicBlock(nn.Module):
     channels: int
     stride: int
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool):
         nd = x.ndim - 2
-        conv = lambda c, k, s: _conv(c, k, s, nd, use_bias=False)
+        conv = lambda c, k, s: _conv(c, k, s, nd, use_bias=False, strategy=self.conv)
         norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
         y = nn.relu(norm()(conv(self.channels, 3, self.stride)(x)))
         y = norm()(conv(self.channels, 3, 1)(y))
@@ -129,16 +113,17 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     width: int
     num_classes: int = 10
+    conv: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = _as_image(x)
         nd = x.ndim - 2
-        x = _conv(self.width, 3, 1, nd, use_bias=False)(x)
+        x = _conv(self.width, 3, 1, nd, use_bias=False, strategy=self.conv)(x)
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x))
         for stage, stride in enumerate((1, 2, 2, 2)):
             for block in range(2):
-                x = BasicBlock(self.width * 2 ** stage, stride if block == 0 else 1)(x, train)
+                x = BasicBlock(self.width * 2 ** stage, stride if block == 0 else 1, self.conv)(x, train)
         x = x.mean(axis=tuple(range(1, 1 + nd)))
         self.sow("intermediates", "features", x)
         return nn.Dense(self.num_classes)(x)
@@ -148,12 +133,12 @@ def mlp(width: int, num_classes: int, depth: int = 2) -> nn.Module:
     return MLP(width, depth, num_classes)
 
 
-def cnn(width: int, num_classes: int) -> nn.Module:
-    return CNN(width, num_classes)
+def cnn(width: int, num_classes: int, conv: str = "auto") -> nn.Module:
+    return CNN(width, num_classes, conv)
 
 
-def resnet18(width: int, num_classes: int) -> nn.Module:
-    return ResNet18(width, num_classes)
+def resnet18(width: int, num_classes: int, conv: str = "auto") -> nn.Module:
+    return ResNet18(width, num_classes, conv)
 
 
 MODELS: dict[str, Factory] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18}
@@ -168,29 +153,37 @@ def factory(model: str | Factory) -> Factory:
     return found
 
 
-def takes_depth(model: str | Factory) -> bool:
+def takes(model: str | Factory, argument: str) -> bool:
+    """Whether the model's factory takes `argument` (depth, conv)."""
     try:
-        return "depth" in inspect.signature(factory(model)).parameters
+        return argument in inspect.signature(factory(model)).parameters
     except (TypeError, ValueError):
         return False
+
+
+def takes_depth(model: str | Factory) -> bool:
+    return takes(model, "depth")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """Static description of one architecture: hashable, so it can key compiled programs. `model` is a
     registered name, an import path or a factory; `depth` is passed to factories that take one (None: the
-    factory's default)."""
+    factory's default); `conv` (a `conv.STRATEGIES` name) is passed to factories that take one (the built-in
+    cnn and resnet18)."""
 
     model: str | Factory
     width: int
     num_classes: int = 10
     depth: int | None = None
+    conv: str = "auto"
 
     def __post_init__(self):
         if int(self.width) != self.width or self.width <= 0:
             raise LLJaxError(f"width must be a positive integer, got {self.width}")
         if self.depth is not None and (int(self.depth) != self.depth or self.depth <= 0):
             raise LLJaxError(f"depth must be a positive integer, got {self.depth}")
+        conv.check(self.conv)
 
     @property
     def name(self) -> str:
@@ -208,6 +201,8 @@ def build(spec: ModelSpec) -> nn.Module:
         if not takes_depth(spec.model):
             raise LLJaxError(f"model {spec.name!r} takes no depth argument; leave --depth unset")
         kwargs["depth"] = spec.depth
+    if spec.conv != "auto" and takes(spec.model, "conv"):
+        kwargs["conv"] = spec.conv
     try:
         module = make(spec.width, spec.num_classes, **kwargs)
     except LLJaxError:
@@ -245,17 +240,25 @@ def init(spec: Model, key: jax.Array, input_shape: tuple[int, ...]) -> tuple[Par
 
 
 def apply(model: Model, params: Params, batch_stats: BatchStats, x_BX: jax.Array, train: bool = False,
-          rng: jax.Array | None = None):
+          rng: jax.Array | None = None, policy: str = "float32"):
     """Outputs (B, ...) and batch_stats, the latter updated when `train=True` and the model has BatchNorm.
     `train` always reaches the module (Dropout sees it even without BatchNorm); `rng` is its 'dropout' stream.
-    `model` is a `ModelSpec`, a Flax module, or a Flax-style `apply(variables, x, train=, mutable=, rngs=)`."""
+    `model` is a `ModelSpec`, a Flax module, or a Flax-style `apply(variables, x, train=, mutable=, rngs=)`.
+    `policy` is the `precision` policy (float32 outputs and statistics under every policy)."""
     module_apply = _flax_apply(model)
-    variables = {"params": params, "batch_stats": batch_stats}
+    variables = {"params": precision.compute(policy, params), "batch_stats": batch_stats}
+    x_BX = precision.compute(policy, x_BX)
     rngs = None if rng is None else {"dropout": rng}
-    if train and jax.tree.leaves(batch_stats):
-        outputs, updates = module_apply(variables, x_BX, train=True, mutable=["batch_stats"], rngs=rngs)
-        return outputs, updates["batch_stats"]
-    return module_apply(variables, x_BX, train=train, rngs=rngs), batch_stats
+    with precision.scope(policy):
+        if train and jax.tree.leaves(batch_stats):
+            outputs, updates = module_apply(variables, x_BX, train=True, mutable=["batch_stats"], rngs=rngs)
+            return _float32(outputs), precision.restore(batch_stats, updates["batch_stats"])
+        return _float32(module_apply(variables, x_BX, train=train, rngs=rngs)), batch_stats
+
+
+def _float32(tree):
+    """bfloat16 outputs back in float32 (others as they are)."""
+    return jax.tree.map(lambda a: a.astype(jnp.float32) if a.dtype == jnp.bfloat16 else a, tree)
 
 
 FEATURES = "features"

@@ -23,7 +23,7 @@ import numpy as np
 
 from lljax import config as configs
 from lljax import data, jobs, losses, metrics, models, pytrees, registry, sharding, store, tables, timings, tracking
-from lljax import train
+from lljax import conv, probe, train
 from lljax import grid as grids
 from lljax.config import Config
 from lljax.errors import LLJaxError
@@ -77,13 +77,13 @@ def _snapshot(state: train.MemberState) -> tuple:
 
 
 def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_dir, epochs, progress, label,
-                 checkpoint_seconds, track_epochs=()):
+                 checkpoint_seconds, track_epochs=(), map_chunk=1):
     """Train one chunk of members (padded to the mesh) to `epochs`, resuming from and saving checkpoints, and
     snapshot it at the tracked epochs before the last (on disk under ckpt_dir/track, in memory without a
     folder). Returns the trained (state, member) as host arrays and `epoch -> snapshot` (host arrays)."""
     state, member = train.init_ensemble(spec, keys, hyper, labels, x_train.shape[1:], view_keys)
     state, member = sharding.shard_members((state, member), placement.mesh)
-    passes = placement.passes_for(sharding.member_count(member), state.params)
+    passes = placement.passes_for(sharding.member_count(member), state.params, spec.model.conv, map_chunk)
     every = max(1, math.ceil(epochs / 10))  # epochs per call: the progress bar's resolution
     epoch, last_save = 0, time.time()
     step = store.latest_step(ckpt_dir) if ckpt_dir is not None else None
@@ -98,7 +98,7 @@ def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_
     in_memory: dict[int, tuple] = {}
     while epoch < epochs:
         stop = min(epoch + every, epochs, *[e for e in targets if e > epoch])  # a tracked epoch is a stop
-        state = train.train_ensemble(spec, state, member, x_train, epoch, stop, passes)
+        state = train.train_ensemble(spec, state, member, x_train, epoch, stop, passes, placement.mesh)
         jax.block_until_ready(state)
         if stop in targets:  # saved before any later checkpoint: a resumed run past `stop` finds it
             if snapshot_dir is None:
@@ -126,7 +126,7 @@ def train_group(config: Config, dataset: data.Dataset, group: grids.Group, membe
     placement = placement or sharding.Placement.default(config.max_members_per_chunk)
     parts = parts or resolve_parts(config)
     spec = train.TrainSpec(parts.spec(group.width, dataset.num_classes), group.batch_size, config.epochs,
-                           len(dataset.y_train), config.schedule, parts.loss, parts.optimizer)
+                           len(dataset.y_train), config.schedule, parts.loss, parts.optimizer, config.precision)
     group_members = [members[i] for i in group.members]
     count = len(group_members)
     column = lambda name: np.asarray([getattr(m, name) for m in group_members], np.float32)
@@ -149,6 +149,8 @@ def train_group(config: Config, dataset: data.Dataset, group: grids.Group, membe
 
     chunk = placement.chunk_for(count, estimate)
     size = -(-chunk // placement.mesh.size) * placement.mesh.size  # every chunk the same size: one program
+    strategy = group_strategy(config, spec, size, dataset, placement, ckpt_dir)
+    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, conv=strategy))
     pieces, loaders = [], []
     track_epochs = tracking.tracked_epochs(config)
     for c, start in enumerate(range(0, count, size)):
@@ -158,7 +160,7 @@ def train_group(config: Config, dataset: data.Dataset, group: grids.Group, membe
         label = f"group {group.index} (width {group.width}, batch {group.batch_size}, {count} members" + \
             (f", chunk {c + 1}/{-(-count // size)})" if size < count else ")")
         trained, load = _train_chunk(spec, *piece, labels, x_train, placement, folder, config.epochs, progress,
-                                     label, checkpoint_seconds, track_epochs)
+                                     label, checkpoint_seconds, track_epochs, config.conv_chunk)
         pieces.append(sharding.unpad(trained, real))
         loaders.append(lambda e, load=load, real=real: sharding.unpad(load(e), real))
     join = lambda *a: jnp.concatenate(a) if isinstance(a[0], jax.Array) else np.concatenate(a)  # keys stay JAX
@@ -167,6 +169,26 @@ def train_group(config: Config, dataset: data.Dataset, group: grids.Group, membe
     return TrainedGroup(config, spec, dataset, group_members, state, member,
                         grids.group_key(config.seed, group.index), placement, size,
                         lambda e: gather([load(e) for load in loaders]))
+
+
+def group_strategy(config: Config, spec: train.TrainSpec, members: int, dataset: data.Dataset,
+                   placement: sharding.Placement, ckpt_dir: Path | None) -> str:
+    """The group's convolution strategy: --conv, or what `auto` resolves to (`probe.choose`); kept beside the
+    group's checkpoints, so a resumed run trains with the strategy it started with. Every process takes the
+    lead process's choice."""
+    saved = None if ckpt_dir is None else ckpt_dir / "conv.txt"
+    if config.conv != "auto":
+        return config.conv
+    if saved is not None and saved.is_file():
+        strategy = saved.read_text().strip()
+    else:
+        strategy = probe.choose(spec, members, dataset.x_train, dataset.y_train, placement, config.conv_probe,
+                                config.conv_chunk)
+    strategy = conv.CONCRETE[int(sharding.from_lead(np.int64(conv.CONCRETE.index(strategy))))]
+    if saved is not None and sharding.is_lead_process():
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(strategy)
+    return strategy
 
 
 # ------------------------------------------------------------------------------------------ metric families
@@ -396,6 +418,7 @@ def _run(config, out_dir, model, dataset, loss, optimizer, progress, checkpoint_
                         store.save_arrays(epoch_path(group, e), arrays)
             arrays = measure_group(g, families, beat)
             arrays["meta/seconds"] = np.asarray(time.time() - group_start)  # this run's time for the group
+            arrays["meta/conv"] = np.asarray(g.spec.model.conv)  # the convolution strategy it trained with
             if lead:
                 store.save_arrays(paths[group.index], arrays)
         finally:

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from lljax import conv
 from lljax.errors import LLJaxError
 
 MEMBER_AXIS = "members"
@@ -410,12 +411,17 @@ class Placement:
             return count
         return min(count, chunk_size(estimate(), num_devices=self.mesh.size))
 
-    def passes_for(self, count: int, params) -> int:
+    def passes_for(self, count: int, params, strategy: str = "auto", map_chunk: int = 1) -> int:
         """Sequential slices for `train.train_ensemble` when training `count` members (a multiple of the mesh
-        size) with parameters `params` (leaves (M, ...)): cache-sized slices on a CPU, one pass elsewhere."""
+        size) with parameters `params` (leaves (M, ...)): slices of `map_chunk` members for the `map`
+        convolution strategy, else cache-sized slices on a CPU and one pass elsewhere."""
+        per_device = count // self.mesh.size
+        mapped = conv.passes(strategy, per_device, map_chunk)
+        if mapped is not None:
+            return mapped
         if jax.default_backend() != "cpu":
             return 1
-        return cpu_passes(count // self.mesh.size, nbytes(params) // count)
+        return cpu_passes(per_device, nbytes(params) // count)
 
     def map(self, fn: Callable, *member_args, chunk: int | None = None):
         """`fn(*member_args)` (every argument with a leading member axis; bind shared inputs in `fn`) over

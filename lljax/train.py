@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lljax import data, grid, losses, models, registry
+from jax.sharding import Mesh, PartitionSpec as P
+
+from lljax import data, grid, losses, models, precision, registry
 from lljax.errors import LLJaxError
 from lljax.models import ModelSpec
 
@@ -71,7 +73,7 @@ def direction(optimizer: Optimizer, hyper: Hyper) -> optax.GradientTransformatio
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
     """Static part of training (never stacked): architecture, batch size, length, schedule, data size, loss,
-    optimiser (see `direction`)."""
+    optimiser (see `direction`), precision policy (`lljax.precision`)."""
 
     model: ModelSpec
     batch_size: int
@@ -80,8 +82,10 @@ class TrainSpec:
     schedule: str = "step"
     loss: losses.Loss = losses.cross_entropy
     optimizer: Optimizer = "sgd"
+    precision: str = "float32"
 
     def __post_init__(self):
+        precision.check(self.precision)
         if self.schedule not in SCHEDULES:
             raise LLJaxError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.batch_size <= 0:
@@ -149,7 +153,8 @@ def train_step(spec: TrainSpec, member: Member, state: MemberState, x_BX: jax.Ar
 
     def loss(params):
         outputs, batch_stats = models.apply(spec.model, params, state.batch_stats, x_BX, train=True,
-                                            rng=jax.random.fold_in(member.dropout_key, step))
+                                            rng=jax.random.fold_in(member.dropout_key, step),
+                                            policy=spec.precision)
         return spec.loss.mean(outputs, y_B), batch_stats
 
     (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
@@ -205,19 +210,32 @@ def init_ensemble(spec: TrainSpec, keys: jax.Array, hyper: Hyper, labels_N: jax.
         spec, keys, hyper, labels_N, input_shape, view_keys)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "passes"), donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnames=("spec", "passes", "mesh"), donate_argnames=("state",))
 def train_ensemble(spec: TrainSpec, state: MemberState, member: Member, x_train: jax.Array, first_epoch,
-                   last_epoch, passes: int = 1) -> MemberState:
+                   last_epoch, passes: int = 1, mesh: Mesh | None = None) -> MemberState:
     """`train_epochs` over members; the dataset and epoch bounds are shared, the rest has a member axis (M,).
 
-    `passes` > 1 trains the members in that many slices one after another inside the program, member i in
-    slice i % passes: on a CPU a smaller slice's working set stays in cache (`sharding.cpu_passes`).
-    With M sharded over D devices and passes dividing M / D, each slice is spread evenly over the devices and
-    no data moves between them. Same numbers as one pass up to float rounding (kernels differ with the batch).
+    `passes` > 1 trains each device's members in that many slices one after another inside the program,
+    member i in slice i % passes: on a CPU a smaller slice's working set stays in cache (`sharding.cpu_passes`);
+    for the `map` convolution strategy each slice's convolutions are grouped over that slice only.
+    With `mesh` (members sharded over its 'members' axis, M a multiple of its size) the program is a
+    `shard_map`: each device trains its own members and nothing moves between devices (no grouped convolution
+    is gathered). Same numbers as one pass up to float rounding (kernels differ with the batch).
     """
     count = jax.tree.leaves(member)[0].shape[0]
-    if passes < 1 or count % passes:
-        raise LLJaxError(f"passes must be a positive divisor of the {count} members, got {passes}")
+    devices = 1 if mesh is None else mesh.size
+    if passes < 1 or count % (passes * devices):
+        raise LLJaxError(f"passes must be a positive divisor of the {count // devices} members per device, "
+                         f"got {passes}")
+    local = functools.partial(_train_local, spec, passes=passes)
+    if devices > 1:
+        local = jax.shard_map(local, mesh=mesh, in_specs=(P(mesh.axis_names[0]),) * 2 + (P(),) * 3,
+                              out_specs=P(mesh.axis_names[0]), check_vma=False)
+    return local(state, member, x_train, first_epoch, last_epoch)
+
+
+def _train_local(spec, state, member, x_train, first_epoch, last_epoch, passes):
+    count = jax.tree.leaves(member)[0].shape[0]
     run = jax.vmap(train_epochs, in_axes=(None, 0, 0, None, None, None))
     if passes == 1:
         return run(spec, state, member, x_train, first_epoch, last_epoch)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from unittest import mock
 
-from lljax import models
+from lljax import conv, models
 from lljax.errors import LLJaxError
 
 apply = jax.jit(models.apply, static_argnums=0, static_argnames="train")
@@ -45,7 +45,7 @@ def test_im2col_convolution_equals_lax(shape, stride):
     spatial = "HW"[-nd:] if nd < 3 else "DHW"
     expected = jax.lax.conv_general_dilated(x, kernel, (stride,) * nd, ((1, 1),) * nd,
                                             dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
-    got = models._conv_im2col(x, kernel, (stride,) * nd, ((1, 1),) * nd)
+    got = conv.im2col(x, kernel, (stride,) * nd, ((1, 1),) * nd)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
