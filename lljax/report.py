@@ -18,6 +18,12 @@ def _fmt_knobs(row: dict, knobs: Sequence[str]) -> str:
     return ", ".join(f"{k}={row[k]:g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in knobs)
 
 
+def _strategies(results: Results) -> str:
+    """The convolution strategies the groups trained with (`--conv` as resolved; lljax.conv)."""
+    used = sorted({str(a["meta/conv"]) for a in results.group_metrics if "meta/conv" in a})
+    return "/".join(used) if used else results.config.conv
+
+
 def best_point(results: Results, grid: Sequence[dict]) -> dict | None:
     """The grid point with the best mean test score (highest accuracy, or lowest loss), None if no point has
     one (every member diverged)."""
@@ -210,7 +216,8 @@ def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: P
     lines = [f"# lljax report: {results.model} on {results.dataset}", "",
              f"{len(results.members)} members = {len(grid)} grid points x {config.seeds} seeds, "
              f"{len(results.groups)} compiled groups, {config.epochs} epochs ({config.schedule} schedule, "
-             f"{config.loss} loss, {config.optimizer}); run time {results.seconds:.0f} s. Swept: " +
+             f"{config.loss} loss, {config.optimizer}; {config.precision} training, convolutions "
+             f"{_strategies(results)}); run time {results.seconds:.0f} s. Swept: " +
              "; ".join(f"{k} = {', '.join(f'{v:g}' for v in knob_values[k])}" for k in swept) +
              f". Metrics: {', '.join(config.metric_names)}. Configuration: [config.json](config.json).", ""]
     diverged = sum(r["diverged"] for r in grid)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from unittest import mock
 
-from lljax import conv, models
+from lljax import models
 from lljax.errors import LLJaxError
 
 apply = jax.jit(models.apply, static_argnums=0, static_argnames="train")
@@ -35,18 +35,6 @@ def test_parameter_counts_match_the_reference_architectures():
     assert count(models.ModelSpec("cnn", 25), (40,)) == (5 * 25 + 25) + 2 * (3 * 25 * 25 + 25) + 125 * 10 + 10
     # the standard CIFAR ResNet18 (k = 64) has 11,173,962 parameters
     assert count(models.ModelSpec("resnet18", 64), (32, 32, 3)) == 11_173_962
-
-
-@pytest.mark.parametrize("shape,stride", [((2, 11, 3), 1), ((2, 11, 3), 2), ((2, 9, 8, 3), 1), ((2, 9, 8, 3), 2)])
-def test_im2col_convolution_equals_lax(shape, stride):
-    nd = len(shape) - 2
-    x = jax.random.normal(jax.random.key(0), shape)
-    kernel = jax.random.normal(jax.random.key(1), (3,) * nd + (3, 4))
-    spatial = "HW"[-nd:] if nd < 3 else "DHW"
-    expected = jax.lax.conv_general_dilated(x, kernel, (stride,) * nd, ((1, 1),) * nd,
-                                            dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
-    got = conv.im2col(x, kernel, (stride,) * nd, ((1, 1),) * nd)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_cpu_and_accelerator_convolutions_agree(resnet):

@@ -113,12 +113,34 @@ def test_corrupted_results_or_checkpoint_named_in_error(tmp_path):
     (dict(model="vgg"), "unknown model"),
     (dict(dataset="imagenet"), "unknown dataset"),
     (dict(seeds=0), "seeds must be a positive integer, got 0"),
+    (dict(conv="fast"), "unknown conv .fast.; choose one of auto, grouped, map, im2col"),
+    (dict(precision="fp8"), "unknown precision .fp8.; choose one of float32, tf32, bf16"),
 ])
 def test_bad_input_raises_before_creating_the_folder(tmp_path, overrides, match):
     with pytest.raises(LLJaxError, match=match):
         pipeline.run(tiny_config(**overrides), tmp_path / "out", progress=False,
                      dataset=tiny_dataset() if "dataset" not in overrides else None)
     assert not (tmp_path / "out").exists()
+
+
+def test_convolution_strategy_and_precision_are_recorded_and_kept_on_resume(tmp_path):
+    out = tmp_path / "run"
+    config = tiny_config(model="cnn", widths=(3,), conv="map", precision="bf16", epochs=2)
+    pipeline.run(config, out, progress=False, dataset=tiny_dataset())
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["conv"] == "map" and saved["precision"] == "bf16" and saved["conv_chunk"] == 1
+    assert "bf16 training, convolutions map)" in (out / "report.md").read_text()
+    assert str(np.load(out / "groups" / "group-0.npz")["meta/conv"]) == "map"
+    # --conv auto: a group's strategy is resolved once and kept beside its checkpoints for a resumed run
+    spec = pipeline.train.TrainSpec(pipeline.models.ModelSpec("cnn", 3, 3), 32, 2, 128)
+    placement = sharding.Placement.default()
+    fresh, started = tmp_path / "fresh", tmp_path / "started"
+    started.mkdir()
+    (started / "conv.txt").write_text("grouped")
+    auto = tiny_config(model="cnn")
+    assert pipeline.group_strategy(auto, spec, 2, tiny_dataset(), placement, started) == "grouped"
+    assert pipeline.group_strategy(auto, spec, 2, tiny_dataset(), placement, fresh) == "im2col"  # the CPU rule
+    assert (fresh / "conv.txt").read_text() == "im2col"
 
 
 def test_killed_run_resumes_to_identical_results(tmp_path):
