@@ -172,14 +172,15 @@ def run_vmapped(spec, fresh, x_train, repeats, mesh=None, epochs_per_call=None, 
     state, member = placed()
     passes = 1 if mesh is None or one_pass else \
         sharding.Placement(mesh).passes_for(sharding.member_count(member), state.params)
-    compile_s = _timed(lambda: jax.block_until_ready(train.train_ensemble(spec, state, member, x, 0, 0, passes)))
+    compile_s = _timed(lambda: jax.block_until_ready(train.train_ensemble(spec, state, member, x, 0, 0, passes,
+                                                                          mesh)))
     times = []
     for _ in range(repeats):
         state, member = placed()
         jax.block_until_ready((state, member))
         start = time.perf_counter()
         for first in range(0, epochs, step):
-            state = train.train_ensemble(spec, state, member, x, first, min(first + step, epochs), passes)
+            state = train.train_ensemble(spec, state, member, x, first, min(first + step, epochs), passes, mesh)
             jax.block_until_ready(state)  # the pipeline waits here for its progress bar and checkpoints
         times.append(time.perf_counter() - start)
     state = sharding.unpad(state, count)
@@ -278,20 +279,21 @@ def run_torch_dataloader(torch, init, x_np, y_np, batch_size, epochs):
     return {"seconds_per_model": per_model, "final_loss": np.asarray(losses), "steps": steps}
 
 
-def run_torch_tuned(torch, init, x_np, y_np, batch_orders):
+def run_torch_tuned(torch, init, x_np, y_np, batch_orders, device="cpu"):
     """(d): no DataLoader; minibatches gathered with pre-computed index tensors (lljax's order), losses kept
     on the tensor side (no per-step `.item()` sync)."""
-    x = torch.from_numpy(x_np)
-    y = torch.from_numpy(y_np.astype(np.int64))
+    x = torch.from_numpy(x_np).to(device)
+    y = torch.from_numpy(y_np.astype(np.int64)).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     criterion = torch.nn.CrossEntropyLoss()
     losses, per_model = [], []
     for layers, orders in zip(init, batch_orders):
         start = time.perf_counter()
-        model = torch_mlp(torch, layers)
+        model = torch_mlp(torch, layers).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-        idx_all = torch.from_numpy(orders.astype(np.int64))
+        idx_all = torch.from_numpy(orders.astype(np.int64)).to(device)
         for epoch_idx in idx_all:
-            epoch_loss = torch.zeros(())
+            epoch_loss = torch.zeros((), device=device)
             for idx in epoch_idx:
                 opt.zero_grad(set_to_none=True)
                 loss = criterion(model(x[idx]), y[idx])
@@ -299,6 +301,7 @@ def run_torch_tuned(torch, init, x_np, y_np, batch_orders):
                 opt.step()
                 epoch_loss += loss.detach()
         losses.append(float(epoch_loss) / len(epoch_idx))
+        sync()
         per_model.append(time.perf_counter() - start)
     return {"seconds_per_model": per_model, "final_loss": np.asarray(losses)}
 

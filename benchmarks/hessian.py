@@ -183,7 +183,7 @@ def pyhessian(torch, model, inputs, targets, seed):
 
     iterations = probes = 0
     eigenvalue = None
-    v = normalization([torch.randn(p.size()) for p in params])
+    v = normalization([torch.randn(p.size(), device=p.device) for p in params])
     for _ in range(PYHESSIAN_MAX_ITER):
         model.zero_grad()
         hv = hessian_vector_product(v)
@@ -217,20 +217,20 @@ def pyhessian(torch, model, inputs, targets, seed):
 class PyHessianRunner:
     """PyHessian over the N members one after another, on torch copies of the same weights and samples."""
 
-    def __init__(self, params, batch, width):
+    def __init__(self, params, batch, width, device="cpu"):
         import torch
 
         self.torch = torch
-        self.inputs = torch.from_numpy(np.asarray(batch[0]).copy())
-        self.targets = torch.from_numpy(np.asarray(batch[1]).astype(np.int64))
+        self.inputs = torch.from_numpy(np.asarray(batch[0]).copy()).to(device)
+        self.targets = torch.from_numpy(np.asarray(batch[1]).astype(np.int64)).to(device)
         self.members = jax.tree.leaves(params)[0].shape[0]
-        self.models = [torch_mlp(torch, jax.tree.map(lambda a: np.asarray(a[i]), params), width)
+        self.models = [torch_mlp(torch, jax.tree.map(lambda a: np.asarray(a[i]), params), width).to(device)
                        for i in range(self.members)]
         with torch.no_grad():
             self.losses = [float(torch.nn.functional.cross_entropy(m(self.inputs), self.targets))
                            for m in self.models]
         pyhessian(torch, self.models[0], self.inputs, self.targets, seed=0)  # PyTorch's lazy initialisation
-        self.thread_options = sorted({1, os.cpu_count()})
+        self.thread_options = sorted({1, os.cpu_count()}) if device == "cpu" else [torch.get_num_threads()]
         self.wins = {t: 0 for t in self.thread_options}
 
     def run(self, seed):

@@ -127,18 +127,23 @@ def train_flops_per_example(width: int) -> float:
 
 # ------------------------------------------------------------------------------------------ lljax
 
-def lljax_run(jax, jnp, np, width, members, batch_size, steps, repeats, mesh):
+def lljax_run(jax, jnp, np, width, members, batch_size, steps, repeats, mesh, conv="auto", policy="float32",
+              image=IMAGE):
+    """M ResNet18(width) trained `repeats` epochs of `steps` steps with convolution strategy `conv` and precision
+    policy `policy`: timings, the compiled program's memory, and what the PyTorch side needs to repeat it."""
+    from lljax import conv as convs
     from lljax import data, models, sharding, train
 
     n = batch_size * steps
-    spec = train.TrainSpec(models.ModelSpec("resnet18", width), batch_size, 1 + repeats, n, "constant")
-    x = np.asarray(jax.random.normal(jax.random.key(0), (n, *IMAGE), jnp.float32))
+    spec = train.TrainSpec(models.ModelSpec("resnet18", width, conv=conv), batch_size, 1 + repeats, n, "constant",
+                           precision=policy)
+    x = np.asarray(jax.random.normal(jax.random.key(0), (n, *image), jnp.float32))
     y = np.asarray(jax.random.randint(jax.random.key(1), (n,), 0, 10), np.int32)
     ones = jnp.ones(members, jnp.float32)
     hyper = train.Hyper(LR * ones, WEIGHT_DECAY * ones, MOMENTUM * ones, ones, 0 * ones)
     start = time.perf_counter()
     state, member = train.init_ensemble(spec, jax.random.split(jax.random.key(2), members), hyper, jnp.asarray(y),
-                                        IMAGE)
+                                        tuple(image))
     jax.block_until_ready(state)
     init_s = time.perf_counter() - start
     initial = jax.tree.map(np.asarray, state.params), jax.tree.map(np.asarray, state.batch_stats)
@@ -150,21 +155,28 @@ def lljax_run(jax, jnp, np, width, members, batch_size, steps, repeats, mesh):
     (state, member), real = sharding.pad_members((state, member), mesh.size)
     state, member = sharding.shard_members((state, member), mesh)
     x_all = sharding.replicate(x, mesh)
+    passes = convs.passes(conv, sharding.member_count(state.loss) // mesh.size) or 1
     start = time.perf_counter()
-    state = train.train_ensemble(spec, state, member, x_all, 0, 0)  # compiles; runs no epoch
+    compiled = train.train_ensemble.lower(spec, state, member, x_all, 0, 0, passes, mesh).compile()
+    run = lambda state, first, last: compiled(state, member, x_all, first, last)
+    state = run(state, 0, 0)  # runs no epoch
     jax.block_until_ready(state)
     compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    program_bytes = None if memory is None else int(
+        memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+        + memory.temp_size_in_bytes)
     times, first_loss = [], None
     for epoch in range(repeats):
         start = time.perf_counter()
-        state = train.train_ensemble(spec, state, member, x_all, epoch, epoch + 1)
+        state = run(state, epoch, epoch + 1)
         jax.block_until_ready(state)
         times.append(time.perf_counter() - start)
         if first_loss is None:
             first_loss = np.asarray(state.loss)[:real]
     return {"seconds": min(times), "seconds_all": times, "compile_seconds": compile_s, "init_seconds": init_s,
             "padded_members": sharding.member_count(state.loss), "epoch0_loss": first_loss,
-            "diverged": int(np.asarray(state.diverged).sum()),
+            "diverged": int(np.asarray(state.diverged).sum()), "program_bytes": program_bytes,
             "initial": initial, "orders": np.asarray(orders), "x": x, "y": y, "spec": spec}
 
 
@@ -256,8 +268,14 @@ def load_lljax_weights(torch, np, model, params, batch_stats, i):
         model.fc.bias.copy_(t(params["Dense_0"]["bias"][i]))
 
 
-def torch_run(torch, np, width, run, count, device):
-    """The first `count` members trained one after another, each on its own lljax minibatches."""
+def torch_run(torch, np, width, run, count, device, policy="float32"):
+    """The first `count` members trained one after another, each on its own lljax minibatches; `policy` as
+    lljax's: float32 (no TF32), tf32 (TF32 matmuls and convolutions), bf16 (autocast to bfloat16)."""
+    import contextlib
+
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = policy == "tf32"
+    autocast = (lambda: torch.autocast(device, torch.bfloat16)) if policy == "bf16" else contextlib.nullcontext
     x = torch.from_numpy(run["x"].transpose(0, 3, 1, 2).copy()).to(device)  # NCHW
     y = torch.from_numpy(run["y"].astype(np.int64)).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -271,7 +289,9 @@ def torch_run(torch, np, width, run, count, device):
 
     model, opt = model_and_opt(0)  # warm-up (allocator, kernels), not timed
     idx = torch.from_numpy(run["orders"][0, 0].astype(np.int64)).to(device)
-    criterion(model(x[idx]), y[idx]).backward()
+    with autocast():
+        warm = criterion(model(x[idx]), y[idx])
+    warm.backward()
     sync()
     losses, seconds = [], 0.0
     for i in range(count):
@@ -282,7 +302,8 @@ def torch_run(torch, np, width, run, count, device):
         total = torch.zeros((), device=device)
         for idx in order:
             opt.zero_grad(set_to_none=True)
-            loss = criterion(model(x[idx]), y[idx])
+            with autocast():
+                loss = criterion(model(x[idx]), y[idx])
             loss.backward()
             opt.step()
             total += loss.detach()

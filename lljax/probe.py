@@ -1,11 +1,10 @@
 """The timed probe behind `--conv auto`: which convolution strategy trains a group's ensemble fastest here.
 
 `choose` answers from a JSON file beside the compilation cache (`cache_path()`), keyed by backend, device kind,
-device count, JAX version, model, width, batch size, members per call, input shape, precision policy and
-map chunk; only
-a key it has not seen is probed: every candidate strategy (`conv.CONCRETE`; `grouped` and `map` for a model
-whose factory takes no `conv`, since im2col is the kernel of lljax's own `models.Conv`) trains the group's
-shapes for `steps` steps after one untimed call that compiles it, and the fastest is stored. Probing costs a
+device count, JAX version, model, width, batch size, members per call, input shape, precision policy and map
+chunk; only a key it has not seen is probed: every candidate strategy (`conv.CONCRETE`; `grouped` and `map`
+for a model whose factory takes no `conv`, since im2col is the kernel of lljax's own `models.Conv`) trains the
+group's first few batches after one untimed call that compiles it, and the fastest is stored. Probing costs a
 compilation per candidate, once per machine and shape. With probing off, or by default on a CPU, `conv.rule`
 decides instead.
 """

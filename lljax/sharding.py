@@ -143,6 +143,17 @@ def _place(tree, sharding: NamedSharding):
     return jax.tree.map(lambda leaf: _global_array(leaf, sharding), tree)
 
 
+def per_device(fn: Callable, mesh: Mesh | None, in_axes: Sequence[int | None]) -> Callable:
+    """`fn` (an ensemble function: outputs with a member axis) as a `shard_map` over the mesh's member axis:
+    arguments with in_axes 0 split over the devices, None replicated; each device runs `fn` on its own members
+    and nothing moves between devices (XLA's sharding propagation instead all-gathers the grouped
+    convolutions of a vmapped conv net). `fn` itself without a mesh or with one device."""
+    if mesh is None or mesh.size == 1:
+        return fn
+    specs = tuple(P(MEMBER_AXIS) if axis == 0 else P() for axis in in_axes)
+    return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P(MEMBER_AXIS), check_vma=False)
+
+
 def member_count(tree) -> int:
     """The length M of the leading member axis shared by every leaf of an ensemble pytree."""
     leaves = jax.tree.leaves(tree)

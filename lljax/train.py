@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
 
-from lljax import data, grid, losses, models, precision, registry
+from lljax import data, grid, losses, models, precision, registry, sharding
 from lljax.errors import LLJaxError
 from lljax.models import ModelSpec
 
@@ -227,10 +227,7 @@ def train_ensemble(spec: TrainSpec, state: MemberState, member: Member, x_train:
     if passes < 1 or count % (passes * devices):
         raise LLJaxError(f"passes must be a positive divisor of the {count // devices} members per device, "
                          f"got {passes}")
-    local = functools.partial(_train_local, spec, passes=passes)
-    if devices > 1:
-        local = jax.shard_map(local, mesh=mesh, in_specs=(P(mesh.axis_names[0]),) * 2 + (P(),) * 3,
-                              out_specs=P(mesh.axis_names[0]), check_vma=False)
+    local = sharding.per_device(functools.partial(_train_local, spec, passes=passes), mesh, (0, 0, None, None, None))
     return local(state, member, x_train, first_epoch, last_epoch)
 
 
