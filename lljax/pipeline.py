@@ -193,12 +193,12 @@ def group_strategy(config: Config, spec: train.TrainSpec, members: int, dataset:
 
 # ------------------------------------------------------------------------------------------ metric families
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _family_program(compute: Callable, ctx: Context, mesh, shared: Shared, *per_member):
-    """A family's function for one member (pair) vmapped over the leading axis of `per_member`; with a mesh of
-    several devices a `shard_map` (each device its own members, as training: nothing gathered)."""
-    program = lambda shared, *per_member: jax.vmap(lambda *args: compute(ctx, shared, *args))(*per_member)
-    return sharding.per_device(program, mesh, (None, *(0,) * len(per_member)))(shared, *per_member)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _family_program(compute: Callable, ctx: Context, shared: Shared, *per_member):
+    """A family's function for one member (pair) vmapped over the leading axis of `per_member`. Sharded by
+    XLA's propagation, not `sharding.per_device` as training is: a shard_map of the curves family's program
+    crashes XLA:CPU (segmentation fault, jax 0.11.2 with 2 CPU devices)."""
+    return jax.vmap(lambda *args: compute(ctx, shared, *args))(*per_member)
 
 
 def family_context(family: Family, g: TrainedGroup) -> Context:
@@ -239,8 +239,7 @@ def measure_family(family: Family, g: TrainedGroup, tuples: np.ndarray, shared: 
     for n in np.unique(sizes):  # members (pairs) whose subsets differ in size get their own static context
         sel = np.flatnonzero(sizes == n)
         c = dataclasses.replace(ctx, subset_size=int(n)) if family.static_subset else ctx
-        mesh = g.placement.mesh if family.sharded else None
-        program = lambda *a: _family_program(family.compute, c, mesh, shared, *a)
+        program = lambda *a: _family_program(family.compute, c, shared, *a)
         if family.sharded:
             values = g.map(program, *take(args, sel), keys[sel])
         else:
