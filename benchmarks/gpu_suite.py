@@ -24,7 +24,8 @@ run):
   (4) the `paper` preset's projected wall time on this device (975 ResNet18 models, 100 epochs) from the best
       measured rate per width and precision (resnet_throughput.project_grid).
 
-Runs on JAX 0.11 / CUDA 13 with Flax, optax, orbax and PyTorch 2.11 and no network; PyTorch and mnist1d are
+Run it from a checkout (lljax need not be installed: the script puts the checkout on the path). Runs on JAX 0.11
+/ CUDA 13 with Flax, optax, orbax and PyTorch 2.11 and no network; PyTorch and mnist1d are
 optional (their parts are skipped or use synthetic data, and the output says so). To bring mnist1d to a
 machine without it: `pip download mnist1d==0.0.2.post1 --no-deps -d wheels/` here, then
 `pip install --no-index wheels/mnist1d-*.whl` there. `--tiny` runs every part at a toy size on a CPU in about a
@@ -45,7 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the benchmarks beside it; lljax from this checkout, installed or not
 from common import load_average, machine  # noqa: E402
 
 # vendor dense (no sparsity) peaks, FLOP/s, per precision policy; "H100 PCIe" before "H100" (substring match)
@@ -64,7 +66,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget-s", type=float, default=420.0,
                    help="wall-time budget; the ResNet matrix stops where it would overrun it (default 420)")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_suite_out"))
+    p.add_argument("--out", default=os.path.join(HERE, "gpu_suite_out"))
     p.add_argument("--widths", type=int, nargs="+", default=None, help="ResNet18 widths k (default 8 32 64 128)")
     p.add_argument("--members", type=int, nargs="+", default=None, help="members per program (default 5 20)")
     p.add_argument("--strategies", nargs="+", default=None, choices=("grouped", "map", "im2col"))

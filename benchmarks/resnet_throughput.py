@@ -39,6 +39,7 @@ The last line printed is `speedup_vs_pytorch: X.XX`, (a) over (b) at the widest 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -142,8 +143,10 @@ def lljax_run(jax, jnp, np, width, members, batch_size, steps, repeats, mesh, co
     ones = jnp.ones(members, jnp.float32)
     hyper = train.Hyper(LR * ones, WEIGHT_DECAY * ones, MOMENTUM * ones, ones, 0 * ones)
     start = time.perf_counter()
-    state, member = train.init_ensemble(spec, jax.random.split(jax.random.key(2), members), hyper, jnp.asarray(y),
-                                        tuple(image))
+    # initial values do not depend on the strategy or the policy: one init program per (width, members)
+    init_spec = dataclasses.replace(spec, model=models.ModelSpec("resnet18", width), precision="float32")
+    state, member = train.init_ensemble(init_spec, jax.random.split(jax.random.key(2), members), hyper,
+                                        jnp.asarray(y), tuple(image))
     jax.block_until_ready(state)
     init_s = time.perf_counter() - start
     initial = jax.tree.map(np.asarray, state.params), jax.tree.map(np.asarray, state.batch_stats)

@@ -87,8 +87,8 @@ def _gpu_count() -> int:
 
 def worker_environments(workers: int) -> list[tuple[dict, list[int] | None]]:
     """(environment, CPU cores) of each local worker: one GPU each where there are several, a share of the one
-    GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION) where there is one, else a share of the CPU cores (one JAX
-    device per core it gets)."""
+    GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION) where there is one, else a share of the CPU cores with as many
+    JAX devices as one process has, so its groups compute exactly what one process computes."""
     gpus = _gpu_count()
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     out = []
@@ -101,11 +101,11 @@ def worker_environments(workers: int) -> list[tuple[dict, list[int] | None]]:
             env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / workers:.3f}"
             out.append((env, None))
         else:
-            mine = cores[w::workers] or cores[:1]
+            # on its share of the cores a worker keeps the JAX devices a single process would have (one per core
+            # of the machine, or what XLA_FLAGS / JAX_NUM_CPU_DEVICES ask): each group is then the same program,
+            # member for member, as in one process, and gives the same numbers
             env["JAX_PLATFORMS"] = "cpu"
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={len(mine)}"
-                                ).strip()
-            out.append((env, mine))
+            out.append((env, cores[w::workers] or cores[:1]))
     return out
 
 

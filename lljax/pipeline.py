@@ -140,17 +140,24 @@ def train_group(config: Config, dataset: data.Dataset, group: grids.Group, membe
     labels = jnp.asarray(dataset.y_train)
     x_train = sharding.replicate(jnp.asarray(dataset.x_train), placement.mesh)
 
-    def estimate():  # bytes per member of one training epoch, from XLA's memory analysis (compiles, runs nothing)
+    def estimate(spec):  # bytes per member of one training epoch, from XLA's memory analysis (runs nothing)
         one = jax.tree.map(lambda a: a[:1], (keys, hyper, view_keys))
         state, member = jax.eval_shape(lambda k, h, v: train.init_ensemble(spec, k, h, labels, x_train.shape[1:],
                                                                            v), *one)
         return sharding.bytes_per_member_estimate(
             lambda s, m, x: train.train_ensemble(spec, s, m, x, 0, 1), state, member, x_train, in_axes=(0, 0, None))
 
-    chunk = placement.chunk_for(count, estimate)
-    size = -(-chunk // placement.mesh.size) * placement.mesh.size  # every chunk the same size: one program
+    def chunk_size(spec):  # members per call, every chunk the same size (one program) and a multiple of the mesh
+        chunk = placement.chunk_for(count, lambda: estimate(spec))
+        return -(-chunk // placement.mesh.size) * placement.mesh.size
+
+    with_conv = lambda conv: dataclasses.replace(spec, model=dataclasses.replace(spec.model, conv=conv))
+    spec = with_conv(config.conv)
+    size = chunk_size(spec)
     strategy = group_strategy(config, spec, size, dataset, placement, ckpt_dir)
-    spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, conv=strategy))
+    if strategy != spec.model.conv:  # auto resolved: chunks sized for the chosen strategy's memory too
+        spec = with_conv(strategy)
+        size = min(size, chunk_size(spec))
     pieces, loaders = [], []
     track_epochs = tracking.tracked_epochs(config)
     for c, start in enumerate(range(0, count, size)):
