@@ -151,7 +151,7 @@ def train_group(config: Config, dataset: data.Dataset, group: grids.Group, membe
         chunk = placement.chunk_for(count, lambda: estimate(spec))
         return -(-chunk // placement.mesh.size) * placement.mesh.size
 
-    with_conv = lambda conv: dataclasses.replace(spec, model=dataclasses.replace(spec.model, conv=conv))
+    with_conv = lambda name: dataclasses.replace(spec, model=dataclasses.replace(spec.model, conv=name))
     spec = with_conv(config.conv)
     size = chunk_size(spec)
     strategy = group_strategy(config, spec, size, dataset, placement, ckpt_dir)

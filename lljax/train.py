@@ -17,7 +17,6 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-
 from jax.sharding import Mesh
 
 from lljax import data, grid, losses, models, precision, registry, sharding
