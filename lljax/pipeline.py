@@ -155,9 +155,10 @@ def train_group(config: Config, dataset: data.Dataset, group: grids.Group, membe
     spec = with_conv(config.conv)
     size = chunk_size(spec)
     strategy = group_strategy(config, spec, size, dataset, placement, ckpt_dir)
-    if strategy != spec.model.conv:  # auto resolved: chunks sized for the chosen strategy's memory too
+    if strategy != spec.model.conv:
         spec = with_conv(strategy)
-        size = min(size, chunk_size(spec))
+        if strategy == "im2col" != conv.concrete(config.conv):  # its patches need more memory than lax's kernel
+            size = min(size, chunk_size(spec))
     pieces, loaders = [], []
     track_epochs = tracking.tracked_epochs(config)
     for c, start in enumerate(range(0, count, size)):
