@@ -51,11 +51,11 @@ def measure(spec: train.TrainSpec, members: int, x_NX, labels_N, placement: shar
     keys = jax.random.split(jax.random.key(0), members)
     ones = jnp.ones((members,), jnp.float32)
     hyper = train.Hyper(ones * 1e-3, ones * 0, ones * 0.9, ones, ones * 0)
+    initial = sharding.to_host(train.init_ensemble(probe, keys, hyper, labels, input_shape))  # any strategy's
     seconds = {}
     for strategy in strategies or candidates(spec):
         s = dataclasses.replace(probe, model=dataclasses.replace(spec.model, conv=strategy))
-        state, member = sharding.shard_members(train.init_ensemble(s, keys, hyper, labels, input_shape),
-                                               placement.mesh)
+        state, member = sharding.shard_members(initial, placement.mesh)  # a fresh copy: training donates it
         passes = placement.passes_for(members, state.params, strategy, map_chunk)
         run = lambda st: train.train_ensemble(s, st, member, x, 0, 1, passes, placement.mesh)
         state = jax.block_until_ready(run(state))  # compiles
