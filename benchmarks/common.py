@@ -24,3 +24,20 @@ def load_average() -> float | None:
         return round(os.getloadavg()[0], 2)
     except OSError:
         return None
+
+
+def trained_mlps(n: int, width: int, epochs: int):
+    """(MNIST-1D, the TrainSpec, the trained ensemble state) of n MLPs of `width` trained `epochs` by lljax (lr
+    0.05, weight decay 5e-4, momentum 0.9, batch 64, the step schedule): the weights the side-by-side
+    comparisons hand to the reference tools."""
+    import jax
+    import jax.numpy as jnp
+
+    from lljax import data, models, train
+
+    ds = data.mnist1d()
+    spec = train.TrainSpec(models.ModelSpec("mlp", width), 64, epochs, len(ds.y_train), "step")
+    hyper = train.Hyper(*(jnp.full((n,), v, jnp.float32) for v in (0.05, 5e-4, 0.9, 1.0, 0.0)))
+    state, member = train.init_ensemble(spec, jax.random.split(jax.random.key(0), n), hyper, jnp.asarray(ds.y_train),
+                                        ds.x_train.shape[1:])
+    return ds, spec, train.train_ensemble(spec, state, member, jnp.asarray(ds.x_train), 0, epochs)

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common import load_average, machine
-from lljax import data, models, spectra, train
+from common import load_average, machine, trained_mlps
+from lljax import models, spectra
 
 COLUMNS = {"alpha": "alpha", "xmin": "xmin", "ks_distance": "D", "alpha_sigma": "sigma",
            "num_pl_spikes": "num_pl_spikes", "log_norm": "log_norm", "log_spectral_norm": "log_spectral_norm",
@@ -53,16 +53,6 @@ def parse_args(argv=None):
     args.members = args.members or (8 if args.quick else 16)
     args.train_epochs = args.train_epochs or (5 if args.quick else 20)
     return args
-
-
-def trained_mlps(n, width, epochs):
-    ds = data.mnist1d()
-    spec = train.TrainSpec(models.ModelSpec("mlp", width), 64, epochs, len(ds.y_train), "step")
-    hyper = train.Hyper(*(jnp.full((n,), v, jnp.float32) for v in (0.05, 5e-4, 0.9, 1.0, 0.0)))
-    state, member = train.init_ensemble(spec, jax.random.split(jax.random.key(0), n), hyper, jnp.asarray(ds.y_train),
-                                        (40,))
-    state = train.train_ensemble(spec, state, member, jnp.asarray(ds.x_train), 0, epochs)
-    return jax.tree.map(np.asarray, state.params)
 
 
 def cnns(n, width):
@@ -124,7 +114,7 @@ def differences(ours, theirs, n):
 
 def main(argv=None):
     args = parse_args(argv)
-    kinds = {"mlp": trained_mlps(args.members, args.width, args.train_epochs),
+    kinds = {"mlp": jax.tree.map(np.asarray, trained_mlps(args.members, args.width, args.train_epochs)[2].params),
              "cnn2d": cnns(args.members, max(4, args.width // 4))}
     results = {"machine": machine(), "load_average": load_average(), "members": args.members, "width": args.width}
     total_ours = total_ww = 0.0

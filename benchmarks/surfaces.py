@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common import load_average, machine
-from lljax import data, models, surfaces, train
+from common import load_average, machine, trained_mlps
+from lljax import models, surfaces
 
 
 def parse_args(argv=None):
@@ -47,16 +47,6 @@ def parse_args(argv=None):
     args.members = args.members or (2 if args.quick else 8)
     args.grid = args.grid or (11 if args.quick else 51)
     return args
-
-
-def trained_mlps(n, width, epochs):
-    ds = data.mnist1d()
-    spec = train.TrainSpec(models.ModelSpec("mlp", width), 64, epochs, len(ds.y_train), "step")
-    hyper = train.Hyper(*(jnp.full((n,), v, jnp.float32) for v in (0.05, 5e-4, 0.9, 1.0, 0.0)))
-    state, member = train.init_ensemble(spec, jax.random.split(jax.random.key(0), n), hyper, jnp.asarray(ds.y_train),
-                                        (40,))
-    state = train.train_ensemble(spec, state, member, jnp.asarray(ds.x_train), 0, epochs)
-    return ds, models.ModelSpec("mlp", width, 10), state.params
 
 
 def gaussian(key, params):
@@ -139,7 +129,8 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    ds, spec, stacked = trained_mlps(args.members, args.width, args.train_epochs)
+    ds, tspec, state = trained_mlps(args.members, args.width, args.train_epochs)
+    spec, stacked = tspec.model, state.params
     x, y = np.asarray(ds.x_train[:args.examples]), np.asarray(ds.y_train[:args.examples])
     keys = jax.random.split(jax.random.key(7), (args.members, 2))
     ticks = jnp.linspace(-1, 1, args.grid)

@@ -1,5 +1,20 @@
-"""The one exception type lljax raises for bad user input (the CLI prints it as one line)."""
+"""The one exception type lljax raises for bad user input (the CLI prints it as one line), and the guard that
+turns an exception from user code (a model, optimiser or family check) into one."""
+import contextlib
 
 
 class LLJaxError(ValueError):
     """Bad input or configuration: the message names the problem in one line."""
+
+
+@contextlib.contextmanager
+def one_line(what: str):
+    """Inside: any exception but LLJaxError becomes LLJaxError('<what>: <type>: <first line of its message>'),
+    without the traceback from deep inside JAX or Flax."""
+    try:
+        yield
+    except LLJaxError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the user's code: one line, not a traceback
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise LLJaxError(f"{what}: {type(e).__name__}: {message}") from None

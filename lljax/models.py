@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from lljax import conv, losses, precision, registry
-from lljax.errors import LLJaxError
+from lljax.errors import LLJaxError, one_line
 
 Params = Any
 BatchStats = Any
@@ -203,13 +203,8 @@ def build(spec: ModelSpec) -> nn.Module:
         kwargs["depth"] = spec.depth
     if spec.conv != "auto" and takes(spec.model, "conv"):
         kwargs["conv"] = spec.conv
-    try:
+    with one_line(f"model factory {spec.name!r} failed for width {spec.width}, {spec.num_classes} outputs"):
         module = make(spec.width, spec.num_classes, **kwargs)
-    except LLJaxError:
-        raise
-    except Exception as e:  # noqa: BLE001 -- the user's factory: report it in one line
-        raise LLJaxError(f"model factory {spec.name!r} failed for width {spec.width}, {spec.num_classes} outputs: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     if not isinstance(module, nn.Module):
         raise LLJaxError(f"model factory {spec.name!r} returned a {type(module).__name__}, not a flax.linen.Module")
     return module

@@ -26,7 +26,7 @@ from lljax import data, jobs, losses, metrics, models, pytrees, registry, shardi
 from lljax import conv, probe, train
 from lljax import grid as grids
 from lljax.config import Config
-from lljax.errors import LLJaxError
+from lljax.errors import LLJaxError, one_line
 from lljax.metrics import Context, Family, Member, Shared
 from lljax.progress import Progress
 
@@ -302,26 +302,15 @@ def check_model(parts: Parts, config: Config, dataset: data.Dataset, families: S
     written; so is a family that cannot run on this model or loss (its `check`)."""
     spec = parts.spec(config.widths[0], dataset.num_classes)
     x = jax.ShapeDtypeStruct((2, *dataset.x_train.shape[1:]), jnp.float32)
-    try:
+    with one_line(f"model {spec.name!r} fails on inputs of shape {x.shape[1:]}"):
         params, batch_stats = jax.eval_shape(lambda k: models.init(spec, k, x.shape[1:]), jax.random.key(0))
         outputs = jax.eval_shape(lambda p, bs, x_: models.apply(spec, p, bs, x_, train=True,
                                                                 rng=jax.random.key(0))[0], params, batch_stats, x)
-    except LLJaxError:
-        raise
-    except Exception as e:  # noqa: BLE001 -- the user's model: one line, not a traceback from inside flax
-        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise LLJaxError(f"model {spec.name!r} fails on inputs of shape {x.shape[1:]}: {type(e).__name__}: "
-                         f"{message}") from None
     pytrees.check_params(params, f"model {spec.name!r} parameters")
     hyper = train.Hyper(*(jnp.float32(v) for v in (0.1, 0.0, 0.9, 1.0, 0.0)))
-    try:
+    with one_line(f"optimizer {registry.describe(parts.optimizer)!r} does not give an optax transformation for "
+                  "the member's hyperparameters"):
         jax.eval_shape(lambda p: train.direction(parts.optimizer, hyper).init(p), params)
-    except LLJaxError:
-        raise
-    except Exception as e:  # noqa: BLE001 -- the user's optimiser
-        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise LLJaxError(f"optimizer {registry.describe(parts.optimizer)!r} does not give an optax transformation "
-                         f"for the member's hyperparameters: {type(e).__name__}: {message}") from None
     size = int(np.prod(outputs.shape[1:]))
     wanted = dataset.num_classes if parts.loss.classification else int(np.prod(dataset.y_train.shape[1:]))
     if size != wanted:
@@ -330,14 +319,8 @@ def check_model(parts: Parts, config: Config, dataset: data.Dataset, families: S
     for family in families:
         if family.check is not None:
             ctx = Context(spec, parts.loss, config.options(family.name), config.epochs, config.eval_batch_size)
-            try:
+            with one_line(f"metric family {family.name!r} cannot run on model {spec.name!r}"):
                 family.check(ctx, params, batch_stats, x)
-            except LLJaxError:
-                raise
-            except Exception as e:  # noqa: BLE001 -- a family's check of the user's model
-                message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                raise LLJaxError(f"metric family {family.name!r} cannot run on model {spec.name!r}: "
-                                 f"{type(e).__name__}: {message}") from None
 
 
 def run(config: Config, out_dir: str | os.PathLike, *, model=None, dataset: data.Dataset | None = None,
