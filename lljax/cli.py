@@ -44,8 +44,8 @@ def _add_flags(group, cls, prefix: str, key_prefix: str, defaults) -> None:
             continue
         base = element if kind is tuple else kind
         metavar = meta.get("metavar") or (f.name.rstrip("s").upper() if kind is tuple else None)
-        group.add_argument(flag, dest=dest, type=base, default=None, choices=choices, help=help_text,
-                           metavar=metavar if not choices else None, **({"nargs": "+"} if kind is tuple else {}))
+        group.add_argument(flag, dest=dest, type=meta.get("parse") or base, default=None, choices=choices,
+                           help=help_text, metavar=metavar if not choices else None, **({"nargs": "+"} if kind is tuple else {}))
 
 
 def parser(description: str, presets: dict[str, dict]) -> argparse.ArgumentParser:
@@ -74,7 +74,9 @@ def parser(description: str, presets: dict[str, dict]) -> argparse.ArgumentParse
     _add_flags(p.add_argument_group("run"), Config, "", "", defaults)
     for section, (cls, prefix) in configs.sections().items():
         titles = {"phase": "phase rule (see lljax/phases.py)", "uncertainty": "intervals and phase stability "
-                  "(see lljax/uncertainty.py)", "track": "metrics along training (see lljax/tracking.py)"}
+                  "(see lljax/uncertainty.py)", "track": "metrics along training (see lljax/tracking.py)",
+                  "transformer": "the built-in transformer (see lljax/models.py)",
+                  "task": "generated tasks: modular, sparse_parity, counter (see lljax/tasks.py)"}
         title = titles.get(section, f"metric family {section!r}")
         _add_flags(p.add_argument_group(title), cls, prefix, f"{prefix}_", cls())
     return p

@@ -15,11 +15,17 @@ import json
 import math
 from typing import Any, Mapping
 
-from lljax import conv, data, losses, metrics, models, options, phases, precision, probe, registry, tracking, train
-from lljax import uncertainty
+from lljax import conv, data, losses, metrics, models, options, phases, precision, probe, registry, tasks, tracking
+from lljax import train, uncertainty
 from lljax.errors import LLJaxError
 
 option = options.option
+
+
+def parse_batch_size(value: str) -> int:
+    """A command-line batch size: an integer, or 'full' (`train.FULL_BATCH`)."""
+    return train.FULL_BATCH if value == "full" else int(value)
+
 
 KNOB_FIELDS = {"widths": "width", "batch_sizes": "batch_size", "lrs": "lr", "weight_decays": "weight_decay",
                "momentum": "momentum", "label_noise": "label_noise", "data_fractions": "data_fraction"}
@@ -29,10 +35,11 @@ KNOB_FIELDS = {"widths": "width", "batch_sizes": "batch_size", "lrs": "lr", "wei
 class Config:
     """A whole study. List-valued knob fields are swept; the grid is their cartesian product x `seeds`."""
 
-    dataset: str = option("mnist1d", "mnist1d, cifar10, mnist, or PATH.npz holding x_train, y_train, x_test, "
-                                     "y_test", metavar="NAME|PATH.npz")
+    dataset: str = option("mnist1d", "mnist1d, cifar10, mnist, a generated task (modular, sparse_parity, counter: "
+                                     "--task-...), or PATH.npz holding x_train, y_train, x_test, y_test",
+                          metavar="NAME|PATH.npz")
     data_dir: str | None = option(None, "folder holding cifar-10-batches-py or the MNIST IDX files")
-    model: str = option("mlp", "a registered model (mlp, cnn, resnet18) or package.module:factory, a "
+    model: str = option("mlp", "a registered model (mlp, cnn, resnet18, transformer) or package.module:factory, a "
                                "factory(width, num_classes) -> flax.linen.Module", metavar="NAME|MODULE:FACTORY")
     depth: int | None = option(None, "passed to a model factory that takes `depth` (mlp: hidden layers, default 2)",
                                low=1)
@@ -42,10 +49,15 @@ class Config:
     optimizer: str = option("sgd", "sgd (momentum, coupled weight decay: the paper's), adam, adamw, or "
                                    "package.module:attribute", metavar="NAME|MODULE:OPTIMIZER")
     widths: tuple[int, ...] = option((8, 32, 128), "model widths (the load the model factory receives)")
-    batch_sizes: tuple[int, ...] = option((64,), "minibatch sizes")
+    batch_sizes: tuple[int, ...] = option((64,), "minibatch sizes; full (or 0): full-batch training, every step "
+                                                 "on the member's whole subset", parse=parse_batch_size,
+                                          metavar="B|full")
     lrs: tuple[float, ...] = option((0.05,), "learning rates")
     weight_decays: tuple[float, ...] = option((5e-4,), "weight decays")
     momentum: tuple[float, ...] = option((0.9,), "momenta (Adam: beta1)")
+    beta2: float | None = option(None, "Adam's and AdamW's second-moment decay (default: 0.999, optax's; the grokking "
+                                       "literature's 0.98)", low=0, high=1)
+    warmup_steps: int = option(0, "linear learning-rate warm-up over the first steps (0: none)", low=0)
     label_noise: tuple[float, ...] = option((0.0,), "fractions of training labels replaced by a random class")
     data_fractions: tuple[float, ...] = option((1.0,), "fractions of the training set each model sees")
     seeds: int = option(2, "models per grid point", low=1)
@@ -72,6 +84,8 @@ class Config:
     phase: phases.Thresholds = dataclasses.field(default_factory=phases.Thresholds)
     uncertainty: uncertainty.UncertaintyOptions = dataclasses.field(default_factory=uncertainty.UncertaintyOptions)
     track: tracking.TrackOptions = dataclasses.field(default_factory=tracking.TrackOptions)
+    transformer: models.TransformerOptions = dataclasses.field(default_factory=models.TransformerOptions)
+    task: tasks.TaskOptions = dataclasses.field(default_factory=tasks.TaskOptions)
     families: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------ access
@@ -126,8 +140,9 @@ class Config:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Config":
         """A configuration from core fields, sections ('phase', family names) and flat `<prefix>_<field>` keys;
-        an unknown key is a one-line LLJaxError."""
-        return cls().replace(**values)
+        an unknown key is a one-line LLJaxError; config.json's 'resolved' section (what the run read from its data,
+        `store.prepare_out_dir`) is not configuration and is ignored."""
+        return cls().replace(**{k: v for k, v in values.items() if k != "resolved"})
 
     def replace(self, **values) -> "Config":
         """A copy with the given core fields, sections or flat section keys changed."""
@@ -166,7 +181,7 @@ class Config:
 
 # sections of every run (not of a metric family): name -> options dataclass; the name is the flags' prefix
 CORE_SECTIONS = {"phase": phases.Thresholds, "uncertainty": uncertainty.UncertaintyOptions,
-                 "track": tracking.TrackOptions}
+                 "track": tracking.TrackOptions, "transformer": models.TransformerOptions, "task": tasks.TaskOptions}
 
 
 def sections() -> dict[str, tuple[type, str]]:
@@ -230,8 +245,10 @@ def validate(config: Config, custom_dataset: bool = False) -> None:
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not float(w).is_integer() or w <= 0:
             raise LLJaxError(f"width must be a positive integer, got {w}")
     for b in config.batch_sizes:
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not float(b).is_integer() or b <= 0:
-            raise LLJaxError(f"batch size must be a positive integer, got {b}")
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not float(b).is_integer() or b < 0:
+            raise LLJaxError(f"batch size must be a positive integer or full (0), got {b}")
+    if config.beta2 is not None and config.beta2 >= 1:
+        raise LLJaxError(f"beta2 must be below 1, got {config.beta2:g}")
     for name, values, low_open in (("data fraction", config.data_fractions, True),
                                    ("label-noise fraction", config.label_noise, False),
                                    ("momentum", config.momentum, False)):
@@ -257,6 +274,10 @@ def validate(config: Config, custom_dataset: bool = False) -> None:
                 opts.validate()
     options.check(config.uncertainty, "uncertainty")
     options.check(config.track, "track")
+    options.check(config.transformer, "transformer")
+    if config.dataset in tasks.TASKS:
+        options.check(config.task, "task")
+        config.task.validate()
     tracking.validate(config)
 
 
@@ -271,6 +292,10 @@ def check_plugins(config: Config, model=None, loss=None, optimizer=None) -> tupl
     if config.depth is not None and not models.takes_depth(factory):
         raise LLJaxError(f"model {registry.describe(model or config.model)!r} takes no depth argument; "
                          "leave --depth unset")
+    for name, _ in config.transformer.extras():
+        if not models.takes(factory, name):
+            raise LLJaxError(f"model {registry.describe(model or config.model)!r} takes no {name} argument; leave "
+                             f"--transformer-{name.replace('_', '-')} unset")
     if not loss.classification and any(p > 0 for p in config.label_noise):
         raise LLJaxError(f"label noise needs class labels; the {loss.name} loss has none")
     return factory, loss, optimizer
@@ -283,6 +308,8 @@ def validate_with_data(config: Config, dataset: data.Dataset, loss: losses.Loss)
     n = len(dataset.y_train)
     smallest = int(data.subset_size(n, min(config.data_fractions)))
     for b in config.batch_sizes:
+        if b == train.FULL_BATCH:
+            continue
         if b > smallest:
             where = "the training set" if smallest == n else f"the smallest training subset ({smallest} examples)"
             raise LLJaxError(f"batch size {b} is larger than {where} ({n} examples in {dataset.name})"

@@ -4,8 +4,14 @@ MNIST-1D (the default) is generated locally by the `mnist1d` package and cached 
 read from files the user already has; any other data comes from numpy arrays (`Dataset.from_arrays`) or an
 `.npz` file holding x_train, y_train, x_test, y_test (`load_npz`). Nothing is ever downloaded.
 
+Inputs are float arrays (signals, images: float32) or integer tokens (sequences: int32, kept integer all the
+way to the model; the dataset knows its vocabulary). Targets are one integer class label per example (N,),
+integer labels per position (N, T, ...) for sequence labelling and next-token prediction, where `IGNORE` (-1)
+marks a position that carries no label (padding, the prompt), or float regression targets.
+
 A member's *view* of the training set (`training_view`) is a deterministic function of its key: a random subset
-of `data_fraction` of the examples and labels each replaced with probability `label_noise` by a uniform class.
+of `data_fraction` of the examples and labels each replaced with probability `label_noise` by a uniform class
+(per labelled position for per-token targets).
 """
 from __future__ import annotations
 
@@ -23,9 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lljax import losses, tasks
 from lljax.errors import LLJaxError
 
-DATASETS = ("mnist1d", "cifar10", "mnist")
+FILE_DATASETS = ("cifar10", "mnist")
+DATASETS = ("mnist1d", *FILE_DATASETS, *tasks.TASKS)  # by name; or a PATH.npz
+IGNORE = losses.IGNORE  # a per-token target without a label (padding, the prompt): left out of every mean
 
 # Per-channel statistics of the CIFAR-10 training set, as the paper's code normalises it.
 CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
@@ -34,9 +43,11 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
 class Dataset(NamedTuple):
-    """Train and test arrays: x_* is (N, *input_shape) float32; y_* is (N,) int32 class labels, or float32
-    targets (N, ...) for regression. `num_classes` is the number of classes, or of outputs for regression (the
-    model's output size)."""
+    """Train and test arrays: x_* is (N, *input_shape) float32 inputs or int32 tokens in [0, vocab_size);
+    y_* is (N,) int32 class labels, (N, T, ...) int32 per-token labels (`IGNORE` where unlabelled), or float32
+    targets (N, ...) for regression. `num_classes` is the number of classes (the vocabulary of the targets), or
+    of outputs for regression (the model's output size); `vocab_size` the number of input tokens (None for float
+    inputs)."""
 
     name: str
     x_train: np.ndarray
@@ -44,12 +55,15 @@ class Dataset(NamedTuple):
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    vocab_size: int | None = None
 
     @classmethod
-    def from_arrays(cls, name: str, x_train, y_train, x_test, y_test, num_classes: int | None = None
-                    ) -> "Dataset":
-        """A dataset from numpy arrays. Integer targets are class labels (`num_classes` default: the largest
-        label + 1); float targets are regression targets (`num_classes`: their size per example). Checks
+    def from_arrays(cls, name: str, x_train, y_train, x_test, y_test, num_classes: int | None = None,
+                    vocab_size: int | None = None) -> "Dataset":
+        """A dataset from numpy arrays. Integer targets are class labels, one per example (N,) or one per
+        position (N, T, ...) with `IGNORE` where unlabelled (`num_classes` default: the largest label + 1);
+        float targets are regression targets (`num_classes`: their size per example). Integer inputs are tokens
+        and stay integers (`vocab_size` default: the largest token + 1); float inputs become float32. Checks
         every array (`check_arrays`) and raises a one-line LLJaxError naming the first problem."""
         arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
         arrays = check_arrays(name, arrays)
@@ -57,13 +71,48 @@ class Dataset(NamedTuple):
         integer = np.issubdtype(y_train.dtype, np.integer)
         if num_classes is None:
             num_classes = int(max(y_train.max(), y_test.max())) + 1 if integer else int(np.prod(y_train.shape[1:]))
-        x = lambda a: a.astype(np.float32)
-        y = (lambda a: a.astype(np.int32)) if integer else x
-        return cls(str(name), x(arrays["x_train"]), y(y_train), x(arrays["x_test"]), y(y_test), int(num_classes))
+        tokens = np.issubdtype(arrays["x_train"].dtype, np.integer)
+        if tokens:
+            vocab_size = check_tokens(name, arrays["x_train"], arrays["x_test"], vocab_size)
+        elif vocab_size is not None:
+            raise LLJaxError(f"dataset {name!r}: vocab_size {vocab_size} is given but the inputs are floats, not "
+                             "integer tokens")
+        x = (lambda a: a.astype(np.int32)) if tokens else (lambda a: a.astype(np.float32))
+        y = (lambda a: a.astype(np.int32)) if integer else (lambda a: a.astype(np.float32))
+        return cls(str(name), x(arrays["x_train"]), y(y_train), x(arrays["x_test"]), y(y_test), int(num_classes),
+                   vocab_size)
 
     @property
     def is_classification(self) -> bool:
         return np.issubdtype(self.y_train.dtype, np.integer)
+
+    @property
+    def is_tokens(self) -> bool:
+        """Whether the inputs are integer tokens."""
+        return np.issubdtype(self.x_train.dtype, np.integer)
+
+    @property
+    def per_token(self) -> bool:
+        """Whether the targets are integer labels per position (N, T, ...)."""
+        return self.is_classification and self.y_train.ndim > 1
+
+
+def check_tokens(name: str, x_train: np.ndarray, x_test: np.ndarray, vocab_size: int | None) -> int:
+    """The vocabulary of integer inputs: `vocab_size` checked against every token (none negative, none at or
+    above it), else the largest token + 1. An embedding would silently read wrong rows otherwise (Flax's
+    `nn.Embed` gives NaN rows at or above its vocabulary and wraps negative ids to the last rows)."""
+    low = int(min(x_train.min(), x_test.min()))
+    high = int(max(x_train.max(), x_test.max()))
+    if low < 0:
+        raise LLJaxError(f"dataset {name!r}: the input tokens include {low}; tokens must be in [0, vocab_size)")
+    if vocab_size is None:
+        return high + 1
+    if isinstance(vocab_size, bool) or int(vocab_size) != vocab_size or vocab_size < 1:
+        raise LLJaxError(f"dataset {name!r}: vocab_size must be a positive integer, got {vocab_size!r}")
+    if high >= vocab_size:
+        raise LLJaxError(f"dataset {name!r}: the input tokens include {high}, at or above the vocabulary size "
+                         f"{int(vocab_size)}")
+    return int(vocab_size)
 
 
 def check_arrays(name: str, arrays: dict) -> dict[str, np.ndarray]:
@@ -99,7 +148,8 @@ def check_arrays(name: str, arrays: dict) -> dict[str, np.ndarray]:
 
 
 def check_labels(dataset: Dataset, classification: bool) -> None:
-    """For a classification loss: integer labels (N,) in [0, num_classes) and at least two classes; for a
+    """For a classification loss: integer labels (N,) in [0, num_classes), or per-token labels (N, T, ...) in
+    [0, num_classes) or `IGNORE`, at least one labelled position in each split, and at least two classes; for a
     regression loss: float targets. A one-line LLJaxError otherwise."""
     name = dataset.name
     if not classification:
@@ -114,20 +164,23 @@ def check_labels(dataset: Dataset, classification: bool) -> None:
         raise LLJaxError(f"dataset {name!r} has {dataset.num_classes} class; classification needs at least 2")
     for key in ("y_train", "y_test"):
         y = getattr(dataset, key)
-        if y.ndim != 1:
-            raise LLJaxError(f"dataset {name!r}: {key} must be (N,) class labels, got shape {y.shape}")
-        low, high = int(y.min()), int(y.max())
+        labelled = y[y != IGNORE] if y.ndim > 1 else y
+        if labelled.size == 0:
+            raise LLJaxError(f"dataset {name!r}: every position of {key} is the ignore value {IGNORE}; nothing is "
+                             "labelled")
+        low, high = int(labelled.min()), int(labelled.max())
         if low < 0 or high >= dataset.num_classes:
+            extra = f" (or {IGNORE}: no label)" if y.ndim > 1 else " (per-token targets (N, T) may use -1: no label)"
             raise LLJaxError(f"dataset {name!r}: {key} has labels in [{low}, {high}], outside [0, "
-                             f"{dataset.num_classes}) for {dataset.num_classes} classes")
+                             f"{dataset.num_classes}) for {dataset.num_classes} classes{extra}")
 
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 def load_npz(path: str | os.PathLike, name: str | None = None) -> Dataset:
-    """A dataset from an .npz file holding x_train, y_train, x_test, y_test (and optionally num_classes), named
-    after the file's stem by default."""
+    """A dataset from an .npz file holding x_train, y_train, x_test, y_test (and optionally num_classes and, for
+    integer token inputs, vocab_size), named after the file's stem by default."""
     path = Path(path)
     if not path.is_file():
         raise LLJaxError(f"dataset file not found: {path}")
@@ -140,11 +193,12 @@ def load_npz(path: str | os.PathLike, name: str | None = None) -> Dataset:
                 raise LLJaxError(f"dataset file {path} lacks {', '.join(missing)} (it holds {', '.join(f.files)})")
             arrays = {k: f[k] for k in NPZ_KEYS}
             num_classes = int(f["num_classes"]) if "num_classes" in f.files else None
+            vocab_size = int(f["vocab_size"]) if "vocab_size" in f.files else None
     except LLJaxError:
         raise
     except Exception as e:  # noqa: BLE001 -- a file that is not an .npz archive
         raise LLJaxError(f"dataset file {path} is not an .npz archive ({type(e).__name__})") from None
-    return Dataset.from_arrays(name or path.stem, **arrays, num_classes=num_classes)
+    return Dataset.from_arrays(name or path.stem, **arrays, num_classes=num_classes, vocab_size=vocab_size)
 
 
 def is_file_dataset(name: str) -> bool:
@@ -164,13 +218,16 @@ def default_cache_dir() -> Path:
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
-                 cache_dir: str | os.PathLike | None = None) -> Dataset:
-    """Load a dataset by name: 'mnist1d' (generated), 'cifar10' or 'mnist' (read from `data_dir`), or a path to
+                 cache_dir: str | os.PathLike | None = None, task: tasks.TaskOptions | None = None) -> Dataset:
+    """Load a dataset by name: 'mnist1d' (generated), 'cifar10' or 'mnist' (read from `data_dir`), an algorithmic
+    task ('modular', 'sparse_parity', 'counter': generated with `task`'s parameters, `lljax.tasks`), or a path to
     an .npz file (`load_npz`)."""
     if is_file_dataset(name):
         return load_npz(name)
     if name == "mnist1d":
         return mnist1d(cache_dir)
+    if name in tasks.TASKS:
+        return Dataset.from_arrays(name, **tasks.generate(name, task))
     if name not in DATASETS:
         raise LLJaxError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or give a PATH.npz")
     if data_dir is None:
@@ -328,8 +385,8 @@ def mnist(data_dir: str | os.PathLike) -> Dataset:
 
 class View(NamedTuple):
     """One member's training view. order: (N,) permutation whose first `size` entries are the member's subset;
-    size: () int32; labels: (N,) int32, the member's (possibly corrupted) labels (float targets (N, ...) for
-    regression); mask: (N,) float32, 1 on the subset."""
+    size: () int32; labels: (N,) int32, the member's (possibly corrupted) labels ((N, T, ...) per-token labels,
+    float targets (N, ...) for regression); mask: (N,) float32, 1 on the subset."""
 
     order: jax.Array
     size: jax.Array
@@ -344,15 +401,18 @@ def subset_size(num_train: int, data_fraction) -> jax.Array:
 
 def training_view(key: jax.Array, labels_N: jax.Array, num_classes: int, data_fraction, label_noise) -> View:
     """A member's subset and labels, deterministic in `key`; `data_fraction` and `label_noise` may be traced.
-    Float (regression) targets are kept as they are: label noise applies to class labels only."""
+    Float (regression) targets are kept as they are: label noise applies to class labels only, to each labelled
+    position of per-token labels (an `IGNORE` position stays ignored)."""
     key_subset, key_flip, key_class = jax.random.split(key, 3)
     n = labels_N.shape[0]
     order = jax.random.permutation(key_subset, n)
     size = subset_size(n, data_fraction)
     rank = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
     if jnp.issubdtype(labels_N.dtype, jnp.integer):
-        flip = jax.random.uniform(key_flip, (n,)) < label_noise
-        random_labels = jax.random.randint(key_class, (n,), 0, num_classes, dtype=jnp.int32)
+        flip = jax.random.uniform(key_flip, labels_N.shape) < label_noise
+        if labels_N.ndim > 1:
+            flip = flip & (labels_N != IGNORE)
+        random_labels = jax.random.randint(key_class, labels_N.shape, 0, num_classes, dtype=jnp.int32)
         labels = jnp.where(flip, random_labels, labels_N).astype(jnp.int32)
     else:
         labels = labels_N

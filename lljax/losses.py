@@ -5,6 +5,15 @@ A `Loss` pairs a per-example loss `loss(outputs_B..., targets_B...) -> (B,)` wit
 `error(outputs, targets) -> (B,)` in [0, 1]. `cross_entropy` (integer labels, classification error) is the
 default; `mse` (float targets of any shape, no error metric) is built in for regression. Where a loss has no
 error metric, the pipeline measures mode connectivity on the loss and writes no accuracy columns.
+
+Per-token targets. A classification loss also takes integer labels per position, targets (B, T, ...) against
+outputs (B, T, ..., C), with `IGNORE` (-1) where a position has no label: the loss and the error are computed
+for every position (the per-example function applied to the positions as examples), and **every mean is over
+the labelled positions**: sum over the batch's labelled positions / their number, each labelled token counting
+once (PyTorch's cross_entropy(ignore_index=-1, reduction='mean')); weighted means (a member's subset, chunk
+padding) weight each example's positions by the example's weight. Training, evaluation, accuracy, the Hessian's
+loss, curve fitting and the error along curves all use it. With one label per example (B,) every mean is the
+plain mean over examples, as before.
 """
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ import optax
 from lljax import registry
 
 PerExample = Callable[[jax.Array, jax.Array], jax.Array]
+IGNORE = -1  # a per-token target without a label (padding, the prompt)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +40,33 @@ class Loss:
     error: PerExample | None = None
     classification: bool = False
 
+    def per_token(self, targets) -> bool:
+        """Whether `targets` are per-token labels (B, T, ...) (a classification loss and more than one axis)."""
+        return self.classification and targets.ndim > 1
+
+    def totals(self, outputs, targets) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(B,) each example's loss summed over its labelled positions, (B,) its errors summed likewise (zeros
+        without an error metric) and (B,) the number of its labelled positions (1 for one label per example)."""
+        if not self.per_token(targets):
+            values = self.per_example(outputs, targets)
+            wrong = self.error(outputs, targets).astype(values.dtype) if self.error else jnp.zeros_like(values)
+            return values, wrong, jnp.ones_like(values)
+        b, labelled = targets.shape[0], targets != IGNORE
+        flat_outputs = outputs.reshape(-1, outputs.shape[-1])
+        flat_targets = jnp.where(labelled, targets, 0).reshape(-1)
+        values = self.per_example(flat_outputs, flat_targets)
+        weight = labelled.reshape(-1).astype(values.dtype)
+        wrong = self.error(flat_outputs, flat_targets).astype(values.dtype) if self.error else jnp.zeros_like(values)
+        per_example = lambda v: (v * weight).reshape(b, -1).sum(1)
+        return per_example(values), per_example(wrong), weight.reshape(b, -1).sum(1)
+
     def mean(self, outputs, targets, weights=None) -> jax.Array:
-        """The (weighted) mean loss over a batch."""
+        """The (weighted) mean loss over a batch: over its examples, or over its labelled positions for
+        per-token targets (module docstring)."""
+        if self.per_token(targets):
+            values, _, counts = self.totals(outputs, targets)
+            counts = counts if weights is None else weights * counts
+            return jnp.sum(values if weights is None else weights * values) / jnp.maximum(jnp.sum(counts), 1)
         values = self.per_example(outputs, targets)
         return values.mean() if weights is None else jnp.sum(weights * values) / jnp.sum(weights)
 
@@ -68,8 +103,9 @@ def resolve(name) -> Loss:
 def evaluate(predict: Callable[[jax.Array], jax.Array], x_NX, y_N, loss: Loss = cross_entropy, weights_N=None,
              batch_size: int = 1000, dtype=jnp.float32, rows_R=None) -> jax.Array:
     """(3,) sums over a dataset in chunks of `batch_size`: weighted loss, weighted error (0 without an error
-    metric) and the total weight. `predict(x_BX) -> outputs_B...` is the model at fixed parameters (BatchNorm in
-    inference mode); the ragged last chunk is padded with weight 0. Means are sums / total weight.
+    metric) and the total weight (of labelled positions, for per-token targets). `predict(x_BX) -> outputs_B...`
+    is the model at fixed parameters (BatchNorm in inference mode); the ragged last chunk is padded with weight
+    0. Means are sums / total weight.
 
     `rows_R`, if given, are the examples to use (indices into x and y, R of them, in that order), gathered one
     chunk at a time so the subset is never materialised; `weights_N` are then per row (R,)."""
@@ -81,13 +117,14 @@ def evaluate(predict: Callable[[jax.Array], jax.Array], x_NX, y_N, loss: Loss = 
     chunks = lambda a: pad_to(a).reshape(-1, batch_size, *a.shape[1:])
     data = (chunks(x_NX), chunks(y_N)) if rows_R is None else (chunks(rows_R),)
 
+    per_token = loss.per_token(y_N)
+
     def body(total, chunk):
         *xy, w = chunk
         x, y = xy if rows_R is None else (x_NX[xy[0]], y_N[xy[0]])
-        outputs = predict(x)
-        values = loss.per_example(outputs, y)
-        wrong = loss.error(outputs, y).astype(values.dtype) if loss.error else jnp.zeros_like(values)
-        return total + jnp.stack([(w * values).sum(), (w * wrong).sum()]), None
+        values, wrong, counts = loss.totals(predict(x), y)
+        sums = [(w * values).sum(), (w * wrong).sum()] + ([(w * counts).sum()] if per_token else [])
+        return total + jnp.stack(sums).astype(dtype), None
 
-    total, _ = jax.lax.scan(body, jnp.zeros(2, dtype), (*data, chunks(weights_N)))
-    return jnp.concatenate([total, jnp.sum(weights_N)[None].astype(dtype)])
+    total, _ = jax.lax.scan(body, jnp.zeros(3 if per_token else 2, dtype), (*data, chunks(weights_N)))
+    return total if per_token else jnp.concatenate([total, jnp.sum(weights_N)[None].astype(dtype)])

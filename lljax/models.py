@@ -5,13 +5,19 @@
            ReLU, then a linear read-out. Convolutions are 1-D on (L,) or (L, C) inputs, 2-D on (H, W, C).
 `resnet18` the paper's CIFAR ResNet18(k) (Nakkiran et al. 2019; Yang et al. 2021): 3x3 stem, stages of k, 2k,
            4k, 8k channels, BasicBlocks [2, 2, 2, 2], BatchNorm, no max-pool; k = 64 is the standard network.
+`transformer` a decoder-only Transformer over integer tokens (`Transformer`): width = d_model, `depth` blocks
+           (default 1) of causal multi-head self-attention and a ReLU MLP, learned positions, pre-LayerNorm (or
+           none); reads out at the last position, or at every position for per-token targets.
 
 A model is any `factory(width, num_classes) -> flax.linen.Module` whose `__call__(x, train)` returns outputs
 (logits); BatchNorm (the 'batch_stats' collection), Dropout (a 'dropout' rng, used only when `train=True`),
 LayerNorm, or none of them. The built-in models are entries of the same registry (`MODELS`); a user's model is
-a factory passed in Python or an import path `package.module:factory`. A factory may take `depth` too (the
-built-in `mlp` does). Every model's variables are {'params': ..., 'batch_stats': ...}; models without BatchNorm
-have empty batch_stats, so all code handles both the same way.
+a factory passed in Python or an import path `package.module:factory`. A factory may take more keyword
+arguments, each passed when the factory's signature names it (`FACTORY_ARGUMENTS`): `depth` (--depth), `conv`
+(--conv), the Transformer's `heads`, `mlp_width`, `layer_norm`, `max_len` (--transformer-...), and what the
+data says: `vocab_size` (token inputs), `seq_len` (their length) and `per_token` (per-token targets). Every
+model's variables are {'params': ..., 'batch_stats': ...}; models without BatchNorm have empty batch_stats, so
+all code handles both the same way. Inputs are float32 or int32 tokens (`init`'s `input_dtype`).
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lljax import conv, losses, precision, registry
+from lljax import conv, losses, options, precision, registry
 from lljax.errors import LLJaxError, one_line
 
 Params = Any
@@ -141,7 +147,114 @@ def resnet18(width: int, num_classes: int, conv: str = "auto") -> nn.Module:
     return ResNet18(width, num_classes, conv)
 
 
-MODELS: dict[str, Factory] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18}
+class Block(nn.Module):
+    """One pre-LayerNorm Transformer block: x + attention(LN(x)), then x + MLP(LN(x)) (ReLU, `mlp_width`
+    hidden units); LayerNorm left out with `layer_norm=False`."""
+
+    width: int
+    heads: int
+    mlp_width: int
+    layer_norm: bool = True
+
+    @nn.compact
+    def __call__(self, x, mask):
+        norm = (lambda h: nn.LayerNorm()(h)) if self.layer_norm else (lambda h: h)
+        h = norm(x)
+        x = x + nn.MultiHeadDotProductAttention(self.heads, qkv_features=self.width, out_features=self.width,
+                                                name="attention")(h, h, mask=mask)
+        h = norm(x)
+        return x + nn.Dense(self.width, name="mlp_out")(nn.relu(nn.Dense(self.mlp_width, name="mlp_in")(h)))
+
+
+class Transformer(nn.Module):
+    """A decoder-only Transformer on token inputs (B, T) int: token embedding (vocab_size, width) + learned
+    position embedding (max_len, width), `depth` `Block`s with causal self-attention, a final LayerNorm (when
+    `layer_norm`) and a linear read-out to `num_classes` logits: (B, C) at the last position, or (B, T, C) at
+    every position when `per_token`. Sows its features (the read-out's inputs) for neural collapse."""
+
+    width: int
+    num_classes: int
+    vocab_size: int
+    max_len: int
+    depth: int = 1
+    heads: int = 1
+    mlp_width: int = 4
+    layer_norm: bool = True
+    per_token: bool = False
+
+    @nn.compact
+    def __call__(self, tokens, train: bool = False):
+        if not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise LLJaxError(f"the transformer embeds integer tokens; its inputs are {tokens.dtype} (give integer "
+                             "inputs, e.g. an .npz with integer x_train)")
+        if tokens.ndim != 2 or tokens.shape[1] > self.max_len:
+            raise LLJaxError(f"the transformer takes (batch, length <= {self.max_len}) tokens (its positions, "
+                             f"--transformer-max-len), got inputs of shape {tokens.shape[1:]}")
+        length = tokens.shape[1]
+        x = nn.Embed(self.vocab_size, self.width, name="embed")(tokens)
+        x = x + nn.Embed(self.max_len, self.width, name="positions")(jnp.arange(length))[None]
+        mask = nn.make_causal_mask(jnp.ones((1, length), jnp.int32))
+        for i in range(self.depth):
+            x = Block(self.width, self.heads, self.mlp_width, self.layer_norm, name=f"block_{i}")(x, mask)
+        if self.layer_norm:
+            x = nn.LayerNorm(name="final_norm")(x)
+        x = x if self.per_token else x[:, -1]
+        self.sow("intermediates", "features", x)
+        return nn.Dense(self.num_classes, name="readout")(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerOptions:
+    """Options of the built-in Transformer (and of any factory taking the same argument names): the
+    configuration's `transformer` section, flags --transformer-<field>. Only values that differ from these
+    defaults are passed, and a factory that does not take a set one is an error."""
+
+    heads: int | None = options.option(None, "attention heads (default: width // 32, at least 1, lowered to a divisor "
+                                             "of the width)", low=1)
+    mlp_width: int | None = options.option(None, "hidden units of each block's MLP (default: 4 x width)", low=1)
+    layer_norm: bool = options.option(True, "pre-LayerNorm in every block and before the read-out; "
+                                            "--no-transformer-layer-norm leaves it out (as the grokking literature's "
+                                            "one-layer Transformer)")
+    max_len: int | None = options.option(None, "positions the model embeds (default: the data's sequence length)",
+                                         low=1)
+
+    def extras(self) -> tuple[tuple[str, Any], ...]:
+        """(name, value) of every option set to other than its default."""
+        defaults = TransformerOptions()
+        return tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
+                     if getattr(self, f.name) != getattr(defaults, f.name))
+
+
+def default_heads(width: int) -> int:
+    """Heads of the built-in Transformer when not set: width // 32 (head dimension 32, as Nanda et al.'s 4 heads
+    at d_model 128), at least 1, lowered to a divisor of the width."""
+    heads = max(1, width // 32)
+    while width % heads:
+        heads -= 1
+    return heads
+
+
+def transformer(width: int, num_classes: int, depth: int = 1, vocab_size: int | None = None,
+                seq_len: int | None = None, per_token: bool = False, heads: int | None = None,
+                mlp_width: int | None = None, layer_norm: bool = True, max_len: int | None = None) -> nn.Module:
+    """The built-in Transformer: d_model = width, heads = `default_heads(width)` and an MLP of 4 x width unless
+    set, positions for `max_len` tokens (default: the data's length `seq_len`), `vocab_size` input tokens
+    (default: num_classes)."""
+    heads = default_heads(width) if heads is None else heads
+    if heads < 1 or width % heads:
+        raise LLJaxError(f"the transformer's width {width} is not divisible by its {heads} heads")
+    max_len = max_len or seq_len
+    if max_len is None:
+        raise LLJaxError("the transformer needs its positions: --transformer-max-len, or token data to read them "
+                         "from")
+    return Transformer(width, num_classes, vocab_size or num_classes, max_len, depth, heads,
+                       mlp_width or 4 * width, layer_norm, per_token)
+
+
+MODELS: dict[str, Factory] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18, "transformer": transformer}
+# keyword arguments lljax passes to a factory whose signature names them (ModelSpec.extras)
+FACTORY_ARGUMENTS = ("depth", "conv", "heads", "mlp_width", "layer_norm", "max_len", "vocab_size", "seq_len",
+                     "per_token")
 
 
 def factory(model: str | Factory) -> Factory:
@@ -177,6 +290,7 @@ class ModelSpec:
     num_classes: int = 10
     depth: int | None = None
     conv: str = "auto"
+    extras: tuple[tuple[str, Any], ...] = ()  # further factory arguments (name, value), passed where taken
 
     def __post_init__(self):
         if int(self.width) != self.width or self.width <= 0:
@@ -203,6 +317,7 @@ def build(spec: ModelSpec) -> nn.Module:
         kwargs["depth"] = spec.depth
     if spec.conv != "auto" and takes(spec.model, "conv"):
         kwargs["conv"] = spec.conv
+    kwargs.update({name: value for name, value in spec.extras if takes(spec.model, name)})
     with one_line(f"model factory {spec.name!r} failed for width {spec.width}, {spec.num_classes} outputs"):
         module = make(spec.width, spec.num_classes, **kwargs)
     if not isinstance(module, nn.Module):
@@ -222,11 +337,13 @@ def _flax_apply(model: Model) -> Callable:
     return model
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
-def init(spec: Model, key: jax.Array, input_shape: tuple[int, ...]) -> tuple[Params, BatchStats]:
-    """Fresh (params, batch_stats) for one model taking inputs of shape `input_shape` (no batch axis)."""
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def init(spec: Model, key: jax.Array, input_shape: tuple[int, ...], input_dtype: str = "float32"
+         ) -> tuple[Params, BatchStats]:
+    """Fresh (params, batch_stats) for one model taking inputs of shape `input_shape` (no batch axis) and dtype
+    `input_dtype` (float32, or int32 for tokens)."""
     module = build(spec) if isinstance(spec, ModelSpec) else spec
-    variables = module.init(key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+    variables = module.init(key, jnp.zeros((1, *input_shape), input_dtype), train=False)
     extra = sorted(set(variables) - {"params", "batch_stats"})
     if extra:
         raise LLJaxError(f"model {getattr(spec, 'name', type(spec).__name__)!r} has variable collections "
@@ -259,9 +376,11 @@ def _float32(tree):
 FEATURES = "features"
 
 
-def features(model: Model, params: Params, batch_stats: BatchStats, x_BX: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(outputs (B, ...), penultimate features (B, F)) in inference mode. The model exposes its features by
-    `self.sow('intermediates', 'features', h)` just before its (linear) read-out, as the built-in models do;
+def features(model: Model, params: Params, batch_stats: BatchStats, x_BX: jax.Array, positions: tuple[int, ...] = ()
+             ) -> tuple[jax.Array, jax.Array]:
+    """(outputs (B, ...), penultimate features (B, F)) in inference mode, or (B, *positions, F) for per-token
+    targets with `positions` (T, ...): the features at every read-out position. The model exposes its features
+    by `self.sow('intermediates', 'features', h)` just before its (linear) read-out, as the built-in models do;
     a model that does not is a one-line LLJaxError."""
     module_apply = _flax_apply(model)
     outputs, state = module_apply({"params": params, "batch_stats": batch_stats}, x_BX, train=False,
@@ -274,7 +393,10 @@ def features(model: Model, params: Params, batch_stats: BatchStats, x_BX: jax.Ar
         raise LLJaxError(f"model {name!r} sows {len(found)} 'features' (penultimate activations), not one: add "
                          "self.sow('intermediates', 'features', h) before its read-out to use the collapse family")
     h = found[0][0] if isinstance(found[0], tuple) else found[0]
-    return outputs, h.reshape(h.shape[0], -1)
+    if positions and tuple(h.shape[1:1 + len(positions)]) != tuple(positions):
+        raise LLJaxError(f"the model sows features of shape {h.shape[1:]}: per-token targets at positions "
+                         f"{tuple(positions)} need the features of every position, (batch, *positions, features)")
+    return outputs, h.reshape(h.shape[0], *positions, -1)
 
 
 def loss_fn(model: Model, batch_stats: BatchStats, loss: losses.Loss = losses.cross_entropy

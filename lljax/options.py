@@ -20,13 +20,14 @@ from lljax.errors import LLJaxError
 
 
 def option(default, help: str, *, low=None, high=None, low_open: bool = False, choices=None, flag: str | None = None,
-           metavar: str | None = None, negate: str | None = None):
+           metavar: str | None = None, negate: str | None = None, parse=None):
     """A dataclass field with its help text and checks. low/high bound numbers (low_open: strictly above low);
     choices is a sequence or a function returning one; flag overrides the generated flag name; negate names a
-    flag that sets a bool field to False (e.g. --per-seed-data for shared_data)."""
+    flag that sets a bool field to False (e.g. --per-seed-data for shared_data); parse reads a command-line
+    value (default: the field's type)."""
     return dataclasses.field(default=default, metadata=dict(help=help, low=low, high=high, low_open=low_open,
                                                             choices=choices, flag=flag, metavar=metavar,
-                                                            negate=negate))
+                                                            negate=negate, parse=parse))
 
 
 def choices_of(f: dataclasses.Field):

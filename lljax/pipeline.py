@@ -33,15 +33,43 @@ from lljax.progress import Progress
 
 @dataclasses.dataclass(frozen=True)
 class Parts:
-    """The run's model factory (a registered name or a factory), loss and optimiser, resolved and checked."""
+    """The run's model factory (a registered name or a factory), loss and optimiser, resolved and checked, and
+    the further factory arguments (`models.ModelSpec.extras`: the transformer options set, what the data says)."""
 
     model: Any
     loss: losses.Loss
     optimizer: Any
     depth: int | None = None
+    extras: tuple = ()
 
     def spec(self, width: int, num_classes: int) -> models.ModelSpec:
-        return models.ModelSpec(self.model, width, num_classes, self.depth)
+        return models.ModelSpec(self.model, width, num_classes, self.depth, extras=self.extras)
+
+
+def model_extras(config: Config, dataset: data.Dataset) -> tuple:
+    """Factory arguments from the data (vocab_size and seq_len of token inputs, per_token for per-token targets)
+    and the transformer options set (`models.TransformerOptions`)."""
+    extras = dict(config.transformer.extras())
+    if dataset.is_tokens:
+        extras.update(vocab_size=int(dataset.vocab_size), seq_len=int(dataset.x_train.shape[1]))
+    if dataset.per_token:
+        extras["per_token"] = True
+    return tuple(sorted(extras.items()))
+
+
+def hyper_columns(config: Config, members: Sequence[grids.MemberConfig]) -> train.Hyper:
+    """The members' dynamic hyperparameters, (M,) each (beta2 only when the configuration sets it)."""
+    column = lambda name: np.asarray([getattr(m, name) for m in members], np.float32)
+    beta2 = None if config.beta2 is None else np.full(len(members), config.beta2, np.float32)
+    return train.Hyper(column("lr"), column("weight_decay"), column("momentum"), column("data_fraction"),
+                       column("label_noise"), beta2)
+
+
+def train_spec(config: Config, parts: Parts, dataset: data.Dataset, width: int, batch_size: int
+               ) -> train.TrainSpec:
+    return train.TrainSpec(parts.spec(width, dataset.num_classes), batch_size, config.epochs, len(dataset.y_train),
+                           config.schedule, parts.loss, parts.optimizer, config.precision, config.warmup_steps,
+                           str(dataset.x_train.dtype))
 
 
 # ------------------------------------------------------------------------------------------ one group
@@ -124,14 +152,11 @@ def train_group(config: Config, dataset: data.Dataset, group: grids.Group, membe
     `checkpoint_seconds` (training is deterministic per epoch, so where it resumes does not matter), and
     snapshot it at the tracked epochs (`TrainedGroup.at_epoch`)."""
     placement = placement or sharding.Placement.default(config.max_members_per_chunk)
-    parts = parts or resolve_parts(config)
-    spec = train.TrainSpec(parts.spec(group.width, dataset.num_classes), group.batch_size, config.epochs,
-                           len(dataset.y_train), config.schedule, parts.loss, parts.optimizer, config.precision)
+    parts = parts or dataclasses.replace(resolve_parts(config), extras=model_extras(config, dataset))
+    spec = train_spec(config, parts, dataset, group.width, group.batch_size)
     group_members = [members[i] for i in group.members]
     count = len(group_members)
-    column = lambda name: np.asarray([getattr(m, name) for m in group_members], np.float32)
-    hyper = train.Hyper(column("lr"), column("weight_decay"), column("momentum"), column("data_fraction"),
-                        column("label_noise"))
+    hyper = hyper_columns(config, group_members)
     keys = jax.vmap(grids.member_key, in_axes=(None, 0))(config.seed, jnp.asarray([m.seed for m in group_members]))
     if config.shared_data:  # the paper's setting: seeds differ in initialisation and batch order only
         view_keys = jnp.stack([grids.stream(jax.random.key(config.seed), "view")] * count)
@@ -301,9 +326,11 @@ def check_model(parts: Parts, config: Config, dataset: data.Dataset, families: S
     wrong size or an optimiser that gives no optax transformation are one-line errors before anything is
     written; so is a family that cannot run on this model or loss (its `check`)."""
     spec = parts.spec(config.widths[0], dataset.num_classes)
-    x = jax.ShapeDtypeStruct((2, *dataset.x_train.shape[1:]), jnp.float32)
-    with one_line(f"model {spec.name!r} fails on inputs of shape {x.shape[1:]}"):
-        params, batch_stats = jax.eval_shape(lambda k: models.init(spec, k, x.shape[1:]), jax.random.key(0))
+    x = jax.ShapeDtypeStruct((2, *dataset.x_train.shape[1:]), dataset.x_train.dtype)
+    what = "tokens" if dataset.is_tokens else "inputs"
+    with one_line(f"model {spec.name!r} fails on {what} of shape {x.shape[1:]}"):
+        params, batch_stats = jax.eval_shape(lambda k: models.init(spec, k, x.shape[1:], str(x.dtype)),
+                                             jax.random.key(0))
         outputs = jax.eval_shape(lambda p, bs, x_: models.apply(spec, p, bs, x_, train=True,
                                                                 rng=jax.random.key(0))[0], params, batch_stats, x)
     pytrees.check_params(params, f"model {spec.name!r} parameters")
@@ -311,11 +338,20 @@ def check_model(parts: Parts, config: Config, dataset: data.Dataset, families: S
     with one_line(f"optimizer {registry.describe(parts.optimizer)!r} does not give an optax transformation for "
                   "the member's hyperparameters"):
         jax.eval_shape(lambda p: train.direction(parts.optimizer, hyper).init(p), params)
-    size = int(np.prod(outputs.shape[1:]))
-    wanted = dataset.num_classes if parts.loss.classification else int(np.prod(dataset.y_train.shape[1:]))
-    if size != wanted:
-        what = "classes" if parts.loss.classification else "targets per example"
-        raise LLJaxError(f"model {spec.name!r} gives {size} outputs per example but the data has {wanted} {what}")
+    if parts.loss.per_token(dataset.y_train):
+        wanted = (*dataset.y_train.shape[1:], dataset.num_classes)
+        if tuple(outputs.shape[1:]) != wanted:
+            raise LLJaxError(f"model {spec.name!r} gives outputs of shape {tuple(outputs.shape[1:])} per example but "
+                             f"the per-token targets need {wanted} (a logit per position and class)")
+    else:
+        size = int(np.prod(outputs.shape[1:]))
+        wanted = dataset.num_classes if parts.loss.classification else int(np.prod(dataset.y_train.shape[1:]))
+        if size != wanted:
+            what = "classes" if parts.loss.classification else "targets per example"
+            raise LLJaxError(f"model {spec.name!r} gives {size} outputs per example but the data has {wanted} {what}")
+    if train.FULL_BATCH in config.batch_sizes and jax.tree.leaves(batch_stats) and min(config.data_fractions) < 1:
+        raise LLJaxError(f"full-batch training of model {spec.name!r} (BatchNorm) on a data fraction below 1: its "
+                         "batch statistics would include examples outside the subset; use minibatches")
     for family in families:
         if family.check is not None:
             ctx = Context(spec, parts.loss, config.options(family.name), config.epochs, config.eval_batch_size)
@@ -359,13 +395,14 @@ def _run(config, out_dir, model, dataset, loss, optimizer, progress, checkpoint_
         configs.validate(config, custom_dataset=dataset is not None)
         parts = resolve_parts(config, model, loss, optimizer)
     with timings.section("data"):
-        dataset = dataset or data.load_dataset(config.dataset, config.data_dir)
+        dataset = dataset or data.load_dataset(config.dataset, config.data_dir, task=config.task)
     with timings.section("validate"):
         configs.validate_with_data(config, dataset, parts.loss)
+        parts = dataclasses.replace(parts, extras=model_extras(config, dataset))
         families = [metrics.get(name) for name in config.metric_names]
         check_model(parts, config, dataset, families)
     out_dir = Path(out_dir)
-    store.prepare_shared_out_dir(config, out_dir)
+    store.prepare_shared_out_dir(config, out_dir, resolved_data(config, dataset, parts.loss))
     lead = sharding.is_lead_process()  # several hosts: all compute, process 0 writes files and prints
     members = grids.grid_members(config.knob_values(), config.seeds)
     groups = grids.group_members(members)
@@ -438,12 +475,30 @@ def _run(config, out_dir, model, dataset, loss, optimizer, progress, checkpoint_
     return results
 
 
+def resolved_data(config: Config, dataset: data.Dataset, loss: losses.Loss) -> dict:
+    """What the run read from its data and chose from it (config.json's 'resolved', the report): the inputs
+    (float or tokens, with the vocabulary), the targets (labels, per-token labels, regression) and the CKA
+    probe."""
+    from lljax.metrics import cka
+
+    out = {"inputs": "tokens" if dataset.is_tokens else "float", "input_shape": list(dataset.x_train.shape[1:]),
+           "targets": "per-token labels" if dataset.per_token else "labels" if dataset.is_classification
+           else "regression", "num_classes": dataset.num_classes}
+    if dataset.is_tokens:
+        out["vocab_size"] = dataset.vocab_size
+    if "cka" in config.metric_names:
+        out["cka_probe"] = cka.probe_kind(config.options("cka").probe, dataset.is_tokens,
+                                          loss.per_token(dataset.y_train))
+    return out
+
+
 def group_costs(config: Config, dataset: data.Dataset, parts: Parts, groups: Sequence[grids.Group]) -> list[float]:
     """Every group's estimated cost (`jobs.group_cost`), from its parameter count (shapes only)."""
     counts = {}
     for width in {g.width for g in groups}:
         spec = parts.spec(width, dataset.num_classes)
-        shape = jax.eval_shape(lambda k: models.init(spec, k, dataset.x_train.shape[1:])[0], jax.random.key(0))
+        shape = jax.eval_shape(lambda k: models.init(spec, k, dataset.x_train.shape[1:], str(dataset.x_train.dtype))[0],
+                               jax.random.key(0))
         counts[width] = models.count_params(shape)
     return [jobs.group_cost(len(g.members), counts[g.width], config.epochs) for g in groups]
 

@@ -43,7 +43,8 @@ def measure(spec: train.TrainSpec, members: int, x_NX, labels_N, placement: shar
             map_chunk: int = 1, steps: int = 3, strategies: tuple[str, ...] | None = None) -> dict[str, float]:
     """Seconds per training step of `members` members (a multiple of the mesh size) for each strategy, on the
     first `steps` batches of the training set (one compiling call, then `steps` steps timed)."""
-    probe = dataclasses.replace(spec, epochs=1, num_train=min(spec.batch_size * steps, len(labels_N)))
+    whole = len(labels_N) if spec.full_batch else min(spec.batch_size * steps, len(labels_N))  # full: one step
+    probe = dataclasses.replace(spec, epochs=1, num_train=whole)
     steps = probe.steps_per_epoch
     x = sharding.replicate(jnp.asarray(x_NX[:probe.num_train]), placement.mesh)
     labels = jnp.asarray(labels_N[:probe.num_train])

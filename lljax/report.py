@@ -199,6 +199,26 @@ def _what(results: Results) -> tuple[str, str]:
     return "test loss", f"units of the {results.loss_name} loss"
 
 
+def data_lines(out_dir: Path) -> list[str]:
+    """What the run read from its data (config.json's 'resolved'): inputs, targets and the CKA probe."""
+    import json
+
+    try:
+        r = json.loads((Path(out_dir) / "config.json").read_text()).get("resolved") or {}
+    except (OSError, ValueError):
+        return []
+    if not r:
+        return []
+    inputs = f"tokens (vocabulary {r['vocab_size']})" if r.get("inputs") == "tokens" else "float"
+    text = f"Data: {inputs} inputs of shape ({', '.join(map(str, r.get('input_shape', [])))}), {r.get('targets')}"
+    if r.get("targets") == "per-token labels":
+        text += " (every mean over the labelled positions)"
+    probe = {"mixup": "training inputs mixed up (Beta(16, 16))", "inputs": "training inputs unmixed"}
+    if r.get("cka_probe"):
+        text += f"; CKA probe: {probe[r['cka_probe']]}"
+    return [text + ".", ""]
+
+
 def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: Path,
            trajectories: tables.Trajectories | None = None) -> str:
     """DIR/report.md: the run, the phase map, where the best test score lies, the correlation table, the grid
@@ -220,6 +240,7 @@ def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: P
              f"{_strategies(results)}); run time {results.seconds:.0f} s. Swept: " +
              "; ".join(f"{k} = {', '.join(f'{v:g}' for v in knob_values[k])}" for k in swept) +
              f". Metrics: {', '.join(config.metric_names)}. Configuration: [config.json](config.json).", ""]
+    lines += data_lines(out_dir)
     diverged = sum(r["diverged"] for r in grid)
     if diverged:
         lines += [f"**Diverged members: {diverged} of {len(results.members)}** (left out of every mean" +

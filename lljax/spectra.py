@@ -33,7 +33,11 @@ and the kernel's spatial size rf for slices (its `conv2d_count`), so pooled eige
 treated the same way (k positions); WeightWatcher instead takes a torch Conv1d weight (out, in, k) whole as
 one "matrix" (its SVD a batch of (in, k) matrices), which has no meaning here, so the two differ there. Layers
 with fewer than `min_evals` (10) eigenvalues are skipped and listed. Leaves that are not weight matrices are
-skipped: 1-D leaves (biases, normalisation scales), and leaves named 'embedding' or 'scale'.
+skipped: 1-D leaves (biases, normalisation scales) and leaves named 'scale', 'bias', 'mean' or 'var'.
+Attention projections and embedding tables are matrices as `lljax.layers` reads them: a query, key or value
+kernel (in, heads, head_dim) is one (in, heads x head_dim) matrix, an attention output kernel (heads, head_dim,
+out) one (heads x head_dim, out) matrix, an embedding (V, d) one matrix, as WeightWatcher reads the separate
+query/key/value `nn.Linear` layers and the `nn.Embedding` of a PyTorch Transformer.
 
 Eigenvalues: on a CPU numpy's SVD (float64, as WeightWatcher) through a host callback, which cannot hang as
 jaxlib's batched CPU LAPACK kernels did under vmap on several devices (see `eigenvalues`); on accelerators
@@ -49,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lljax import layers as layouts
 from lljax import pytrees
 from lljax.errors import LLJaxError
 
@@ -62,14 +67,14 @@ METRICS = ("alpha", "alpha_weighted", "alpha_sigma", "alpha_se", "xmin", "ks_dis
 # WeightWatcher's summary: the means of these over the layers (`get_summary()`)
 SUMMARY = ("log_norm", "alpha", "alpha_weighted", "log_alpha_norm", "log_spectral_norm", "stable_rank",
            "mp_softrank")
-SKIPPED_NAMES = ("embedding", "scale", "bias", "mean", "var")
+SKIPPED_NAMES = ("scale", "bias", "mean", "var")
 
 
 @dataclasses.dataclass(frozen=True)
 class WeightLayer:
     """A weight matrix of the model (static, from its shapes). name: the module path ('Dense_0'); path: the leaf
     path ('Dense_0/kernel'); N >= M the matrix dimensions; rf the number of matrices pooled (conv positions);
-    slice: the spatial position kept (`pool=False`), else None."""
+    slice: the spatial position kept (`pool=False`), else None; kind: its `lljax.layers` kind."""
 
     name: str
     path: tuple
@@ -79,6 +84,7 @@ class WeightLayer:
     rf: int
     conv: bool
     slice: int | None = None
+    kind: str = "dense"
 
     @property
     def num_evals(self) -> int:
@@ -95,16 +101,17 @@ def weight_layers(params: Any, pool: bool = True, min_evals: int = MIN_EVALS
         name = pytrees.path_name(path)
         last = name.split("/")[-1].lower()
         shape = tuple(np.shape(leaf))
-        if len(shape) < 2 or last in SKIPPED_NAMES:
+        kind = layouts.kind(path, shape)
+        if kind == "vector" or last in SKIPPED_NAMES:
             continue
         module = "/".join(name.split("/")[:-1]) or name
-        n, m = max(shape[-2:]), min(shape[-2:])
-        rf = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
-        conv = len(shape) > 2
+        rf, a, b = layouts.matrix_shape(shape, kind)
+        n, m = max(a, b), min(a, b)
+        conv = kind == "conv"
         if pool or not conv:
-            candidates = [WeightLayer(module, path, shape, n, m, rf, conv)]
+            candidates = [WeightLayer(module, path, shape, n, m, rf, conv, kind=kind)]
         else:
-            candidates = [WeightLayer(f"{module}[{s}]", path, shape, n, m, rf, conv, s) for s in range(rf)]
+            candidates = [WeightLayer(f"{module}[{s}]", path, shape, n, m, rf, conv, s, kind) for s in range(rf)]
         for layer in candidates:
             if layer.num_evals < min_evals:
                 skipped.append((layer.name, f"{layer.num_evals} eigenvalues < min_evals {min_evals}"))
@@ -112,14 +119,14 @@ def weight_layers(params: Any, pool: bool = True, min_evals: int = MIN_EVALS
                 layers.append(layer)
     if not layers and not skipped:
         raise LLJaxError("the parameters hold no weight matrix (a leaf with at least 2 dimensions that is not a "
-                         "bias, scale or embedding)")
+                         "bias or scale)")
     return layers, skipped
 
 
 def _matrices(leaf, layer: WeightLayer) -> jax.Array:
     """(S, in, out) the layer's matrices, scaled as WeightWatcher scales conv layers: W x sqrt(c / 2) with c = 1
     for a pooled layer and c = rf for slices (its `conv2d_count`)."""
-    mats = jnp.reshape(leaf, (-1, *leaf.shape[-2:]))
+    mats = layouts.matrices(leaf, layer.kind)
     if layer.slice is not None:
         mats = mats[layer.slice:layer.slice + 1]
     if layer.conv:

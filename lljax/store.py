@@ -120,10 +120,11 @@ def _read_config(path: Path, config_type):
     return config_type.from_dict(json.loads(path.read_text()))
 
 
-def prepare_out_dir(config, out_dir: Path) -> None:
+def prepare_out_dir(config, out_dir: Path, resolved: dict | None = None) -> None:
     """Create the results folder and write config.json, or accept an existing one holding the same
     configuration (to resume); refuse a folder with another configuration or foreign content. `config` is an
-    `lljax.config.Config`."""
+    `lljax.config.Config`; `resolved` (what lljax read from the data and chose: inputs, targets, the CKA probe)
+    is written under config.json's key 'resolved', which `Config.from_dict` ignores."""
     config_path = out_dir / "config.json"
     if out_dir.exists():
         if not out_dir.is_dir():
@@ -141,19 +142,20 @@ def prepare_out_dir(config, out_dir: Path) -> None:
         if any(p.name != "jobs" for p in out_dir.iterdir()):  # jobs/: submitit's logs of a --launcher run
             raise LLJaxError(f"output folder {out_dir} is not empty and holds no lljax run; use a new --out folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(config_path, config.to_json() + "\n")
+    values = config.to_dict() | ({"resolved": resolved} if resolved else {})
+    write_atomic(config_path, json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
-def prepare_shared_out_dir(config, out_dir: Path) -> None:
+def prepare_shared_out_dir(config, out_dir: Path, resolved: dict | None = None) -> None:
     """`prepare_out_dir` on process 0; with several processes, every other one then checks that it sees the
     same folder (storage shared by every host, as orbax's multi-host checkpoints need), and all of them raise
     when any check fails (no process is left waiting for the others)."""
     if jax.process_count() == 1:
-        return prepare_out_dir(config, out_dir)
+        return prepare_out_dir(config, out_dir, resolved)
     error = None
     if sharding.is_lead_process():
         try:
-            prepare_out_dir(config, out_dir)
+            prepare_out_dir(config, out_dir, resolved)
         except LLJaxError as e:
             error = e
     if not sharding.agree(error is None):

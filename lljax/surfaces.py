@@ -5,9 +5,11 @@ trajectory, and the sharpness summary the pipeline's 'slices' family reports.
 
 Directions are pytrees shaped like the parameters. Filter normalisation, as loss-landscape's
 `normalize_directions_for_weights(norm='filter')`: every filter of a direction (one output unit: in Flax the LAST
-axis of a Dense or conv kernel; torch's first) is rescaled to d_f ||theta_f|| / (||d_f|| + 1e-10); 1-D leaves
-(biases, normalisation scales) are zeroed (`biasbn='zero'`, loss-landscape's default 'biasbn') or set equal to
-the weights (`biasbn='keep'`, its other choice). Functions are for one model; `jax.vmap` them over members.
+axis of a Dense or conv kernel of any rank, torch's first; (heads, head_dim) of an attention query, key or value
+kernel; a token's row of an embedding: `lljax.layers`) is rescaled to d_f ||theta_f|| / (||d_f|| + 1e-10), the
+norms over all the filter's other axes; 1-D leaves (biases, normalisation scales) are zeroed (`biasbn='zero'`,
+loss-landscape's default 'biasbn') or set equal to the weights (`biasbn='keep'`, its other choice). Functions are
+for one model; `jax.vmap` them over members.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from lljax import pytrees
+from lljax import layers, pytrees
 from lljax.errors import LLJaxError
 
 BIASBN = ("zero", "keep")
@@ -29,14 +31,18 @@ def filter_normalize(direction: Any, params: Any, biasbn: str = "zero") -> Any:
     if biasbn not in BIASBN:
         raise LLJaxError(f"biasbn must be 'zero' or 'keep', got {biasbn!r}")
 
-    def one(d, w):
-        if d.ndim <= 1:
+    def one(path, d, w):
+        kind = layers.kind(path, d.shape)
+        if kind == "vector":
             return jnp.zeros_like(d) if biasbn == "zero" else w.astype(d.dtype)
-        axes = tuple(range(d.ndim - 1))  # every axis but the filters' (the last)
-        scale = jnp.linalg.norm(w, axis=axes, keepdims=True) / (jnp.linalg.norm(d, axis=axes, keepdims=True) + 1e-10)
-        return d * scale
+        filters = layers.filter_axes(kind, d.ndim)
+        axes = tuple(a for a in range(d.ndim) if a not in filters)  # every axis but the filters'
+        # one axis: the vector norm (the published Dense slices); several: the norm over all of them
+        norm = (lambda a: jnp.linalg.norm(a, axis=axes, keepdims=True)) if len(axes) == 1 else \
+            (lambda a: jnp.sqrt(jnp.sum(jnp.square(a), axis=axes, keepdims=True)))
+        return d * (norm(w) / (norm(d) + 1e-10))
 
-    return jax.tree.map(one, direction, params)
+    return jax.tree_util.tree_map_with_path(one, direction, params)
 
 
 def random_direction(key: jax.Array, params: Any, biasbn: str = "zero") -> Any:

@@ -2,8 +2,11 @@
 
 Optimiser by default as the paper: SGD with momentum (PyTorch convention, buf = m * buf + g) and L2 weight decay
 added to the gradient (`OPTIMIZERS`: also 'adam' and 'adamw', or any optax transformation giving a descent
-direction); learning-rate schedule 'step' (constant, x0.1 from 75% of training), 'cosine' or 'constant'. The
-loss is a `losses.Loss` (cross-entropy by default); models with Dropout get a per-step 'dropout' key.
+direction); learning-rate schedule 'step' (constant, x0.1 from 75% of training), 'cosine' or 'constant', after
+an optional linear warm-up. The loss is a `losses.Loss` (cross-entropy by default); models with Dropout get a
+per-step 'dropout' key. Batch size `FULL_BATCH` (0) trains full-batch: every step is the mean over the member's
+whole subset (the training set weighted by its mask, one step per epoch, no shuffling), so members with
+different data fractions still share one program.
 Per-member hyperparameters (lr, weight decay, momentum, data fraction, label noise) are traced scalars, so
 members that differ only in them share one compiled program. The step loop is `lax.scan` over epochs and
 steps; a member whose loss or update turns non-finite stops updating and is flagged `diverged`.
@@ -24,16 +27,24 @@ from lljax.errors import LLJaxError
 from lljax.models import ModelSpec
 
 SCHEDULES = ("step", "cosine", "constant")
+FULL_BATCH = 0  # batch size of full-batch training (`--batch-sizes full`)
 
 
 class Hyper(NamedTuple):
-    """One member's dynamic hyperparameters (scalars; stacked to (M,) for an ensemble)."""
+    """One member's dynamic hyperparameters (scalars; stacked to (M,) for an ensemble). `beta2`: Adam's
+    second-moment decay, None for optax's default (0.999)."""
 
     lr: jax.Array
     weight_decay: jax.Array
     momentum: jax.Array
     data_fraction: jax.Array
     label_noise: jax.Array
+    beta2: jax.Array | None = None
+
+
+def _scale_by_adam(hyper: Hyper) -> optax.GradientTransformation:
+    return optax.scale_by_adam(b1=hyper.momentum) if hyper.beta2 is None else \
+        optax.scale_by_adam(b1=hyper.momentum, b2=hyper.beta2)
 
 
 def sgd(hyper: Hyper) -> optax.GradientTransformation:
@@ -44,12 +55,13 @@ def sgd(hyper: Hyper) -> optax.GradientTransformation:
 
 def adam(hyper: Hyper) -> optax.GradientTransformation:
     """Adam's direction with coupled L2 weight decay (torch.optim.Adam semantics); `momentum` is beta1."""
-    return optax.chain(optax.add_decayed_weights(hyper.weight_decay), optax.scale_by_adam(b1=hyper.momentum))
+    return optax.chain(optax.add_decayed_weights(hyper.weight_decay), _scale_by_adam(hyper))
 
 
 def adamw(hyper: Hyper) -> optax.GradientTransformation:
-    """AdamW: Adam's direction plus decoupled weight decay (scaled by the learning rate, as optax.adamw)."""
-    return optax.chain(optax.scale_by_adam(b1=hyper.momentum), optax.add_decayed_weights(hyper.weight_decay))
+    """AdamW: Adam's direction plus decoupled weight decay (scaled by the learning rate, as optax.adamw and
+    torch.optim.AdamW); `momentum` is beta1, `beta2` beta2."""
+    return optax.chain(_scale_by_adam(hyper), optax.add_decayed_weights(hyper.weight_decay))
 
 
 # name -> (Hyper -> optax transformation giving a descent direction; the step scales it by -lr(step))
@@ -71,8 +83,9 @@ def direction(optimizer: Optimizer, hyper: Hyper) -> optax.GradientTransformatio
 
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
-    """Static part of training (never stacked): architecture, batch size, length, schedule, data size, loss,
-    optimiser (see `direction`), precision policy (`lljax.precision`)."""
+    """Static part of training (never stacked): architecture, batch size (`FULL_BATCH`: full-batch), length,
+    schedule, data size, loss, optimiser (see `direction`), precision policy (`lljax.precision`), linear warm-up
+    steps, the inputs' dtype (float32, or int32 tokens)."""
 
     model: ModelSpec
     batch_size: int
@@ -82,21 +95,29 @@ class TrainSpec:
     loss: losses.Loss = losses.cross_entropy
     optimizer: Optimizer = "sgd"
     precision: str = "float32"
+    warmup_steps: int = 0
+    input_dtype: str = "float32"
 
     def __post_init__(self):
         precision.check(self.precision)
         if self.schedule not in SCHEDULES:
             raise LLJaxError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        if self.batch_size <= 0:
-            raise LLJaxError(f"batch size must be positive, got {self.batch_size}")
+        if self.batch_size < 0:
+            raise LLJaxError(f"batch size must be positive (or {FULL_BATCH}: full batch), got {self.batch_size}")
         if self.batch_size > self.num_train:
             raise LLJaxError(f"batch size {self.batch_size} is larger than the training set ({self.num_train})")
         if self.epochs <= 0:
             raise LLJaxError(f"epochs must be positive, got {self.epochs}")
+        if self.warmup_steps < 0:
+            raise LLJaxError(f"warm-up steps must be non-negative, got {self.warmup_steps}")
+
+    @property
+    def full_batch(self) -> bool:
+        return self.batch_size == FULL_BATCH
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.num_train // self.batch_size
+        return 1 if self.full_batch else self.num_train // self.batch_size
 
     @property
     def total_steps(self) -> int:
@@ -121,8 +142,11 @@ class MemberState(NamedTuple):
 
 
 def learning_rate(spec: TrainSpec, base_lr, step) -> jax.Array:
-    """The schedule's learning rate at global step `step` (0-based)."""
+    """The schedule's learning rate at global step `step` (0-based), times (step + 1) / warmup_steps during a
+    linear warm-up."""
     frac = step / spec.total_steps
+    if spec.warmup_steps:
+        base_lr = base_lr * jnp.minimum(1.0, (step + 1) / spec.warmup_steps)
     if spec.schedule == "step":
         return base_lr * jnp.where(frac < 0.75, 1.0, 0.1)
     if spec.schedule == "cosine":
@@ -137,7 +161,7 @@ def init_member(spec: TrainSpec, key: jax.Array, hyper: Hyper, labels_N: jax.Arr
     so several members can share one view."""
     key_init, key_view, key_shuffle = jax.random.split(key, 3)
     key_view = key_view if view_key is None else view_key
-    params, batch_stats = models.init(spec.model, key_init, input_shape)
+    params, batch_stats = models.init(spec.model, key_init, input_shape, spec.input_dtype)
     view = data.training_view(key_view, labels_N, spec.model.num_classes, hyper.data_fraction,
                               hyper.label_noise)
     state = MemberState(params, batch_stats, direction(spec.optimizer, hyper).init(params), jnp.zeros((), bool),
@@ -145,16 +169,16 @@ def init_member(spec: TrainSpec, key: jax.Array, hyper: Hyper, labels_N: jax.Arr
     return state, Member(hyper, key_shuffle, view, grid.stream(key, "dropout"))
 
 
-def train_step(spec: TrainSpec, member: Member, state: MemberState, x_BX: jax.Array, y_B: jax.Array, step
-               ) -> tuple[MemberState, jax.Array]:
-    """SGD step number `step` (global, 0-based) on a minibatch; returns the new state and the minibatch loss
-    (before the step)."""
+def train_step(spec: TrainSpec, member: Member, state: MemberState, x_BX: jax.Array, y_B: jax.Array, step,
+               weights_B: jax.Array | None = None) -> tuple[MemberState, jax.Array]:
+    """SGD step number `step` (global, 0-based) on a minibatch (weighted by `weights_B` if given: full-batch
+    training's subset mask); returns the new state and the minibatch loss (before the step)."""
 
     def loss(params):
         outputs, batch_stats = models.apply(spec.model, params, state.batch_stats, x_BX, train=True,
                                             rng=jax.random.fold_in(member.dropout_key, step),
                                             policy=spec.precision)
-        return spec.loss.mean(outputs, y_B), batch_stats
+        return spec.loss.mean(outputs, y_B, weights_B), batch_stats
 
     (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
     descent, opt_state = direction(spec.optimizer, member.hyper).update(grads, state.opt_state, state.params)
@@ -171,8 +195,15 @@ def train_epochs(spec: TrainSpec, state: MemberState, member: Member, x_train: j
                  last_epoch) -> MemberState:
     """Run epochs [first_epoch, last_epoch) for one member (bounds may be traced, so every chunk of a run
     shares one compiled program); each epoch reshuffles the member's subset with `fold_in(shuffle_key, epoch)`,
-    so a run split into chunks draws the same batches as one uninterrupted run."""
+    so a run split into chunks draws the same batches as one uninterrupted run. Full-batch: one step per epoch
+    on the whole subset, nothing drawn."""
     B = spec.batch_size
+    if spec.full_batch:
+        def full_step(e, state):
+            state, value = train_step(spec, member, state, x_train, member.view.labels, e, member.view.mask)
+            return state._replace(loss=value)
+
+        return jax.lax.fori_loop(first_epoch, last_epoch, full_step, state)
 
     def epoch(e, state):
         order = data.epoch_order(jax.random.fold_in(member.shuffle_key, e), member.view)

@@ -104,7 +104,7 @@ def test_what_is_a_weight_matrix_and_what_is_skipped():
               "Dense_1": {"kernel": jnp.ones((8, 30))}, "LayerNorm_0": {"scale": jnp.ones(8)},
               "Embed_0": {"embedding": jnp.ones((100, 16))}, "Dense_2": {"kernel": jnp.ones((30, 12))}}
     layers, skipped = spectra.weight_layers(params)
-    assert [w.name for w in layers] == ["Dense_2"]
+    assert [w.name for w in layers] == ["Dense_2", "Embed_0"]  # an embedding table is a matrix (V, d)
     assert skipped == [("Dense_0", "8 eigenvalues < min_evals 10"), ("Dense_1", "8 eigenvalues < min_evals 10")]
     with pytest.raises(LLJaxError, match="no weight matrix"):
         spectra.weight_layers({"bias": jnp.ones(4), "LayerNorm_0": {"scale": jnp.ones(3)}})
