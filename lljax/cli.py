@@ -45,7 +45,8 @@ def _add_flags(group, cls, prefix: str, key_prefix: str, defaults) -> None:
         base = element if kind is tuple else kind
         metavar = meta.get("metavar") or (f.name.rstrip("s").upper() if kind is tuple else None)
         group.add_argument(flag, dest=dest, type=meta.get("parse") or base, default=None, choices=choices,
-                           help=help_text, metavar=metavar if not choices else None, **({"nargs": "+"} if kind is tuple else {}))
+                           help=help_text, metavar=metavar if not choices else None,
+                           **({"nargs": "+"} if kind is tuple else {}))
 
 
 def parser(description: str, presets: dict[str, dict]) -> argparse.ArgumentParser:
