@@ -8,6 +8,7 @@ starting with 'error:' and exit status 2, before the output folder is touched.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any, Sequence
 
@@ -115,6 +116,9 @@ def main(argv: Sequence[str] | None = None, description: str = "Phase diagram of
         return report_main(argv[1:])
     presets = configs.PRESETS if presets is None else presets
     args = parser(description, presets).parse_args(argv)
+    # a metric's host callback that fails (an SVD that does not converge) is reported as one line, not logged
+    # with its traceback by JAX as well
+    logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
     try:
         sharding.initialize_distributed()  # several hosts, when the environment asks (docs/distributed.md)
         runtime.use_all_cpu_cores()

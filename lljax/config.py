@@ -137,6 +137,20 @@ class Config:
         a, b = self.to_dict(), other.to_dict()
         return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
+    def training_differences(self, other: "Config") -> list[str]:
+        """The differences that change what is trained (every key but the measurement's, `measurement_keys`)."""
+        measured = set(measurement_keys(self.to_dict())) | set(measurement_keys(other.to_dict()))
+        return [k for k in self.differences(other) if k not in measured]
+
+    def measurement_digest(self) -> str:
+        """A digest of the settings that only change what is measured on the trained models (the families and
+        their options, the pairs, the evaluation chunk, the phase rule and the intervals)."""
+        import hashlib
+
+        values = self.to_dict()
+        part = {k: values[k] for k in measurement_keys(values)}
+        return hashlib.sha1(json.dumps(part, sort_keys=True).encode()).hexdigest()[:12]
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Config":
         """A configuration from core fields, sections ('phase', family names) and flat `<prefix>_<field>` keys;
@@ -182,6 +196,14 @@ class Config:
 # sections of every run (not of a metric family): name -> options dataclass; the name is the flags' prefix
 CORE_SECTIONS = {"phase": phases.Thresholds, "uncertainty": uncertainty.UncertaintyOptions,
                  "track": tracking.TrackOptions, "transformer": models.TransformerOptions, "task": tasks.TaskOptions}
+
+
+def measurement_keys(values: Mapping[str, Any]) -> list[str]:
+    """The keys of a configuration dict that do not change training: a run folder can be measured again with
+    other values of them (`store.prepare_out_dir`) without training again."""
+    keys = {"metrics", "max_pairs", "eval_batch_size", "phase", "uncertainty"}
+    families = {name for name, family in metrics.FAMILIES.items() if family.options is not None}
+    return sorted(k for k in values if k in keys or k in families)
 
 
 def sections() -> dict[str, tuple[type, str]]:

@@ -16,5 +16,8 @@ def one_line(what: str):
     except LLJaxError:
         raise
     except Exception as e:  # noqa: BLE001 -- the user's code: one line, not a traceback
-        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        message = lines[0] if lines else ""
+        if "Traceback (most recent call last)" in message:  # raised in a host callback: its own last line
+            message = lines[-1]
         raise LLJaxError(f"{what}: {type(e).__name__}: {message}") from None

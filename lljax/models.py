@@ -245,8 +245,8 @@ def transformer(width: int, num_classes: int, depth: int = 1, vocab_size: int | 
         raise LLJaxError(f"the transformer's width {width} is not divisible by its {heads} heads")
     max_len = max_len or seq_len
     if max_len is None:
-        raise LLJaxError("the transformer needs its positions: --transformer-max-len, or token data to read them "
-                         "from")
+        raise LLJaxError("the transformer embeds integer tokens: give it token inputs (their length sets its "
+                         "positions) or --transformer-max-len")
     return Transformer(width, num_classes, vocab_size or num_classes, max_len, depth, heads,
                        mlp_width or 4 * width, layer_norm, per_token)
 

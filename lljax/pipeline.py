@@ -301,7 +301,7 @@ def measure_group(g: TrainedGroup, families: Sequence[Family],
     tuples = {"member": None, "pair": pairs, "quad": quads}
     shared = shared_inputs(g)
     for family in families:
-        with timings.section(f"measure/{family.name}"):
+        with timings.section(f"measure/{family.name}"), one_line(f"metric family {family.name!r} failed"):
             values = measure_family(family, g, tuples[family.kind], shared)
         out.update({f"{family.kind}/{k}": np.asarray(v) for k, v in values.items()})
         ctx = family_context(family, g)
@@ -353,10 +353,31 @@ def check_model(parts: Parts, config: Config, dataset: data.Dataset, families: S
         raise LLJaxError(f"full-batch training of model {spec.name!r} (BatchNorm) on a data fraction below 1: its "
                          "batch statistics would include examples outside the subset; use minibatches")
     for family in families:
-        if family.check is not None:
+        with one_line(f"metric family {family.name!r} cannot run on model {spec.name!r}"):
             ctx = Context(spec, parts.loss, config.options(family.name), config.epochs, config.eval_batch_size)
-            with one_line(f"metric family {family.name!r} cannot run on model {spec.name!r}"):
+            if family.check is not None:
                 family.check(ctx, params, batch_stats, x)
+            trace_family(family, ctx, config, dataset, params, batch_stats)
+
+
+def trace_family(family: Family, ctx: Context, config: Config, dataset: data.Dataset, params, batch_stats) -> None:
+    """Trace a family's function on the shapes of one member (pair, quad) of the model (`jax.eval_shape`: nothing
+    runs), so that a family that cannot run on the model or the data fails before anything is trained."""
+    f32 = jax.ShapeDtypeStruct((), jnp.float32)
+    like = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+    view = jax.eval_shape(lambda k, y: data.training_view(k, y, dataset.num_classes, 1.0, 0.0), jax.random.key(0),
+                          like(dataset.y_train))
+    hyper = train.Hyper(f32, f32, f32, f32, f32, None if config.beta2 is None else f32)
+    member = Member(params, batch_stats, view, hyper, jax.ShapeDtypeStruct((), jnp.bool_))
+    shared = Shared(like(dataset.x_train), like(dataset.x_test), like(dataset.y_test))
+    if family.static_subset:
+        smallest = data.subset_size(len(dataset.y_train), min(config.data_fractions))
+        ctx = dataclasses.replace(ctx, subset_size=int(smallest))
+    key = jax.random.key(0)
+    if family.prepare is not None:
+        shared = shared._replace(extra=jax.eval_shape(lambda sh: family.prepare(ctx, sh, key), shared))
+    jax.eval_shape(lambda sh, *ms: family.compute(ctx, sh, *ms, key), shared,
+                   *[member] * metrics.family.KINDS[family.kind])
 
 
 def run(config: Config, out_dir: str | os.PathLike, *, model=None, dataset: data.Dataset | None = None,
@@ -418,9 +439,19 @@ def _run(config, out_dir, model, dataset, loss, optimizer, progress, checkpoint_
     paths = {g.index: out_dir / "groups" / f"group-{g.index}.npz" for g in groups}
     epoch_path = lambda group, e: out_dir / "groups" / f"group-{group.index}.epoch-{e}.npz"
     claims = jax.process_count() == 1  # several hosts: process 0's view decides, broadcast (no claim files)
+    digest = config.measurement_digest()
+
+    def done(path: Path) -> bool:
+        """A group's (snapshot's) results exist and were measured with this run's settings (a folder measured
+        again with other --metrics re-measures its groups; results from before digests were stored count)."""
+        if not path.exists():
+            return False
+        stored = store.load_arrays(path, ("meta/measurement",)).get("meta/measurement")
+        return stored is None or str(stored) == digest
+
     for group in mine:
         whole = config.epochs * (1 + metric_cost)
-        if bool(sharding.from_lead(np.asarray(paths[group.index].exists()))):
+        if bool(sharding.from_lead(np.asarray(done(paths[group.index])))):
             bar.update(whole, f"group {group.index}: already done")
             continue
         claim = out_dir / "groups" / f"group-{group.index}.claim"
@@ -428,9 +459,9 @@ def _run(config, out_dir, model, dataset, loss, optimizer, progress, checkpoint_
             if shard is not None:  # another worker has it
                 bar.update(whole, f"group {group.index}: another worker's")
                 continue
-            while not paths[group.index].exists() and not store.claim(claim):  # wait for its holder
+            while not done(paths[group.index]) and not store.claim(claim):  # wait for its holder
                 time.sleep(2.0)
-            if paths[group.index].exists():
+            if done(paths[group.index]):
                 bar.update(whole, f"group {group.index}: done by another worker")
                 continue
         try:
@@ -441,12 +472,19 @@ def _run(config, out_dir, model, dataset, loss, optimizer, progress, checkpoint_
             with timings.section("train"):
                 g = train_group(config, dataset, group, members, ckpt_dir, beat, checkpoint_seconds, placement,
                                 parts)
-            for e in track_epochs[:-1]:  # the snapshots' metrics first: a finished group has all of them
-                if not bool(sharding.from_lead(np.asarray(epoch_path(group, e).exists()))):
-                    arrays = measure_group(g.at_epoch(e), tracked, lambda a, m, e=e: beat(a, f"epoch {e}: {m}"))
-                    if lead:
-                        store.save_arrays(epoch_path(group, e), arrays)
-            arrays = measure_group(g, families, beat)
+            try:
+                for e in track_epochs[:-1]:  # the snapshots' metrics first: a finished group has all of them
+                    if not bool(sharding.from_lead(np.asarray(done(epoch_path(group, e))))):
+                        arrays = measure_group(g.at_epoch(e), tracked, lambda a, m, e=e: beat(a, f"epoch {e}: {m}"))
+                        arrays["meta/measurement"] = np.asarray(digest)
+                        if lead:
+                            store.save_arrays(epoch_path(group, e), arrays)
+                arrays = measure_group(g, families, beat)
+            except LLJaxError as e:
+                raise LLJaxError(f"group {group.index} (width {group.width}, batch {group.batch_size}): {e}; its "
+                                 f"trained models stay in {ckpt_dir}: run again into the same --out with other "
+                                 "--metrics to measure the rest without training") from None
+            arrays["meta/measurement"] = np.asarray(digest)
             arrays["meta/seconds"] = np.asarray(time.time() - group_start)  # this run's time for the group
             arrays["meta/conv"] = np.asarray(g.spec.model.conv)  # the convolution strategy it trained with
             if lead:
@@ -455,7 +493,7 @@ def _run(config, out_dir, model, dataset, loss, optimizer, progress, checkpoint_
             if claims:
                 store.release(claim)
     bar.close()
-    missing = [g.index for g in groups if not paths[g.index].exists()]
+    missing = [g.index for g in groups if not done(paths[g.index])]
     if missing:  # a shard whose siblings are not finished: the last one to finish writes the outputs
         if lead:
             print(f"lljax: shard {shard[0]}/{shard[1]} done; {len(missing)} of {len(groups)} groups still to come "

@@ -105,11 +105,12 @@ def save_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
-def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Inverse of `save_arrays`; a damaged file is an LLJaxError naming it."""
+def load_arrays(path: str | os.PathLike, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """Inverse of `save_arrays` (only `keys`, those present, if given); a damaged file is an LLJaxError naming
+    it."""
     try:
         with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+            return {k: f[k] for k in f.files if keys is None or k in keys}
     except Exception as e:
         raise LLJaxError(f"corrupted results file {path} ({type(e).__name__}); delete it to recompute that group")
 
@@ -122,7 +123,9 @@ def _read_config(path: Path, config_type):
 
 def prepare_out_dir(config, out_dir: Path, resolved: dict | None = None) -> None:
     """Create the results folder and write config.json, or accept an existing one holding the same
-    configuration (to resume); refuse a folder with another configuration or foreign content. `config` is an
+    configuration (to resume) or one that differs only in what is measured (`Config.training_differences`:
+    other --metrics or family options; config.json is rewritten and the trained groups are measured again from
+    their checkpoints); refuse a folder with another configuration or foreign content. `config` is an
     `lljax.config.Config`; `resolved` (what lljax read from the data and chose: inputs, targets, the CKA probe)
     is written under config.json's key 'resolved', which `Config.from_dict` ignores."""
     config_path = out_dir / "config.json"
@@ -134,12 +137,13 @@ def prepare_out_dir(config, out_dir: Path, resolved: dict | None = None) -> None
                 previous = _read_config(config_path, type(config))
             except (ValueError, TypeError, LLJaxError) as e:
                 raise LLJaxError(f"{config_path} is unreadable ({str(e).splitlines()[0]}); use a new --out folder")
-            if not previous.same_run(config):
+            if previous.training_differences(config):
                 raise LLJaxError(f"{out_dir} holds a run with a different configuration "
                                  f"({', '.join(previous.differences(config))} differ); use a new --out folder or "
-                                 "the same settings to resume")
-            return
-        if any(p.name != "jobs" for p in out_dir.iterdir()):  # jobs/: submitit's logs of a --launcher run
+                                 "the same settings to resume (only --metrics and the families' options may change)")
+            if previous.same_run(config):
+                return
+        elif any(p.name != "jobs" for p in out_dir.iterdir()):  # jobs/: submitit's logs of a --launcher run
             raise LLJaxError(f"output folder {out_dir} is not empty and holds no lljax run; use a new --out folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     values = config.to_dict() | ({"resolved": resolved} if resolved else {})

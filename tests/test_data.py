@@ -323,3 +323,65 @@ def test_regression_targets_keep_their_values_in_a_view():
     view = data.training_view(jax.random.key(0), targets, 2, 0.5, 0.9)  # label noise ignored for float targets
     np.testing.assert_array_equal(view.labels, targets)
     assert int(view.size) == 3
+
+
+# ---------------------------------------------------------------------------------- tokens and per-token targets
+
+def test_token_inputs_stay_integers_and_know_their_vocabulary(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 7, (20, 5)), rng.integers(0, 3, 20)
+    ds = data.Dataset.from_arrays("toks", x[:16], y[:16], x[16:], y[16:])
+    assert ds.is_tokens and ds.x_train.dtype == np.int32 and ds.vocab_size == int(x.max()) + 1
+    np.testing.assert_array_equal(ds.x_train, x[:16])
+    declared = data.Dataset.from_arrays("toks", x[:16], y[:16], x[16:], y[16:], vocab_size=50)
+    assert declared.vocab_size == 50
+    np.savez(tmp_path / "toks.npz", x_train=x[:16], y_train=y[:16], x_test=x[16:], y_test=y[16:], vocab_size=9)
+    loaded = data.load_npz(tmp_path / "toks.npz")
+    assert loaded.vocab_size == 9 and loaded.x_train.dtype == np.int32
+    floats = data.Dataset.from_arrays("f", x[:16] * 0.5, y[:16], x[16:] * 0.5, y[16:])
+    assert not floats.is_tokens and floats.vocab_size is None and floats.x_train.dtype == np.float32
+
+
+@pytest.mark.parametrize("x_test, vocab, match", [
+    (np.array([[1, -2]]), None, "include -2; tokens must be in"),
+    (np.array([[1, 9]]), 8, "include 9, at or above the vocabulary size 8"),
+    (np.array([[1, 2]]), 0, "vocab_size must be a positive integer"),
+])
+def test_tokens_outside_the_vocabulary_are_one_line_errors(x_test, vocab, match):
+    with pytest.raises(LLJaxError, match=match):
+        data.Dataset.from_arrays("toks", np.array([[0, 1], [2, 3]]), np.array([0, 1]), x_test, np.array([1]),
+                                 vocab_size=vocab)
+
+
+def test_vocab_size_with_float_inputs_is_an_error():
+    with pytest.raises(LLJaxError, match="inputs are floats"):
+        data.Dataset.from_arrays("f", np.ones((2, 3)), np.array([0, 1]), np.ones((1, 3)), np.array([1]),
+                                 vocab_size=4)
+
+
+def test_per_token_labels_with_ignored_positions():
+    x = np.arange(12).reshape(4, 3)
+    y = np.array([[-1, 1, 2], [-1, 0, 2], [-1, 2, 1], [-1, 1, 0]])
+    ds = data.Dataset.from_arrays("seq", x[:3], y[:3], x[3:], y[3:], num_classes=3)
+    assert ds.per_token
+    data.check_labels(ds, classification=True)
+    bad = ds._replace(y_train=np.where(ds.y_train == 2, 5, ds.y_train))
+    with pytest.raises(LLJaxError, match=r"labels in \[0, 5\], outside \[0, 3\)"):
+        data.check_labels(bad, classification=True)
+    nothing = ds._replace(y_test=np.full_like(ds.y_test, data.IGNORE))
+    with pytest.raises(LLJaxError, match="every position of y_test is the ignore value"):
+        data.check_labels(nothing, classification=True)
+    one_label = data.Dataset.from_arrays("one", x[:3], np.array([0, -1, 1]), x[3:], np.array([1]), num_classes=2)
+    with pytest.raises(LLJaxError, match=r"outside \[0, 2\).*may use -1"):
+        data.check_labels(one_label, classification=True)
+
+
+def test_label_noise_replaces_labelled_positions_only():
+    labels = jnp.asarray(np.where(np.arange(4000).reshape(1000, 4) % 4 == 0, -1, 1))
+    view = data.training_view(jax.random.key(0), labels, 5, 1.0, 0.5)
+    new = np.asarray(view.labels)
+    assert np.all(new[:, 0] == -1)  # ignored positions stay ignored
+    changed = np.mean(new[:, 1:] != 1)
+    assert abs(changed - 0.5 * 4 / 5) < 0.03  # p x (1 - 1/K) of the labelled positions change
+    one = data.training_view(jax.random.key(0), jnp.ones(1000, jnp.int32), 5, 1.0, 0.5)
+    assert one.labels.shape == (1000,)

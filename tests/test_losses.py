@@ -58,3 +58,34 @@ def test_losses_by_name_and_import_path():
         losses.resolve("hinge")
     with pytest.raises(LLJaxError, match="is a function, not an lljax.losses.Loss"):
         losses.resolve("lljax.losses:squared_error")
+
+
+def test_per_token_means_are_over_the_labelled_positions():
+    """Targets (B, T) with ignored positions: every mean is the sum over labelled positions / their number, as
+    torch's cross_entropy(ignore_index=-1); weights weight each example's positions."""
+    logits = jax.random.normal(jax.random.key(0), (3, 4, 5))
+    targets = jnp.array([[1, -1, 2, 0], [-1, -1, 4, 4], [3, 3, -1, 1]])
+    log_p = jax.nn.log_softmax(logits)
+    labelled = np.asarray(targets) != -1
+    nll = -np.take_along_axis(np.asarray(log_p), np.maximum(np.asarray(targets), 0)[..., None], -1)[..., 0]
+    np.testing.assert_allclose(losses.cross_entropy.mean(logits, targets), nll[labelled].mean(), rtol=1e-12)
+    w = jnp.array([1.0, 0.0, 2.0])
+    expected = (nll * labelled * np.asarray(w)[:, None]).sum() / (labelled * np.asarray(w)[:, None]).sum()
+    np.testing.assert_allclose(losses.cross_entropy.mean(logits, targets, w), expected, rtol=1e-12)
+    values, wrong, counts = losses.cross_entropy.totals(logits, targets)
+    np.testing.assert_allclose(values, (nll * labelled).sum(1), rtol=1e-12)
+    np.testing.assert_array_equal(counts, labelled.sum(1))
+    miss = (np.asarray(logits).argmax(-1) != np.asarray(targets)) & labelled
+    np.testing.assert_array_equal(wrong, miss.sum(1))
+    total = losses.evaluate(lambda x: x, logits, targets, losses.cross_entropy, w, 2, jnp.float64)
+    np.testing.assert_allclose(total[0] / total[2], expected, rtol=1e-12)
+    np.testing.assert_allclose(total[1] / total[2], (miss * np.asarray(w)[:, None]).sum() / total[2], rtol=1e-12)
+
+
+def test_one_label_per_example_means_are_unchanged_by_the_per_token_path():
+    logits = jax.random.normal(jax.random.key(1), (6, 3))
+    labels = jnp.array([0, 2, 1, 1, 0, 2])
+    np.testing.assert_array_equal(losses.cross_entropy.mean(logits, labels),
+                                  losses.softmax_cross_entropy(logits, labels).mean())
+    per_token = losses.cross_entropy.mean(logits[:, None], labels[:, None])  # T = 1: the same numbers
+    np.testing.assert_allclose(per_token, losses.softmax_cross_entropy(logits, labels).mean(), rtol=1e-12)

@@ -147,3 +147,71 @@ def test_dropout_is_on_in_training_without_batchnorm(user_module):
     a, b, a_again = (models.apply(spec, params, stats, x, train=True, rng=jax.random.key(k))[0] for k in (2, 3, 2))
     assert not np.allclose(a, inference) and not np.allclose(a, b)
     np.testing.assert_array_equal(a, a_again)
+
+
+# ------------------------------------------------------------------------------------------ the built-in Transformer
+
+def reference_transformer(p, tokens, heads, layer_norm=True, per_token=False):
+    """The built-in Transformer's forward pass written out in numpy (float64) from its parameters."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+
+    def norm(x, q):
+        if not layer_norm:
+            return x
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-6) * q["scale"] + q["bias"]
+
+    dense = lambda x, q: x @ q["kernel"] + q["bias"]
+    t = tokens.shape[1]
+    x = p["embed"]["embedding"][tokens] + p["positions"]["embedding"][:t][None]
+    causal = np.tril(np.ones((t, t), bool))
+    for i in range(sum(k.startswith("block_") for k in p)):
+        b = p[f"block_{i}"]
+        norms = iter([b[k] for k in sorted(k for k in b if k.startswith("LayerNorm"))] or [None, None])
+        h = norm(x, next(norms))
+        a = b["attention"]
+        q, k, v = (np.einsum("btd,dhe->bthe", h, a[n]["kernel"]) + a[n]["bias"] for n in ("query", "key", "value"))
+        logits = np.einsum("bqhe,bkhe->bhqk", q, k) / np.sqrt(q.shape[-1])
+        logits = np.where(causal, logits, -np.inf)
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        out = np.einsum("bhqk,bkhe->bqhe", weights, v)
+        x = x + np.einsum("bqhe,hed->bqd", out, a["out"]["kernel"]) + a["out"]["bias"]
+        h = norm(x, next(norms))
+        x = x + dense(np.maximum(dense(h, b["mlp_in"]), 0), b["mlp_out"])
+    if layer_norm:
+        x = norm(x, p["final_norm"])
+    return dense(x if per_token else x[:, -1], p["readout"])
+
+
+@pytest.mark.parametrize("depth, layer_norm, per_token", [(1, True, False), (2, False, True), (2, True, True)])
+def test_transformer_matches_a_hand_written_forward_pass(depth, layer_norm, per_token):
+    extras = (("layer_norm", layer_norm), ("per_token", per_token), ("seq_len", 6), ("vocab_size", 11))
+    spec = models.ModelSpec("transformer", 64, num_classes=7, depth=depth, extras=extras)
+    params, stats = models.init(spec, jax.random.key(3), (6,), "int32")
+    assert not stats and params["block_0"]["attention"]["query"]["kernel"].shape == (64, 2, 32)  # 2 heads of 32
+    params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(4), a.shape), params)  # biases too
+    tokens = np.asarray(jax.random.randint(jax.random.key(5), (4, 6), 0, 11))
+    with jax.enable_x64(True):
+        got, _ = models.apply(spec, jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params), {}, tokens)
+    want = reference_transformer(params, tokens, 2, layer_norm, per_token)
+    assert got.shape == ((4, 6, 7) if per_token else (4, 7))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_transformer_heads_mlp_and_positions():
+    assert [models.default_heads(w) for w in (16, 64, 128, 96, 100)] == [1, 2, 4, 3, 2]
+    extras = (("heads", 4), ("mlp_width", 20), ("seq_len", 3), ("vocab_size", 9))
+    module = models.build(models.ModelSpec("transformer", 48, 5, extras=extras))
+    assert (module.heads, module.mlp_width, module.max_len, module.vocab_size, module.depth) == (4, 20, 3, 9, 1)
+    with pytest.raises(LLJaxError, match="not divisible by its 5 heads"):
+        models.build(models.ModelSpec("transformer", 48, 5, extras=(("heads", 5), ("seq_len", 3))))
+
+
+@pytest.mark.parametrize("inputs, match", [(jnp.ones((2, 4)), "embeds integer tokens"),
+                                           (jnp.ones((2, 9), jnp.int32), r"length <= 4")])
+def test_transformer_bad_inputs_are_one_line_errors(inputs, match):
+    spec = models.ModelSpec("transformer", 16, 3, extras=(("seq_len", 4), ("vocab_size", 5)))
+    params, _ = models.init(spec, jax.random.key(0), (4,), "int32")
+    with pytest.raises(LLJaxError, match=match):
+        models.apply(spec, params, {}, inputs)

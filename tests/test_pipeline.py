@@ -645,3 +645,103 @@ def test_surface_and_slice_input_errors_are_one_line_before_anything_is_written(
     with pytest.raises(LLJaxError, match=message) as error:
         pipeline.run(tiny_config(**overrides), tmp_path / "out", progress=False, dataset=tiny_dataset())
     assert len(str(error.value).splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------- tokens and per-token targets
+
+def token_config(**overrides):
+    values = dict(model="transformer", dataset="modular", task_p=7, task_test_fraction=0.4, widths=(16,),
+                  lrs=(0.003,), optimizer="adamw", beta2=0.98, batch_sizes=(0,), epochs=4, seeds=2, metrics=("loss",))
+    values.update(overrides)
+    return Config.from_dict(values)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(dataset="mnist1d"), "the transformer embeds integer tokens: give it token inputs"),
+    (dict(dataset="mnist1d", transformer_max_len=40), "the transformer embeds integer tokens; its inputs are float32"),
+    (dict(transformer_max_len=2), r"length <= 2"),
+    (dict(model="mlp"), r"gives outputs of shape \(5,\) per example but the per-token targets need \(4, 5\)"),
+    (dict(transformer_heads=3), "not divisible by its 3 heads"),
+    (dict(model="mlp", dataset="modular", transformer_heads=2), "takes no heads argument"),
+    (dict(beta2=1.0), "beta2 must be below 1"),
+    (dict(task_p=8), "task p must be a prime"),
+])
+def test_bad_token_inputs_are_one_line_errors_before_anything_is_written(tmp_path, overrides, match):
+    if overrides.get("model") == "mlp" and "dataset" not in overrides:
+        overrides = dict(overrides, dataset="counter", task_modulus=5, task_length=4, task_train_size=16,
+                         task_test_size=8)
+    with pytest.raises(LLJaxError, match=match):
+        pipeline.run(token_config(**overrides), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_ignored_everywhere_is_an_error_before_anything_is_written(tmp_path):
+    from lljax import data
+
+    x = np.arange(40).reshape(10, 4) % 5
+    y = np.full((10, 4), data.IGNORE)
+    y[:8, 1] = 1
+    ds = data.Dataset.from_arrays("seq", x[:8], y[:8], x[8:], y[8:], num_classes=3)
+    with pytest.raises(LLJaxError, match="every position of y_test is the ignore value -1"):
+        pipeline.run(token_config(dataset="seq", batch_sizes=(4,)), tmp_path / "out", progress=False, dataset=ds)
+    assert not (tmp_path / "out").exists()
+
+
+def test_full_batch_transformer_on_modular_through_the_pipeline(tmp_path):
+    out = tmp_path / "run"
+    results = pipeline.run(token_config(data_fractions=(0.5, 1.0), metrics=("loss", "cka")), out, progress=False)
+    assert len(results.groups) == 1  # full batch: both data fractions in one program
+    members = read_csv(out / "members.csv")
+    assert {m["batch_size"] for m in members} == {"0"} and all(np.isfinite(float(m["train_loss"])) for m in members)
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert resolved == {"inputs": "tokens", "input_shape": [3], "targets": "labels", "num_classes": 7,
+                        "vocab_size": 8, "cka_probe": "inputs"}
+    assert "Data: tokens (vocabulary 8) inputs of shape (3), labels; CKA probe: training inputs unmixed" in \
+        (out / "report.md").read_text()
+    # the full-batch loss is the mean over each member's whole subset: the state's last loss before the last step
+    config = token_config(data_fractions=(0.5, 1.0))
+    again = pipeline.run(config.replace(metrics=("loss", "cka")), tmp_path / "again", progress=False)
+    assert (out / "members.csv").read_text() == (tmp_path / "again" / "members.csv").read_text()
+    del again
+
+
+def test_a_family_that_cannot_run_fails_before_training_and_one_failing_after_keeps_the_training(tmp_path):
+    from lljax import metrics
+
+    def needs_a_layer(ctx, shared, member, key):
+        return {"x": member.params["no_such_layer"]["kernel"].sum()}
+
+    def fails_when_run(ctx, shared, member, key):
+        def host(v):
+            raise FloatingPointError("the eigen-solver did not converge")
+        bias = member.params["Dense_0"]["bias"]
+        return {"x": jax.pure_callback(host, jax.ShapeDtypeStruct((), np.float32), bias, vmap_method="sequential")}
+
+    out = tmp_path / "run"
+    try:
+        metrics.register(metrics.Family("needs_layer", "member", needs_a_layer, columns=("x",), default=False))
+        metrics.register(metrics.Family("fails_late", "member", fails_when_run, columns=("x",), default=False,
+                                        sharded=False))
+        with pytest.raises(LLJaxError, match="metric family 'needs_layer' cannot run on model 'mlp': KeyError"):
+            pipeline.run(tiny_config(metrics=("loss", "needs_layer")), out, progress=False, dataset=tiny_dataset())
+        assert not out.exists()
+        with pytest.raises(LLJaxError, match=r"group 0 \(width 3, batch 32\): metric family 'fails_late' failed: .*"
+                                             r"did not converge; its trained models stay in"):
+            pipeline.run(tiny_config(metrics=("loss", "fails_late")), out, progress=False, dataset=tiny_dataset())
+    finally:
+        metrics.FAMILIES.pop("needs_layer", None)
+        metrics.FAMILIES.pop("fails_late", None)
+    steps = lambda: {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints" / "group-0").iterdir()
+                     if p.name.isdigit()}
+    stamp = steps()
+    assert list(stamp) == ["4"]  # the trained models: epoch 4 of 4
+    # the same folder, other --metrics: measured from the kept checkpoints, not trained again
+    results = pipeline.run(tiny_config(metrics=("loss", "l2")), out, progress=False, dataset=tiny_dataset())
+    assert steps() == stamp and "l2" in read_csv(out / "pairs.csv")[0]
+    first = read_csv(out / "members.csv")
+    # measured again with more families: the trained models' numbers do not move
+    pipeline.run(tiny_config(metrics=("loss", "l2", "cka")), out, progress=False, dataset=tiny_dataset())
+    assert [r["train_loss"] for r in read_csv(out / "members.csv")] == [r["train_loss"] for r in first]
+    assert "cka_softmax" in read_csv(out / "pairs.csv")[0] and json.loads((out / "config.json").read_text())[
+        "metrics"] == ["loss", "cka", "l2"]
+    del results

@@ -52,3 +52,16 @@ def test_extending_lljax(tmp_path, monkeypatch):
 def test_the_python_api(tmp_path, monkeypatch):
     (api,) = run_blocks("The Python API", tmp_path, monkeypatch)
     assert api["metrics"].trace.shape == (8,) and (tmp_path / "runs" / "api" / "grid.csv").exists()
+
+
+@pytest.mark.slow
+def test_sequences_and_transformers(tmp_path, monkeypatch):
+    (tokens,) = run_blocks("Sequences and Transformers", tmp_path, monkeypatch)
+    out = tmp_path / "runs" / "pairsum"
+    assert tokens["results"].dataset == "pairsum" and (out / "report.md").exists()
+    assert "per-token labels (every mean over the labelled positions); CKA probe: training inputs unmixed" in \
+        (out / "report.md").read_text()
+    from lljax import tables
+
+    best = max(row["test_acc_mean"] for row in tables.make_tables(tokens["results"]).grid)
+    assert best > 0.5  # width 32 learns the pair sums (0.98 when this was written)

@@ -154,3 +154,89 @@ def test_against_weightwatcher_itself_on_the_same_weights():
     for (_, row), metrics in zip(details.iterrows(), ours):
         for name, column in names.items():
             np.testing.assert_allclose(float(metrics[name]), float(row[column]), rtol=1e-6, err_msg=name)
+
+
+def test_transformer_layers_against_weightwatcher():
+    """The built-in Transformer's attention projections and embedding table, read as `lljax.layers` reads them,
+    against WeightWatcher 0.7.7 on a PyTorch module holding the same weights where WeightWatcher sees them: a
+    BERT-style block (separate query/key/value/out `nn.Linear`), an `nn.Embedding` and the Dense layers. Same
+    layers analysed, every metric within 1e-10 in float64 and 2e-5 in float32."""
+    ww = pytest.importorskip("weightwatcher")
+    torch = pytest.importorskip("torch")
+    import contextlib
+    import io
+    import logging
+
+    from lljax import models
+
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    spec = models.ModelSpec("transformer", 64, 13, depth=1, extras=(("seq_len", 8), ("vocab_size", 40)))
+    # the model's parameter tree (names, shapes) without running its initialiser (seconds of eager compilation);
+    # weights drawn Gaussian plus heavy-tailed (Student-t) noise, so that the power-law fits are not trivial
+    shapes = jax.eval_shape(lambda key: models.init(spec, key, (8,), "int32")[0], jax.random.key(0))
+    rng = np.random.default_rng(3)
+
+    def draw(path, leaf):
+        if leaf.ndim < 2 or jax.tree_util.keystr(path).endswith("['bias']"):
+            return np.zeros(leaf.shape, np.float32)
+        w = (rng.standard_normal(leaf.shape) + rng.standard_t(3, leaf.shape)) / math.sqrt(leaf.shape[0])
+        # WeightWatcher reads torch weights as float32 (`torch_T_to_np`: T.float().numpy()) before its float64
+        # SVD: weights exact in float32 make both sides see the same numbers
+        return w.astype(np.float32)
+
+    params = jax.tree_util.tree_map_with_path(draw, shapes)
+    attention, block = params["block_0"]["attention"], params["block_0"]
+    # lljax layer name -> (torch module, its weight (out, in) as torch stores it); LayerNorms are 'norm' to
+    # WeightWatcher (not analysed) and vectors to lljax
+    torch_layers = {
+        "embed": (torch.nn.Embedding(40, 64), params["embed"]["embedding"]),  # (V, d) as is
+        "positions": (torch.nn.Embedding(8, 64), params["positions"]["embedding"]),  # 8 eigenvalues: skipped
+        **{f"block_0/attention/{name}": (torch.nn.Linear(64, 64), attention[name]["kernel"].reshape(64, 64).T)
+           for name in ("query", "key", "value", "out")},  # (64, 2, 32) / (2, 32, 64) kernels as one matrix
+        "block_0/LayerNorm_0": (torch.nn.LayerNorm(64), None),
+        "block_0/mlp_in": (torch.nn.Linear(64, 256), block["mlp_in"]["kernel"].T),
+        "block_0/mlp_out": (torch.nn.Linear(256, 64), block["mlp_out"]["kernel"].T),
+        "final_norm": (torch.nn.LayerNorm(64), None),
+        "readout": (torch.nn.Linear(64, 13), params["readout"]["kernel"].T),
+    }
+    model = torch.nn.ModuleDict({name.split("/")[-1]: module for name, (module, _) in torch_layers.items()})
+    for name, (module, weight) in torch_layers.items():
+        if weight is not None:
+            assert tuple(module.weight.shape) == weight.shape, name
+            module.weight.data = torch.tensor(np.ascontiguousarray(weight))
+    # min_evals=10 as lljax's MIN_EVALS: WeightWatcher 0.7.7's own default is 8 (constants.DEFAULT_MIN_EVALS),
+    # with which it would also analyse the 8-row position table
+    with contextlib.redirect_stdout(io.StringIO()):
+        details = ww.WeightWatcher(model=model).analyze(mp_fit=True, min_evals=10)
+    rows = {row["longname"]: row for _, row in details.iterrows()}
+    expected = {"embed", "block_0/attention/query", "block_0/attention/key", "block_0/attention/value",
+                "block_0/attention/out", "block_0/mlp_in", "block_0/mlp_out", "readout"}
+    assert set(rows) == {name.split("/")[-1] for name in expected}
+    names = {"alpha": "alpha", "xmin": "xmin", "ks_distance": "D", "alpha_sigma": "sigma", "log_norm": "log_norm",
+             "log_spectral_norm": "log_spectral_norm", "alpha_weighted": "alpha_weighted",
+             "log_alpha_norm": "log_alpha_norm", "stable_rank": "stable_rank", "entropy": "entropy",
+             "mp_softrank": "mp_softrank", "num_pl_spikes": "num_pl_spikes", "num_evals": "num_evals"}
+    for dtype, rtol in ((jnp.float64, 1e-10), (jnp.float32, 2e-5)):
+        typed = jax.tree_util.tree_map(lambda w: jnp.asarray(w, dtype), params)
+        # under jit: one compilation for all layers (eagerly every spectrum shape is traced apart, ~5x slower)
+        ours = jax.jit(lambda p: spectra.layer_metrics(p, pool=True, min_evals=10).metrics)(typed)
+        skipped = spectra.weight_layers(typed, pool=True, min_evals=10)[1]  # (as layer_metrics lists them)
+        assert set(ours) == expected and skipped == [("positions", "8 eigenvalues < min_evals 10")]
+        for layer, metrics in ours.items():
+            row = rows[layer.split("/")[-1]]
+            assert (row["N"], row["M"]) == {"embed": (64, 40), "readout": (64, 13)}.get(
+                layer, (256, 64) if "mlp" in layer else (64, 64))
+            for name, column in names.items():
+                assert metrics[name].dtype == dtype
+                np.testing.assert_allclose(float(metrics[name]), float(row[column]), rtol=rtol,
+                                           err_msg=f"{layer} {name} {dtype.__name__}")
+    # torch's nn.MultiheadAttention: WeightWatcher 0.7.7 analyses its out_proj only. Its `layer_type` goes by
+    # isinstance / the type's name ('linear', 'conv1d', 'conv2d', 'embedding', 'norm'): the attention module
+    # itself ('...multiheadattention') is UNKNOWN and has no `weight` anyway, so the packed in_proj_weight (3d, d)
+    # (or q/k/v_proj_weight when kdim, vdim != d) is never read; out_proj, an nn.Linear subclass, is DENSE. A
+    # PyTorch Transformer built on nn.MultiheadAttention thus shows WeightWatcher no query/key/value matrix at
+    # all, whereas lljax reads Flax's query/key/value kernels as BERT's separate nn.Linear layers.
+    for attention_module in (torch.nn.MultiheadAttention(64, 2), torch.nn.MultiheadAttention(64, 2, kdim=32, vdim=32)):
+        with contextlib.redirect_stdout(io.StringIO()):
+            details = ww.WeightWatcher(model=torch.nn.Sequential(attention_module)).analyze()
+        assert list(details["longname"]) == ["0.out_proj"] and (details["N"][0], details["M"][0]) == (64, 64)

@@ -48,22 +48,31 @@ def _loss(ctx: Context, member: Member, rng: jax.Array):
 
 
 def slice_family(ctx: Context, shared: Shared, member: Member, key) -> dict:
+    """Every point (the model, the sharpness probes, the 1-D slice, the 2-D surface) in ONE `evaluate_points`
+    call over D + 2 directions: one instance of the model's loss in the compiled program, not three."""
     o = ctx.options
     rows = member.view.order[:min(o.samples, ctx.subset_size)]
     batch = (shared.x_train[rows], member.view.labels[rows])
     loss = _loss(ctx, member, grid.stream(key, "batch_stats"))
     key_sharp, key_1, key_2 = jax.random.split(key, 3)
-    sharp = surfaces.sharpness(loss, member.params, batch, key_sharp, o.radius, o.directions, o.biasbn)
+    probes = [surfaces.random_direction(k, member.params, o.biasbn) for k in jax.random.split(key_sharp, o.directions)]
     first = surfaces.random_direction(key_1, member.params, o.biasbn)
     second = surfaces.random_direction(key_2, member.params, o.biasbn)
     second = surfaces.orthogonalize(first, second) if o.orthogonal else second
     dtype = jax.tree.leaves(member.params)[0].dtype
     ticks = lambda n: jnp.linspace(-1, 1, n, dtype=dtype)
-    return {"slice_sharpness": sharp.mean_increase, "slice_sharpness_max": sharp.max_increase,
-            "slice_loss": sharp.loss,
-            "slice_line": surfaces.slice_1d(loss, member.params, batch, first, ticks(o.points), o.chunk),
-            "slice_surface": surfaces.surface_2d(loss, member.params, batch, first, second, ticks(o.grid),
-                                                 ticks(o.grid), o.chunk)}
+    axis = jnp.eye(o.directions + 2, dtype=dtype)  # coefficients along the probes, then first and second
+    plane = jnp.stack(jnp.meshgrid(ticks(o.grid), ticks(o.grid)), -1).reshape(-1, 2)  # row-major over (y, x)
+    points = jnp.concatenate([
+        jnp.zeros((1, o.directions + 2), dtype),  # the model
+        (o.radius * jnp.stack([-axis[:o.directions], axis[:o.directions]], 1)).reshape(-1, o.directions + 2),
+        ticks(o.points)[:, None] * axis[o.directions],
+        plane[:, :1] * axis[o.directions] + plane[:, 1:] * axis[o.directions + 1]])
+    values = surfaces.evaluate_points(loss, member.params, batch, (*probes, first, second), points, o.chunk)
+    base, increase = values[0], values[1:1 + 2 * o.directions] - values[0]
+    line = values[1 + 2 * o.directions:1 + 2 * o.directions + o.points]
+    return {"slice_sharpness": increase.mean(), "slice_sharpness_max": increase.max(), "slice_loss": base,
+            "slice_line": line, "slice_surface": values[-o.grid ** 2:].reshape(o.grid, o.grid)}
 
 
 def slice_outputs(results, tables_, figures_dir) -> list:
