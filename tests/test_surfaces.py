@@ -99,3 +99,46 @@ def test_vmapped_over_members_equals_a_loop():
         for a, b in zip(together, single):
             np.testing.assert_allclose(a[i], b, rtol=1e-12)
     assert np.all(np.asarray(together.max_increase) >= np.asarray(together.mean_increase))
+
+
+def torch_layout_normalize(w, d):
+    """loss-landscape's filter normalisation written out in torch's layout (filters on axis 0): every row of d scaled
+    to ||w_row|| / (||d_row|| + 1e-10), the norms over all of the filter's other axes."""
+    norm = lambda a: np.sqrt(np.sum(np.square(a.reshape(a.shape[0], -1)), axis=1))
+    return d * (norm(w) / (norm(d) + 1e-10)).reshape(-1, *[1] * (d.ndim - 1))
+
+
+def test_filter_normalize_matches_a_torch_layout_computation_for_conv_dense_attention_and_embedding():
+    shapes = {"Conv_0": {"kernel": (3, 3, 2, 4), "bias": (4,)}, "BatchNorm_0": {"scale": (4,), "bias": (4,)},
+              "Dense_0": {"kernel": (4, 5), "bias": (5,)}, "attention": {"query": {"kernel": (6, 2, 3)}},
+              "embed": {"embedding": (7, 6)}}
+    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda s: isinstance(s, tuple))
+    draw = lambda key: treedef.unflatten([jax.random.normal(k, s) * (1 + i) for i, (k, s) in enumerate(
+        zip(jax.random.split(jax.random.key(key), len(leaves)), leaves))])
+    p, d = draw(20), draw(21)
+    # Flax layout -> torch layout (filters on axis 0) and back, per leaf
+    layouts = {("Conv_0", "kernel"): (lambda a: a.transpose(3, 2, 0, 1), lambda t: t.transpose(2, 3, 1, 0)),
+               ("Dense_0", "kernel"): (lambda a: a.T, lambda t: t.T),  # torch Linear (out, in)
+               ("attention", "query", "kernel"): (lambda a: a.reshape(6, 6).T, lambda t: t.T.reshape(6, 2, 3)),
+               ("embed", "embedding"): (lambda a: a, lambda t: t)}  # torch nn.Embedding (V, d): rows
+    for biasbn in ("zero", "keep"):
+        out = surfaces.filter_normalize(d, p, biasbn)
+        for path, (to_torch, back) in layouts.items():
+            def get(tree, path=path):
+                for k in path:
+                    tree = tree[k]
+                return np.asarray(tree)
+            expected = back(torch_layout_normalize(to_torch(get(p)), to_torch(get(d))))
+            np.testing.assert_allclose(get(out), expected, rtol=1e-12, atol=1e-14)
+            assert get(out).dtype == np.float64
+        for module, leaf in (("Conv_0", "bias"), ("BatchNorm_0", "scale"), ("BatchNorm_0", "bias"),
+                             ("Dense_0", "bias")):
+            expected = np.zeros(p[module][leaf].shape) if biasbn == "zero" else np.asarray(p[module][leaf])
+            np.testing.assert_array_equal(out[module][leaf], expected)
+    # each (head, dim) of the query kernel is a filter: its norm over the input axis equals the weight's (up to the
+    # 1e-10 in the denominator); each token's row of the embedding likewise
+    out = surfaces.filter_normalize(d, p)
+    np.testing.assert_allclose(np.linalg.norm(out["attention"]["query"]["kernel"], axis=0),
+                               np.linalg.norm(p["attention"]["query"]["kernel"], axis=0), rtol=1e-9)
+    np.testing.assert_allclose(np.linalg.norm(out["embed"]["embedding"], axis=1),
+                               np.linalg.norm(p["embed"]["embedding"], axis=1), rtol=1e-9)
