@@ -1,7 +1,8 @@
 """Every registered metric family (member, pair and quad kinds) on every built-in model: the MLP, the CNN on 1-D
-signals and on 2-D images, ResNet18 (on 1-D signals), and the Transformer on tokens with one label per example and
-with per-token targets. Each family's group program (vmapped over members, pairs or quads) equals a Python loop of single calls
-of its function for one model, in float64, at tiny sizes (optax's habit: one generic test over the whole family).
+signals and on 2-D images, ResNet18 (on 1-D signals), and the Transformer on tokens with one label per example
+and with per-token targets. Each family's group program (vmapped over members, pairs or quads) equals a Python
+loop of single calls of its function for one model, in float64, at tiny sizes (optax's habit: one generic test
+over the whole family).
 """
 import dataclasses
 
