@@ -78,7 +78,8 @@ def parser(description: str, presets: dict[str, dict]) -> argparse.ArgumentParse
         titles = {"phase": "phase rule (see lljax/phases.py)", "uncertainty": "intervals and phase stability "
                   "(see lljax/uncertainty.py)", "track": "metrics along training (see lljax/tracking.py)",
                   "transformer": "the built-in transformer (see lljax/models.py)",
-                  "task": "generated tasks: modular, sparse_parity, counter (see lljax/tasks.py)"}
+                  "task": "generated tasks: modular, sparse_parity, counter (see lljax/tasks.py)",
+                  "milestones": "accuracy milestones and Liu et al.'s phases (see lljax/milestones.py)"}
         title = titles.get(section, f"metric family {section!r}")
         _add_flags(p.add_argument_group(title), cls, prefix, f"{prefix}_", cls())
     return p

@@ -15,8 +15,8 @@ import json
 import math
 from typing import Any, Mapping
 
-from lljax import conv, data, losses, metrics, models, options, phases, precision, probe, registry, tasks, tracking
-from lljax import train, uncertainty
+from lljax import conv, data, losses, metrics, milestones, models, options, phases, precision, probe, registry, tasks
+from lljax import tracking, train, uncertainty
 from lljax.errors import LLJaxError
 
 option = options.option
@@ -86,6 +86,7 @@ class Config:
     track: tracking.TrackOptions = dataclasses.field(default_factory=tracking.TrackOptions)
     transformer: models.TransformerOptions = dataclasses.field(default_factory=models.TransformerOptions)
     task: tasks.TaskOptions = dataclasses.field(default_factory=tasks.TaskOptions)
+    milestones: milestones.MilestoneOptions = dataclasses.field(default_factory=milestones.MilestoneOptions)
     families: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------------ access
@@ -195,7 +196,8 @@ class Config:
 
 # sections of every run (not of a metric family): name -> options dataclass; the name is the flags' prefix
 CORE_SECTIONS = {"phase": phases.Thresholds, "uncertainty": uncertainty.UncertaintyOptions,
-                 "track": tracking.TrackOptions, "transformer": models.TransformerOptions, "task": tasks.TaskOptions}
+                 "track": tracking.TrackOptions, "transformer": models.TransformerOptions, "task": tasks.TaskOptions,
+                 "milestones": milestones.MilestoneOptions}
 
 
 def measurement_keys(values: Mapping[str, Any]) -> list[str]:
@@ -297,6 +299,7 @@ def validate(config: Config, custom_dataset: bool = False) -> None:
     options.check(config.uncertainty, "uncertainty")
     options.check(config.track, "track")
     options.check(config.transformer, "transformer")
+    options.check(config.milestones, "milestones")
     if config.dataset in tasks.TASKS:
         options.check(config.task, "task")
         config.task.validate()
@@ -320,6 +323,8 @@ def check_plugins(config: Config, model=None, loss=None, optimizer=None) -> tupl
                              f"--transformer-{name.replace('_', '-')} unset")
     if not loss.classification and any(p > 0 for p in config.label_noise):
         raise LLJaxError(f"label noise needs class labels; the {loss.name} loss has none")
+    if config.milestones.every and loss.error is None:
+        raise LLJaxError(f"--milestones-every measures accuracy; the {loss.name} loss has no error metric")
     return factory, loss, optimizer
 
 

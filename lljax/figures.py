@@ -13,6 +13,7 @@ from lljax import grid as grids
 from lljax import phases, tables
 
 PHASE_COLORS = ("#d95f02", "#fdb863", "#7570b3", "#b2abd2", "#1b9e77")  # I, II, III, IV-A, IV-B
+LIU_COLORS = ("#1b9e77", "#7570b3", "#fdb863", "#d95f02")  # comprehension, grokking, memorization, confusion
 
 
 @functools.cache
@@ -259,6 +260,13 @@ def write_phase_figures(results: "tables.Results", grid: Sequence[dict], out_dir
                      _title(results, f"phases (cell: phase and mean test {what}; hatched: unstable)", suffix), path,
                      overlay_YX=value, hatch_YX=shaky)
         written.append(path)
+        if "liu_phase" in rows[0]:  # Liu et al.'s phases beside Yang et al.'s
+            path = out_dir / f"liu_phase_map{suffix}.png"
+            category_map(tables.grid_matrix(rows, "liu_phase", x, y, x_values, y_values), phases.LIU_PHASES,
+                         LIU_COLORS, x_values, y_values or [""], x, y or "",
+                         _title(results, f"Liu et al.'s phases (cell: mean test {what})", suffix), path,
+                         overlay_YX=value)
+            written.append(path)
         error = 1 - value if results.error_metric else value
         spread = tables.grid_matrix(rows, score.replace("_mean", "_std"), x, y, x_values, y_values)
         label = "test error" if results.error_metric else "test loss"
@@ -388,3 +396,29 @@ def write_trajectory_figures(results: "tables.Results", trajectories: "tables.Tr
                       x, y or "", _title(results, "phases along training", suffix), path)
         written.append(path)
     return written
+
+
+def accuracy_curves(results: "tables.Results", grid: Sequence[dict], out_dir: Path) -> list[Path]:
+    """Training and test accuracy against steps (`lljax.milestones`, mean over seeds), one panel per grid point of
+    a representative set, the mean steps to generalise marked with a dotted line."""
+    every = next((int(a["meta/milestone_every"]) for a in results.group_metrics if "meta/milestone_every" in a), 0)
+    if not every:
+        return []
+    train = results.arrays_by_point("member", "acc_curve_train")
+    test = results.arrays_by_point("member", "acc_curve_test")
+    general = results.arrays_by_point("member", "steps_to_generalise")
+
+    def draw(point):
+        if not train.get(point):
+            return None
+        mean = lambda a: np.nanmean(np.asarray(a, float), axis=0)
+        steps = every * np.arange(1, len(mean(train[point])) + 1)
+        out = [(steps, mean(train[point]), "training accuracy", {"lw": 1.2}),
+               (steps, mean(test[point]), "test accuracy", {"lw": 1.2})]
+        at = float(np.mean(general[point]))
+        if at < steps[-1]:
+            out.append(([at, at], [0, 1], "steps to generalise (mean)", {"lw": 0.8, "ls": ":", "color": "gray"}))
+        return out
+
+    return point_panels(results, grid, draw, out_dir, "accuracy_curves", "step", "accuracy",
+                        "training and test accuracy along training (mean over seeds)")

@@ -237,3 +237,36 @@ def load_paper_grid(path: str | os.PathLike) -> dict[str, np.ndarray]:
             grid[column] = np.array([parse(r[column]) for r in records], dtype=np.float64)
     grid["mc"] = grid["mc_tr_err"] / 100.0
     return grid
+
+
+# ------------------------------------------------------------------------------------------ Liu et al.'s phases
+
+LIU_PHASES = ("comprehension", "grokking", "memorization", "confusion")
+
+
+def liu_phases(train_steps, test_steps, budget, threshold: float = 1e3) -> np.ndarray:
+    """Liu et al. (NeurIPS 2022, "Towards understanding grokking")'s phases of learning from the steps at which
+    training and test accuracy first reached their threshold, per entry (arrays of one shape, or broadcastable):
+    a run *reached* a threshold when its step is below `budget` (a run that never did holds the budget:
+    lljax's `steps_to_fit` / `steps_to_generalise`; 99999 in Liu et al.'s files). Both reached: 'comprehension'
+    if test - train steps < `threshold`, else 'grokking'; only training: 'memorization'; else 'confusion' (the
+    rule of Liu et al.'s `simple_phase_diagram.ipynb`). NaN steps give "?"."""
+    train = _as_float_array("train_steps", train_steps)
+    test = _as_float_array("test_steps", test_steps)
+    train, test, budget = np.broadcast_arrays(train, test, np.asarray(budget, float))
+    fits, generalises = train < budget, test < budget
+    labels = np.where(fits & generalises, np.where(test - train < threshold, "comprehension", "grokking"),
+                      np.where(fits, "memorization", "confusion")).astype("<U13")
+    labels[np.isnan(train) | np.isnan(test)] = UNKNOWN
+    return labels
+
+
+def majority(labels: Sequence[str]) -> str:
+    """The most frequent label ("?" for none; a tie goes to the label first in `LIU_PHASES` order of the tied,
+    then alphabetical)."""
+    labels = [str(v) for v in labels if str(v) != UNKNOWN]
+    if not labels:
+        return UNKNOWN
+    counts = {v: labels.count(v) for v in set(labels)}
+    order = lambda v: (-counts[v], LIU_PHASES.index(v) if v in LIU_PHASES else len(LIU_PHASES), v)
+    return min(counts, key=order)

@@ -23,7 +23,7 @@ import numpy as np
 
 from lljax import config as configs
 from lljax import data, jobs, losses, metrics, models, pytrees, registry, sharding, store, tables, timings, tracking
-from lljax import conv, probe, train
+from lljax import conv, milestones, probe, train
 from lljax import grid as grids
 from lljax.config import Config
 from lljax.errors import LLJaxError, one_line
@@ -69,7 +69,23 @@ def train_spec(config: Config, parts: Parts, dataset: data.Dataset, width: int, 
                ) -> train.TrainSpec:
     return train.TrainSpec(parts.spec(width, dataset.num_classes), batch_size, config.epochs, len(dataset.y_train),
                            config.schedule, parts.loss, parts.optimizer, config.precision, config.warmup_steps,
-                           str(dataset.x_train.dtype))
+                           str(dataset.x_train.dtype), config.milestones.every,
+                           config.eval_batch_size if config.milestones.every else 1000)
+
+
+def milestone_arrays(config: Config, g: "TrainedGroup") -> dict[str, np.ndarray]:
+    """The group's accuracy milestones (`lljax.milestones`): 'member/steps_to_fit', 'member/steps_to_generalise'
+    and 'member/step_budget' (M,), the curves 'member/acc_curve_train' and 'member/acc_curve_test' (M, C); {}
+    when not recorded."""
+    if g.state.curves is None:
+        return {}
+    every, budget, threshold = g.spec.eval_every, g.spec.total_steps, config.milestones.threshold
+    train_acc, test_acc = (np.asarray(c, np.float64) for c in g.state.curves)
+    steps = lambda curve: milestones.steps_to_threshold(curve, every, budget, threshold)
+    return {"member/steps_to_fit": steps(train_acc), "member/steps_to_generalise": steps(test_acc),
+            "member/step_budget": np.full(len(train_acc), budget, np.int64),
+            "member/acc_curve_train": train_acc, "member/acc_curve_test": test_acc,
+            "meta/milestone_every": np.asarray(every)}
 
 
 # ------------------------------------------------------------------------------------------ one group
@@ -105,10 +121,11 @@ def _snapshot(state: train.MemberState) -> tuple:
 
 
 def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_dir, epochs, progress, label,
-                 checkpoint_seconds, track_epochs=(), map_chunk=1):
+                 checkpoint_seconds, track_epochs=(), map_chunk=1, test=(None, None)):
     """Train one chunk of members (padded to the mesh) to `epochs`, resuming from and saving checkpoints, and
     snapshot it at the tracked epochs before the last (on disk under ckpt_dir/track, in memory without a
-    folder). Returns the trained (state, member) as host arrays and `epoch -> snapshot` (host arrays)."""
+    folder). `test`: (x_test, y_test) for `spec.eval_every`. Returns the trained (state, member) as host arrays
+    and `epoch -> snapshot` (host arrays)."""
     state, member = train.init_ensemble(spec, keys, hyper, labels, x_train.shape[1:], view_keys)
     state, member = sharding.shard_members((state, member), placement.mesh)
     passes = placement.passes_for(sharding.member_count(member), state.params, spec.model.conv, map_chunk)
@@ -126,7 +143,7 @@ def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_
     in_memory: dict[int, tuple] = {}
     while epoch < epochs:
         stop = min(epoch + every, epochs, *[e for e in targets if e > epoch])  # a tracked epoch is a stop
-        state = train.train_ensemble(spec, state, member, x_train, epoch, stop, passes, placement.mesh)
+        state = train.train_ensemble(spec, state, member, x_train, epoch, stop, passes, placement.mesh, *test)
         jax.block_until_ready(state)
         if stop in targets:  # saved before any later checkpoint: a resumed run past `stop` finds it
             if snapshot_dir is None:
@@ -164,13 +181,16 @@ def train_group(config: Config, dataset: data.Dataset, group: grids.Group, membe
         view_keys = jax.vmap(lambda k: grids.stream(k, "view"))(keys)
     labels = jnp.asarray(dataset.y_train)
     x_train = sharding.replicate(jnp.asarray(dataset.x_train), placement.mesh)
+    test = sharding.replicate((jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)), placement.mesh) \
+        if spec.eval_every else (None, None)
 
     def estimate(spec):  # bytes per member of one training epoch, from XLA's memory analysis (runs nothing)
         one = jax.tree.map(lambda a: a[:1], (keys, hyper, view_keys))
         state, member = jax.eval_shape(lambda k, h, v: train.init_ensemble(spec, k, h, labels, x_train.shape[1:],
                                                                            v), *one)
         return sharding.bytes_per_member_estimate(
-            lambda s, m, x: train.train_ensemble(spec, s, m, x, 0, 1), state, member, x_train, in_axes=(0, 0, None))
+            lambda s, m, x: train.train_ensemble(spec, s, m, x, 0, 1, x_test=test[0], y_test=test[1]), state, member,
+            x_train, in_axes=(0, 0, None))
 
     def chunk_size(spec):  # members per call, every chunk the same size (one program) and a multiple of the mesh
         chunk = placement.chunk_for(count, lambda: estimate(spec))
@@ -193,7 +213,7 @@ def train_group(config: Config, dataset: data.Dataset, group: grids.Group, membe
         label = f"group {group.index} (width {group.width}, batch {group.batch_size}, {count} members" + \
             (f", chunk {c + 1}/{-(-count // size)})" if size < count else ")")
         trained, load = _train_chunk(spec, *piece, labels, x_train, placement, folder, config.epochs, progress,
-                                     label, checkpoint_seconds, track_epochs, config.conv_chunk)
+                                     label, checkpoint_seconds, track_epochs, config.conv_chunk, test)
         pieces.append(sharding.unpad(trained, real))
         loaders.append(lambda e, load=load, real=real: sharding.unpad(load(e), real))
     join = lambda *a: jnp.concatenate(a) if isinstance(a[0], jax.Array) else np.concatenate(a)  # keys stay JAX
@@ -484,6 +504,7 @@ def _run(config, out_dir, model, dataset, loss, optimizer, progress, checkpoint_
                 raise LLJaxError(f"group {group.index} (width {group.width}, batch {group.batch_size}): {e}; its "
                                  f"trained models stay in {ckpt_dir}: run again into the same --out with other "
                                  "--metrics to measure the rest without training") from None
+            arrays.update(milestone_arrays(config, g))
             arrays["meta/measurement"] = np.asarray(digest)
             arrays["meta/seconds"] = np.asarray(time.time() - group_start)  # this run's time for the group
             arrays["meta/conv"] = np.asarray(g.spec.model.conv)  # the convolution strategy it trained with

@@ -44,7 +44,7 @@ def measure(spec: train.TrainSpec, members: int, x_NX, labels_N, placement: shar
     """Seconds per training step of `members` members (a multiple of the mesh size) for each strategy, on the
     first `steps` batches of the training set (one compiling call, then `steps` steps timed)."""
     whole = len(labels_N) if spec.full_batch else min(spec.batch_size * steps, len(labels_N))  # full: one step
-    probe = dataclasses.replace(spec, epochs=1, num_train=whole)
+    probe = dataclasses.replace(spec, epochs=1, num_train=whole, eval_every=0)
     steps = probe.steps_per_epoch
     x = sharding.replicate(jnp.asarray(x_NX[:probe.num_train]), placement.mesh)
     labels = jnp.asarray(labels_N[:probe.num_train])

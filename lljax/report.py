@@ -46,6 +46,42 @@ def phase_table(results: Results, rows: Sequence[dict], x: str, y: str | None) -
     return lines
 
 
+def liu_lines(results: Results, grid: Sequence[dict], x: str | None, y: str | None) -> list[str]:
+    """Liu et al.'s phases of grokking (with accuracy milestones): the rule, the map (cells: phase and the mean
+    steps to fit / to generalise), the figures beside Yang et al.'s map, and the cross-table of the two."""
+    if not grid or "liu_phase" not in grid[0]:
+        return []
+    m = results.config.milestones
+    lines = ["## Liu et al.'s phases of grokking", "",
+             f"Steps to fit / to generalise: the first step (checked every {m.every}) at which training / test "
+             f"accuracy reaches {m.threshold:g}, the step budget where never. Per member (Liu et al. 2022): both "
+             f"reached, comprehension if they are less than {m.gap:g} steps apart, else grokking; only training: "
+             "memorization; neither: confusion. A grid point's label is its seeds' majority "
+             "(`liu_phase_stability`: the fraction of resampled seeds keeping it).", ""]
+    if x is not None:
+        knob_values = results.knob_values
+        for suffix, rows in tables.facets(grid, knob_values, x, y):
+            x_values, y_values = list(knob_values[x]), (list(knob_values[y]) if y else [None])
+            cell = lambda name: tables.grid_matrix(rows, name, x, y, x_values, y_values if y else None)
+            labels, fit, general = cell("liu_phase"), cell("steps_to_fit_mean"), cell("steps_to_generalise_mean")
+            lines += [f"| {y or ''} \\ {x} | " + " | ".join(f"{v:g}" for v in x_values) + " |",
+                      "|---|" + "---|" * len(x_values)]
+            for i in reversed(range(len(y_values))):
+                cells = [f"{labels[i, j]} ({fit[i, j]:.0f} / {general[i, j]:.0f})" for j in range(len(x_values))]
+                lines.append((f"| {y_values[i]:g} | " if y else "| | ") + " | ".join(cells) + " |")
+            lines += ["", f"![phase map](figures/phase_map{suffix}.png) "
+                      f"![Liu et al.'s phases](figures/liu_phase_map{suffix}.png)", ""]
+    yang = [*phases.PHASES, phases.UNKNOWN]
+    liu = [*phases.LIU_PHASES, phases.UNKNOWN]
+    count = lambda a, b: sum(r["phase"] == a and r["liu_phase"] == b for r in grid)
+    used_liu = [b for b in liu if any(count(a, b) for a in yang)]
+    lines += ["Grid points by Yang et al.'s phase (rows) and Liu et al.'s (columns):", "",
+              "| | " + " | ".join(used_liu) + " |", "|---|" + "---:|" * len(used_liu)]
+    lines += [f"| {a} | " + " | ".join(str(count(a, b)) for b in used_liu) + " |"
+              for a in yang if any(count(a, b) for b in used_liu)]
+    return lines + [""]
+
+
 def unstable(results: Results, row: dict) -> bool:
     """Whether a grid point's phase label keeps below `uncertainty.stable` of resamples or threshold settings."""
     limit = results.config.uncertainty.stable
@@ -260,6 +296,7 @@ def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: P
             lines += [f"![phase map](figures/phase_map{suffix}.png) "
                       f"![{score_name}](figures/{score_figure}{suffix}.png)", ""]
     lines += stability_lines(results, grid)
+    lines += liu_lines(results, grid, x, y)
     lines += [f"## Best {score_name}", ""] + claims(results, t)
     correlated = {name: [r.get(f"{name}_mean", math.nan) for r in grid] for name in results.correlated
                   if any(f"{name}_mean" in r for r in grid)}
@@ -333,6 +370,7 @@ def write_all(results: Results, out_dir: str | os.PathLike, verbose: bool = True
     with timings.section("figures"):
         paths = figures.write_heatmaps(results, t.grid, out_dir / "figures")
         paths += figures.write_phase_figures(results, t.grid, out_dir / "figures")
+        paths += figures.accuracy_curves(results, t.grid, out_dir / "figures")
         for family in results.families:
             if family.outputs is not None:
                 paths += family.outputs(results, t, out_dir / "figures")

@@ -266,12 +266,33 @@ def add_stability(grid: Sequence[dict], members: Sequence[dict], pairs: Sequence
         row["phase_stability_bootstrap"], row["phase_stability_thresholds"] = boot, thresholds
 
 
+def add_liu_phases(grid: Sequence[dict], members: Sequence[dict], pairs: Sequence[dict], config) -> None:
+    """With accuracy milestones (`lljax.milestones`): each member's 'liu_phase' (`phases.liu_phases` of its steps
+    to fit and to generalise within its step budget), each grid point's 'liu_phase' (its members' majority) and
+    'liu_phase_stability' (the fraction of resamples of its seeds whose majority is the same)."""
+    if not members or "steps_to_fit" not in members[0]:
+        return
+    column = lambda name: np.asarray([r[name] for r in members], float)
+    labels = phases.liu_phases(column("steps_to_fit"), column("steps_to_generalise"), column("step_budget"),
+                               config.milestones.gap)
+    for row, label in zip(members, labels):
+        row["liu_phase"] = str(label)
+    for index, (row, p) in enumerate(zip(grid, points_of(members, pairs))):
+        kept = [r["liu_phase"] for r in p.kept_members]
+        row["liu_phase"] = phases.majority(kept)
+        rng = uncertainty.generator(config.seed, "liu_phase_stability", index)
+        draws = [phases.majority(rng.choice(kept, len(kept))) for _ in range(config.uncertainty.resamples)] \
+            if kept else []
+        row["liu_phase_stability"] = float(np.mean([d == row["liu_phase"] for d in draws])) if draws else math.nan
+
+
 def make_tables(results: Results) -> Tables:
     config = results.config
     members, pairs, quads = member_rows(results), pair_rows(results), pair_rows(results, kind="quad")
     grid = grid_rows(members, pairs, config.uncertainty.level, config.seed, config.uncertainty.resamples, quads)
     add_phases(grid, config.phase)
     add_stability(grid, members, pairs, config)
+    add_liu_phases(grid, members, pairs, config)
     return Tables(members, pairs, grid)
 
 
@@ -350,8 +371,8 @@ def facets(grid: Sequence[dict], knob_values: dict[str, Sequence], x: str | None
 
 def grid_matrix(rows: Sequence[dict], column: str, x: str, y: str | None, x_values, y_values) -> np.ndarray:
     """(len(y_values), len(x_values)) array of a grid column (NaN where absent)."""
-    matrix = np.full((len(y_values) if y else 1, len(x_values)), np.nan, dtype=object if column == "phase"
-                     else float)
+    matrix = np.full((len(y_values) if y else 1, len(x_values)), np.nan,
+                     dtype=object if column in ("phase", "liu_phase") else float)
     for row in rows:
         i = y_values.index(row[y]) if y else 0
         matrix[i, x_values.index(row[x])] = row.get(column, np.nan)

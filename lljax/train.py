@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from lljax import data, grid, losses, models, precision, registry, sharding
+from lljax import data, grid, losses, milestones, models, precision, registry, sharding
 from lljax.errors import LLJaxError
 from lljax.models import ModelSpec
 
@@ -85,7 +85,8 @@ def direction(optimizer: Optimizer, hyper: Hyper) -> optax.GradientTransformatio
 class TrainSpec:
     """Static part of training (never stacked): architecture, batch size (`FULL_BATCH`: full-batch), length,
     schedule, data size, loss, optimiser (see `direction`), precision policy (`lljax.precision`), linear warm-up
-    steps, the inputs' dtype (float32, or int32 tokens)."""
+    steps, the inputs' dtype (float32, or int32 tokens), and `eval_every` K > 0: training and test accuracy
+    recorded every K steps inside the loop (`lljax.milestones`; evaluated in chunks of `eval_batch_size`)."""
 
     model: ModelSpec
     batch_size: int
@@ -97,6 +98,8 @@ class TrainSpec:
     precision: str = "float32"
     warmup_steps: int = 0
     input_dtype: str = "float32"
+    eval_every: int = 0
+    eval_batch_size: int = 1000
 
     def __post_init__(self):
         precision.check(self.precision)
@@ -110,6 +113,8 @@ class TrainSpec:
             raise LLJaxError(f"epochs must be positive, got {self.epochs}")
         if self.warmup_steps < 0:
             raise LLJaxError(f"warm-up steps must be non-negative, got {self.warmup_steps}")
+        if self.eval_every < 0:
+            raise LLJaxError(f"eval_every must be non-negative, got {self.eval_every}")
 
     @property
     def full_batch(self) -> bool:
@@ -139,6 +144,7 @@ class MemberState(NamedTuple):
     opt_state: Any
     diverged: jax.Array  # () bool
     loss: jax.Array  # () float32, mean training loss of the last epoch run
+    curves: milestones.Curves | None = None  # accuracies every eval_every steps (None: not recorded)
 
 
 def learning_rate(spec: TrainSpec, base_lr, step) -> jax.Array:
@@ -164,8 +170,9 @@ def init_member(spec: TrainSpec, key: jax.Array, hyper: Hyper, labels_N: jax.Arr
     params, batch_stats = models.init(spec.model, key_init, input_shape, spec.input_dtype)
     view = data.training_view(key_view, labels_N, spec.model.num_classes, hyper.data_fraction,
                               hyper.label_noise)
+    curves = milestones.empty(spec.total_steps // spec.eval_every) if spec.eval_every else None
     state = MemberState(params, batch_stats, direction(spec.optimizer, hyper).init(params), jnp.zeros((), bool),
-                        jnp.full((), jnp.nan, jnp.float32))
+                        jnp.full((), jnp.nan, jnp.float32), curves)
     return state, Member(hyper, key_shuffle, view, grid.stream(key, "dropout"))
 
 
@@ -186,22 +193,32 @@ def train_step(spec: TrainSpec, member: Member, state: MemberState, x_BX: jax.Ar
     params = optax.apply_updates(state.params, updates)
     bad = state.diverged | ~jnp.isfinite(value) | ~jnp.isfinite(optax.tree.norm(updates))
     keep = lambda old, new: jax.tree.map(lambda o, n: jnp.where(bad, o, n), old, new)
-    new = MemberState(keep(state.params, params), keep(state.batch_stats, batch_stats),
-                      keep(state.opt_state, opt_state), bad, state.loss)
+    new = state._replace(params=keep(state.params, params), batch_stats=keep(state.batch_stats, batch_stats),
+                         opt_state=keep(state.opt_state, opt_state), diverged=bad)
     return new, value
 
 
 def train_epochs(spec: TrainSpec, state: MemberState, member: Member, x_train: jax.Array, first_epoch,
-                 last_epoch) -> MemberState:
+                 last_epoch, x_test: jax.Array | None = None, y_test: jax.Array | None = None) -> MemberState:
     """Run epochs [first_epoch, last_epoch) for one member (bounds may be traced, so every chunk of a run
     shares one compiled program); each epoch reshuffles the member's subset with `fold_in(shuffle_key, epoch)`,
     so a run split into chunks draws the same batches as one uninterrupted run. Full-batch: one step per epoch
-    on the whole subset, nothing drawn."""
+    on the whole subset, nothing drawn. With `spec.eval_every` the accuracies on the member's training view and
+    on (x_test, y_test) are recorded every eval_every steps (`milestones.record`)."""
     B = spec.batch_size
+
+    def checked(state, step):  # after step `step` (0-based, global)
+        if not spec.eval_every:
+            return state
+        accuracy = lambda x, y, w: evaluate(spec.model, state.params, state.batch_stats, x, y, w,
+                                            spec.eval_batch_size, spec.loss)[1]
+        measure = lambda: (accuracy(x_train, member.view.labels, member.view.mask), accuracy(x_test, y_test, None))
+        return state._replace(curves=milestones.record(state.curves, step, spec.eval_every, measure))
+
     if spec.full_batch:
         def full_step(e, state):
             state, value = train_step(spec, member, state, x_train, member.view.labels, e, member.view.mask)
-            return state._replace(loss=value)
+            return checked(state, e)._replace(loss=value)
 
         return jax.lax.fori_loop(first_epoch, last_epoch, full_step, state)
 
@@ -211,7 +228,8 @@ def train_epochs(spec: TrainSpec, state: MemberState, member: Member, x_train: j
         def step(state, j):
             idx = data.batch_indices(order, member.view.size, j, B)
             step_ = e * spec.steps_per_epoch + j
-            return train_step(spec, member, state, x_train[idx], member.view.labels[idx], step_)
+            state, value = train_step(spec, member, state, x_train[idx], member.view.labels[idx], step_)
+            return checked(state, step_), value
 
         state, losses = jax.lax.scan(step, state, jnp.arange(spec.steps_per_epoch))
         return state._replace(loss=losses.mean())
@@ -242,8 +260,10 @@ def init_ensemble(spec: TrainSpec, keys: jax.Array, hyper: Hyper, labels_N: jax.
 
 @functools.partial(jax.jit, static_argnames=("spec", "passes", "mesh"), donate_argnames=("state",))
 def train_ensemble(spec: TrainSpec, state: MemberState, member: Member, x_train: jax.Array, first_epoch,
-                   last_epoch, passes: int = 1, mesh: Mesh | None = None) -> MemberState:
-    """`train_epochs` over members; the dataset and epoch bounds are shared, the rest has a member axis (M,).
+                   last_epoch, passes: int = 1, mesh: Mesh | None = None, x_test: jax.Array | None = None,
+                   y_test: jax.Array | None = None) -> MemberState:
+    """`train_epochs` over members; the dataset (and the test set, for `spec.eval_every`) and epoch bounds are
+    shared, the rest has a member axis (M,).
 
     `passes` > 1 trains each device's members in that many slices one after another inside the program,
     member i in slice i % passes: on a CPU a smaller slice's working set stays in cache (`sharding.cpu_passes`);
@@ -257,18 +277,21 @@ def train_ensemble(spec: TrainSpec, state: MemberState, member: Member, x_train:
     if passes < 1 or count % (passes * devices):
         raise LLJaxError(f"passes must be a positive divisor of the {count // devices} members per device, "
                          f"got {passes}")
-    local = sharding.per_device(functools.partial(_train_local, spec, passes=passes), mesh, (0, 0, None, None, None))
-    return local(state, member, x_train, first_epoch, last_epoch)
+    if spec.eval_every and (x_test is None or y_test is None):
+        raise LLJaxError("training with eval_every needs the test set (x_test, y_test)")
+    local = sharding.per_device(functools.partial(_train_local, spec, passes=passes), mesh,
+                                (0, 0, None, None, None, None, None))
+    return local(state, member, x_train, first_epoch, last_epoch, x_test, y_test)
 
 
-def _train_local(spec, state, member, x_train, first_epoch, last_epoch, passes):
+def _train_local(spec, state, member, x_train, first_epoch, last_epoch, x_test, y_test, passes):
     count = jax.tree.leaves(member)[0].shape[0]
-    run = jax.vmap(train_epochs, in_axes=(None, 0, 0, None, None, None))
+    run = jax.vmap(train_epochs, in_axes=(None, 0, 0, None, None, None, None, None))
     if passes == 1:
-        return run(spec, state, member, x_train, first_epoch, last_epoch)
+        return run(spec, state, member, x_train, first_epoch, last_epoch, x_test, y_test)
     split = lambda a: jnp.swapaxes(a.reshape(count // passes, passes, *a.shape[1:]), 0, 1)  # (P, M / P, ...)
     join = lambda a: jnp.swapaxes(a, 0, 1).reshape(count, *a.shape[2:])
-    trained = jax.lax.map(lambda sm: run(spec, *sm, x_train, first_epoch, last_epoch),
+    trained = jax.lax.map(lambda sm: run(spec, *sm, x_train, first_epoch, last_epoch, x_test, y_test),
                           jax.tree.map(split, (state, member)))
     return jax.tree.map(join, trained)
 
