@@ -370,7 +370,8 @@ def point_contours(results: "tables.Results", grid: Sequence[dict], surface: Cal
 def write_trajectory_figures(results: "tables.Results", trajectories: "tables.Trajectories", out_dir: Path
                              ) -> list[Path]:
     """Along training: every tracked correlated metric against epoch (one panel per grid point of the
-    representative set, mean over seeds), and the phase map at every tracked epoch side by side."""
+    representative set, mean over seeds; with accuracy milestones, the mean steps to fit and to generalise
+    marked), and the phase map at every tracked epoch side by side."""
     knob_values = results.knob_values
     x, y = tables.choose_axes(knob_values)
     if x is None:
@@ -379,11 +380,20 @@ def write_trajectory_figures(results: "tables.Results", trajectories: "tables.Tr
     epochs = list(trajectories.grids)
     by_point = {e: {tuple(r[k] for k in grids.KNOBS): r for r in grid} for e, grid in trajectories.grids.items()}
     written = []
+    final = by_point[epochs[-1]]
     for column in (c for c in results.correlated if any(f"{c}_mean" in r for r in trajectories.grids[epochs[0]])):
         def draw(point, column=column):
-            values = [by_point[e].get(point, {}).get(f"{column}_mean", np.nan) for e in epochs]
-            return [(epochs, values, column, {"lw": 1.2, "marker": "o", "ms": 3})] if np.isfinite(values).any() \
-                else None
+            values = np.asarray([by_point[e].get(point, {}).get(f"{column}_mean", np.nan) for e in epochs], float)
+            if not np.isfinite(values).any():
+                return None
+            out = [(epochs, values, column, {"lw": 1.2, "marker": "o", "ms": 3})]
+            span = [np.nanmin(values), np.nanmax(values)]
+            for name, style in (("steps_to_fit", "--"), ("steps_to_generalise", ":")):  # accuracy milestones
+                at = final.get(point, {}).get(f"{name}_mean", np.nan)
+                if np.isfinite(at) and at < final[point].get("step_budget_mean", np.inf):
+                    style = {"lw": 0.8, "ls": style, "color": "gray"}
+                    out.append(([at, at], span, f"{name.replace('_', ' ')} (mean)", style))
+            return out
 
         written += point_panels(results, trajectories.grids[epochs[-1]], draw, out_dir, f"trajectory_{column}",
                                 "epoch", column, f"{column} along training (mean over seeds)")
