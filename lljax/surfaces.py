@@ -8,8 +8,12 @@ Directions are pytrees shaped like the parameters. Filter normalisation, as loss
 axis of a Dense or conv kernel of any rank, torch's first; (heads, head_dim) of an attention query, key or value
 kernel; a token's row of an embedding: `lljax.layers`) is rescaled to d_f ||theta_f|| / (||d_f|| + 1e-10), the
 norms over all the filter's other axes; 1-D leaves (biases, normalisation scales) are zeroed (`biasbn='zero'`,
-loss-landscape's default 'biasbn') or set equal to the weights (`biasbn='keep'`, its other choice). Functions are
-for one model; `jax.vmap` them over members.
+loss-landscape's `ignore='biasbn'`, the default of `create_random_direction` and the setting its README uses) or
+set equal to the weights (`biasbn='keep'`, `ignore=''`, plot_surface.py's flag default). BatchNorm running
+statistics are not part of a direction (loss-landscape's default `dir_type='weights'` takes `net.parameters()`)
+and the loss is evaluated with them stored (its `eval_loss` runs `net.eval()`), unless the caller recomputes
+them. Against loss-landscape's own code on a 2-D CNN with BatchNorm, both modes: equal to float32 rounding
+(benchmarks/surfaces.py). Functions are for one model; `jax.vmap` them over members.
 """
 from __future__ import annotations
 
