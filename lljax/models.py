@@ -11,11 +11,15 @@
 
 A model is any `factory(width, num_classes) -> flax.linen.Module` whose `__call__(x, train)` returns outputs
 (logits); BatchNorm (the 'batch_stats' collection), Dropout (a 'dropout' rng, used only when `train=True`),
-LayerNorm, or none of them. The built-in models are entries of the same registry (`MODELS`); a user's model is
+LayerNorm, or none of them. A factory naming `rngs`, `factory(width, num_classes, *, rngs) -> nnx.Module`, gives
+a Flax NNX model, and one naming `key`, `factory(width, num_classes, *, key) -> eqx.Module`, an Equinox model:
+`lljax.adapters` gives them the same (params, batch_stats) contract, so everything downstream treats the three
+alike. The built-in models are entries of the same registry (`MODELS`); a user's model is
 a factory passed in Python or an import path `package.module:factory`. A factory may take more keyword
 arguments, each passed when the factory's signature names it (`FACTORY_ARGUMENTS`): `depth` (--depth), `conv`
 (--conv), the Transformer's `heads`, `mlp_width`, `layer_norm`, `max_len` (--transformer-...), and what the
-data says: `vocab_size` (token inputs), `seq_len` (their length) and `per_token` (per-token targets). Every
+data says: `vocab_size` (token inputs), `seq_len` (their length), `per_token` (per-token targets) and
+`input_shape` (one example's shape, for NNX and Equinox layers that need their input size). Every
 model's variables are {'params': ..., 'batch_stats': ...}; models without BatchNorm have empty batch_stats, so
 all code handles both the same way. Inputs are float32 or int32 tokens (`init`'s `input_dtype`).
 """
@@ -30,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lljax import conv, losses, options, precision, registry
+from lljax import adapters, conv, losses, options, precision, registry
 from lljax.errors import LLJaxError, one_line
 
 Params = Any
@@ -254,15 +258,16 @@ def transformer(width: int, num_classes: int, depth: int = 1, vocab_size: int | 
 MODELS: dict[str, Factory] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18, "transformer": transformer}
 # keyword arguments lljax passes to a factory whose signature names them (ModelSpec.extras)
 FACTORY_ARGUMENTS = ("depth", "conv", "heads", "mlp_width", "layer_norm", "max_len", "vocab_size", "seq_len",
-                     "per_token")
+                     "per_token", "input_shape")
 
 
 def factory(model: str | Factory) -> Factory:
     """The factory of a registered name, an import path `package.module:factory`, or a factory itself."""
     found = registry.resolve(model, MODELS, "model")
-    if not callable(found) or isinstance(found, nn.Module):
+    if not callable(found) or isinstance(found, nn.Module) or adapters.is_module(found):
         raise LLJaxError(f"model {registry.describe(model)!r} is a {type(found).__name__}, not a callable "
-                         "factory(width, num_classes) -> flax.linen.Module")
+                         "factory(width, num_classes) -> flax.linen.Module (or an nnx.Module built with rngs, an "
+                         "eqx.Module built with key)")
     return found
 
 
@@ -307,8 +312,10 @@ class ModelSpec:
         return build(self)
 
 
-def build(spec: ModelSpec) -> nn.Module:
-    """The Flax module of a spec; a one-line LLJaxError when the factory fails or returns something else."""
+def build(spec: ModelSpec, input_shape: tuple[int, ...] | None = None) -> nn.Module | adapters.Adapter:
+    """The Flax module of a spec, or the `adapters` model of an NNX or Equinox factory (built from abstract shapes,
+    once per spec); `input_shape` (one example's) reaches factories that name it. A one-line LLJaxError when the
+    factory fails or returns something else."""
     make = factory(spec.model)
     kwargs = {}
     if spec.depth is not None:
@@ -318,23 +325,29 @@ def build(spec: ModelSpec) -> nn.Module:
     if spec.conv != "auto" and takes(spec.model, "conv"):
         kwargs["conv"] = spec.conv
     kwargs.update({name: value for name, value in spec.extras if takes(spec.model, name)})
+    if input_shape is not None and takes(spec.model, "input_shape"):
+        kwargs["input_shape"] = tuple(int(d) for d in input_shape)
     with one_line(f"model factory {spec.name!r} failed for width {spec.width}, {spec.num_classes} outputs"):
+        if adapters.framework(make) != "linen":
+            return adapters.adapt(make, spec.name, (spec.width, spec.num_classes), tuple(sorted(kwargs.items())))
         module = make(spec.width, spec.num_classes, **kwargs)
     if not isinstance(module, nn.Module):
-        raise LLJaxError(f"model factory {spec.name!r} returned a {type(module).__name__}, not a flax.linen.Module")
+        raise adapters.not_a_model(spec.name, module)
     return module
 
 
-Model = ModelSpec | nn.Module | Callable
+Model = ModelSpec | nn.Module | adapters.Adapter | Callable
 
 
-def _flax_apply(model: Model) -> Callable:
-    """Flax's `apply(variables, x, train=..., mutable=..., rngs=...)` of a spec, a module or an apply function."""
-    if isinstance(model, ModelSpec):
-        return build(model).apply
-    if isinstance(model, nn.Module):
-        return model.apply
-    return model
+def _adapted(model: Model, input_shape: tuple[int, ...]) -> adapters.Adapter | nn.Module | Callable:
+    """The adapter (NNX, Equinox) or the linen module (or apply function) of a spec, a module or an apply
+    function."""
+    return build(model, input_shape) if isinstance(model, ModelSpec) else model
+
+
+def _flax_apply(model) -> Callable:
+    """Flax's `apply(variables, x, train=..., mutable=..., rngs=...)` of a linen module or an apply function."""
+    return model.apply if isinstance(model, nn.Module) else model
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 3))
@@ -342,7 +355,9 @@ def init(spec: Model, key: jax.Array, input_shape: tuple[int, ...], input_dtype:
          ) -> tuple[Params, BatchStats]:
     """Fresh (params, batch_stats) for one model taking inputs of shape `input_shape` (no batch axis) and dtype
     `input_dtype` (float32, or int32 for tokens)."""
-    module = build(spec) if isinstance(spec, ModelSpec) else spec
+    module = _adapted(spec, input_shape)
+    if isinstance(module, adapters.Adapter):
+        return module.init(key)
     variables = module.init(key, jnp.zeros((1, *input_shape), input_dtype), train=False)
     extra = sorted(set(variables) - {"params", "batch_stats"})
     if extra:
@@ -355,11 +370,17 @@ def apply(model: Model, params: Params, batch_stats: BatchStats, x_BX: jax.Array
           rng: jax.Array | None = None, policy: str = "float32"):
     """Outputs (B, ...) and batch_stats, the latter updated when `train=True` and the model has BatchNorm.
     `train` always reaches the module (Dropout sees it even without BatchNorm); `rng` is its 'dropout' stream.
-    `model` is a `ModelSpec`, a Flax module, or a Flax-style `apply(variables, x, train=, mutable=, rngs=)`.
-    `policy` is the `precision` policy (float32 outputs and statistics under every policy)."""
-    module_apply = _flax_apply(model)
-    variables = {"params": precision.compute(policy, params), "batch_stats": batch_stats}
+    `model` is a `ModelSpec`, a Flax module, an NNX or Equinox `adapters` model, or a Flax-style
+    `apply(variables, x, train=, mutable=, rngs=)`. `policy` is the `precision` policy (float32 outputs and
+    statistics under every policy)."""
+    module = _adapted(model, x_BX.shape[1:])
     x_BX = precision.compute(policy, x_BX)
+    if isinstance(module, adapters.Adapter):
+        with precision.scope(policy):
+            outputs, updated = module.apply(precision.compute(policy, params), batch_stats, x_BX, train, rng)
+        return _float32(outputs), precision.restore(batch_stats, updated)
+    module_apply = _flax_apply(module)
+    variables = {"params": precision.compute(policy, params), "batch_stats": batch_stats}
     rngs = None if rng is None else {"dropout": rng}
     with precision.scope(policy):
         if train and jax.tree.leaves(batch_stats):
@@ -379,20 +400,26 @@ FEATURES = "features"
 def features(model: Model, params: Params, batch_stats: BatchStats, x_BX: jax.Array, positions: tuple[int, ...] = ()
              ) -> tuple[jax.Array, jax.Array]:
     """(outputs (B, ...), penultimate features (B, F)) in inference mode, or (B, *positions, F) for per-token
-    targets with `positions` (T, ...): the features at every read-out position. The model exposes its features
-    by `self.sow('intermediates', 'features', h)` just before its (linear) read-out, as the built-in models do;
-    a model that does not is a one-line LLJaxError."""
-    module_apply = _flax_apply(model)
-    outputs, state = module_apply({"params": params, "batch_stats": batch_stats}, x_BX, train=False,
-                                  mutable=["intermediates"])
-    found = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(state.get("intermediates", {}),
-                                                                         is_leaf=lambda v: isinstance(v, tuple))[0]
-             if str(getattr(path[-1], "key", "")) == FEATURES]
-    if len(found) != 1:
-        name = model.name if isinstance(model, ModelSpec) else type(model).__name__
-        raise LLJaxError(f"model {name!r} sows {len(found)} 'features' (penultimate activations), not one: add "
-                         "self.sow('intermediates', 'features', h) before its read-out to use the collapse family")
-    h = found[0][0] if isinstance(found[0], tuple) else found[0]
+    targets with `positions` (T, ...): the features at every read-out position. A linen model exposes its
+    features by `self.sow('intermediates', 'features', h)` just before its (linear) read-out, as the built-in
+    models do; an NNX model by `self.sow(nnx.Intermediate, 'features', h)`; an Equinox model by a method
+    `features(self, x[, state], *, key=None)` of one example (`lljax.adapters`). A model that does not is a
+    one-line LLJaxError."""
+    module = _adapted(model, x_BX.shape[1:])
+    if isinstance(module, adapters.Adapter):
+        outputs, h = module.features(params, batch_stats, x_BX)
+    else:
+        outputs, state = _flax_apply(module)({"params": params, "batch_stats": batch_stats}, x_BX, train=False,
+                                             mutable=["intermediates"])
+        found = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(
+            state.get("intermediates", {}), is_leaf=lambda v: isinstance(v, tuple))[0]
+            if str(getattr(path[-1], "key", "")) == FEATURES]
+        if len(found) != 1:
+            name = model.name if isinstance(model, ModelSpec) else type(model).__name__
+            raise LLJaxError(f"model {name!r} sows {len(found)} 'features' (penultimate activations), not one: add "
+                             "self.sow('intermediates', 'features', h) before its read-out to use the collapse "
+                             "family")
+        h = found[0][0] if isinstance(found[0], tuple) else found[0]
     if positions and tuple(h.shape[1:1 + len(positions)]) != tuple(positions):
         raise LLJaxError(f"the model sows features of shape {h.shape[1:]}: per-token targets at positions "
                          f"{tuple(positions)} need the features of every position, (batch, *positions, features)")

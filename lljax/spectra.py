@@ -107,7 +107,7 @@ def weight_layers(params: Any, pool: bool = True, min_evals: int = MIN_EVALS
         module = "/".join(name.split("/")[:-1]) or name
         rf, a, b = layouts.matrix_shape(shape, kind)
         n, m = max(a, b), min(a, b)
-        conv = kind == "conv"
+        conv = kind in layouts.CONVOLUTIONS
         if pool or not conv:
             candidates = [WeightLayer(module, path, shape, n, m, rf, conv, kind=kind)]
         else:
