@@ -287,14 +287,14 @@ def _representative(values: list, most: int) -> list:
 
 
 def _point_facets(results: "tables.Results", grid: Sequence[dict]):
-    """The representative set of grid points (at most 6 x 4 per facet): (suffix, x_values, y_values, x, y,
+    """The representative set of grid points (at most 6 x 5 per facet): (suffix, x_values, y_values, x, y,
     point(xv, yv) -> the grid point's knob tuple) for every facet."""
     knob_values = results.knob_values
     x, y = tables.choose_axes(knob_values)
     if x is None:
         return
     x_values = _representative(list(knob_values[x]), 6)
-    y_values = _representative(list(knob_values[y]), 4) if y else [None]
+    y_values = _representative(list(knob_values[y]), 5) if y else [None]
     for suffix, rows in tables.facets(grid, knob_values, x, y):
         fixed = {k: rows[0][k] for k in grids.KNOBS}
         point = lambda xv, yv, fixed=fixed: tuple({**fixed, x: xv, **({y: yv} if y else {})}[k] for k in grids.KNOBS)
@@ -304,7 +304,7 @@ def _point_facets(results: "tables.Results", grid: Sequence[dict]):
 def point_panels(results: "tables.Results", grid: Sequence[dict], draw: Callable[[tuple], list | None],
                  out_dir: Path, stem: str, x_label: str, y_label: str, title: str, logy: bool = False
                  ) -> list[Path]:
-    """Small multiples, one panel per grid point of a representative set (at most 6 x 4 points per facet):
+    """Small multiples, one panel per grid point of a representative set (at most 6 x 5 points per facet):
     `draw(point) -> [(xs, ys, label, style), ...]` or None for a blank panel. One figure `stem<facet>.png` per
     facet where some panel is drawn."""
     written = []
@@ -380,7 +380,8 @@ def write_trajectory_figures(results: "tables.Results", trajectories: "tables.Tr
     epochs = list(trajectories.grids)
     by_point = {e: {tuple(r[k] for k in grids.KNOBS): r for r in grid} for e, grid in trajectories.grids.items()}
     written = []
-    final = by_point[epochs[-1]]
+    milestones_at = {name: results.arrays_by_point("member", name)
+                     for name in ("steps_to_fit", "steps_to_generalise", "step_budget")}
     for column in (c for c in results.correlated if any(f"{c}_mean" in r for r in trajectories.grids[epochs[0]])):
         def draw(point, column=column):
             values = np.asarray([by_point[e].get(point, {}).get(f"{column}_mean", np.nan) for e in epochs], float)
@@ -389,8 +390,9 @@ def write_trajectory_figures(results: "tables.Results", trajectories: "tables.Tr
             out = [(epochs, values, column, {"lw": 1.2, "marker": "o", "ms": 3})]
             span = [np.nanmin(values), np.nanmax(values)]
             for name, style in (("steps_to_fit", "--"), ("steps_to_generalise", ":")):  # accuracy milestones
-                at = final.get(point, {}).get(f"{name}_mean", np.nan)
-                if np.isfinite(at) and at < final[point].get("step_budget_mean", np.inf):
+                steps, budget = milestones_at[name].get(point), milestones_at["step_budget"].get(point)
+                at = np.mean(steps) if steps else np.nan
+                if np.isfinite(at) and at < np.max(budget):
                     style = {"lw": 0.8, "ls": style, "color": "gray"}
                     out.append(([at, at], span, f"{name.replace('_', ' ')} (mean)", style))
             return out
