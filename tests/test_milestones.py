@@ -80,3 +80,48 @@ def test_accuracies_recorded_in_the_loop_equal_evaluating_the_models_at_those_st
     np.testing.assert_array_equal(state.params["readout"]["kernel"], reference.params["readout"]["kernel"])
     np.testing.assert_allclose(np.asarray(state.curves.train_acc), np.stack(expected_train, 1), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(state.curves.test_acc), np.stack(expected_test, 1), rtol=1e-6)
+
+
+def test_an_interrupted_run_resumes_to_the_same_milestones(tmp_path, monkeypatch):
+    from lljax import pipeline
+    from lljax.config import Config
+
+    config = Config.from_dict(dict(model="transformer", dataset="modular", task_p=7, task_test_fraction=0.4,
+                                   widths=(16,), batch_sizes=(0,), lrs=(0.01,), optimizer="adam", seeds=2, epochs=40,
+                                   data_fractions=(0.7, 1.0), milestones_every=4, metrics=("loss",)))
+    pipeline.run(config, tmp_path / "clean", progress=False)
+    real, calls = train.train_ensemble, []
+
+    def interrupted(*args, **kwargs):  # stop in the middle of training, after some checkpoints
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_ensemble", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(config, tmp_path / "resumed", progress=False, checkpoint_seconds=0)
+    monkeypatch.setattr(train, "train_ensemble", real)
+    pipeline.run(config, tmp_path / "resumed", progress=False)
+    clean, resumed = ((tmp_path / d / "members.csv").read_text() for d in ("clean", "resumed"))
+    assert clean == resumed and "steps_to_generalise" in clean
+    arrays = [np.load(tmp_path / d / "groups" / "group-0.npz") for d in ("clean", "resumed")]
+    np.testing.assert_array_equal(arrays[0]["member/acc_curve_test"], arrays[1]["member/acc_curve_test"])
+
+
+@pytest.mark.slow
+def test_the_grokking_study_script_end_to_end(tmp_path):
+    """experiments/grokking.py's quick preset, shortened (400 of its 1500 steps, no curves): the Liu map, the
+    accuracy curves and the cross-table land in the report (the full preset is README's run)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "grokking.py"
+    out = tmp_path / "grokking"
+    subprocess.run([sys.executable, str(script), "--preset", "quick", "--epochs", "400", "--metrics", "loss", "cka",
+                    "l2", "--out", str(out), "--no-progress"], check=True, capture_output=True)
+    report = (out / "report.md").read_text()
+    assert "## Liu et al.'s phases of grokking" in report and "Grid points by Yang et al.'s phase" in report
+    labels = {line.split(",")[-2] for line in (out / "grid.csv").read_text().splitlines()[1:]}
+    assert len(labels & set(phases.LIU_PHASES)) >= 2  # memorization at weight decay 0.1, confusion at 10
+    assert (out / "figures" / "liu_phase_map.png").exists() and (out / "figures" / "accuracy_curves.png").exists()
