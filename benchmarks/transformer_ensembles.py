@@ -77,8 +77,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import load_average, machine
-from ensemble_training import ForeignLoad, matmul_flops
-from lljax import data, models, sharding, tasks, train
+from ensemble_training import ForeignLoad, lljax_batch_orders, matmul_flops
+from lljax import models, sharding, tasks, train
 
 LR, BETAS, WEIGHT_DECAY, EPS = 1e-3, (0.9, 0.98), 1.0, 1e-8  # Nanda et al. 2023
 SEQ_LEN = 3  # (x, y, '=')
@@ -207,18 +207,7 @@ def chunks(total: int, size: int) -> list[tuple[int, int]]:
 def lljax_batches(spec, fresh, count) -> np.ndarray:
     """(count, epochs x steps_per_epoch, B) indices: the minibatches lljax draws for each of the first `count`
     members, in order."""
-    _, member = fresh()
-    B, S = spec.batch_size, spec.steps_per_epoch
-
-    def orders(m):
-        def epoch(e):
-            order = data.epoch_order(jax.random.fold_in(m.shuffle_key, e), m.view)
-            return jax.vmap(lambda j: data.batch_indices(order, m.view.size, j, B))(jnp.arange(S))
-        return jax.vmap(epoch)(jnp.arange(spec.epochs))
-
-    sub = jax.tree.map(lambda v: v[:count], member)
-    out = np.asarray(jax.jit(jax.vmap(orders))(sub))
-    return out.reshape(count, spec.epochs * S, B)
+    return lljax_batch_orders(spec, fresh, count).reshape(count, -1, spec.batch_size)
 
 
 # ---------------------------------------------------------------------------------------------- PyTorch
