@@ -32,8 +32,9 @@ and the kernel's spatial size rf for slices (its `conv2d_count`), so pooled eige
 `pool=False` keeps the slices apart (one spectrum per spatial position). 1-D conv kernels (k, in, out) are
 treated the same way (k positions); WeightWatcher instead takes a torch Conv1d weight (out, in, k) whole as
 one "matrix" (its SVD a batch of (in, k) matrices), which has no meaning here, so the two differ there. Layers
-with fewer than `min_evals` (10) eigenvalues are skipped and listed. Leaves that are not weight matrices are
-skipped: 1-D leaves (biases, normalisation scales) and leaves named 'scale', 'bias', 'mean' or 'var'.
+with fewer than `min_evals` (10; WeightWatcher 0.7.7's `analyze` default is 8) eigenvalues are skipped and
+listed. Leaves that are not weight matrices are skipped: 1-D leaves (biases, normalisation scales) and leaves
+named 'scale', 'bias', 'mean' or 'var'.
 Attention projections and embedding tables are matrices as `lljax.layers` reads them: a query, key or value
 kernel (in, heads, head_dim) is one (in, heads x head_dim) matrix, an attention output kernel (heads, head_dim,
 out) one (heads x head_dim, out) matrix, an embedding (V, d) one matrix, as WeightWatcher reads the separate
