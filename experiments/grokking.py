@@ -37,9 +37,10 @@ PRESETS = {
                     curve_batch_size=128, curve_lr=0.05, cka_samples=256, spectra_bootstrap=0,
                     track_epochs=(100, 250, 500, 1000), track_metrics=("hessian", "curves", "cka", "l2", "spectra")),
     # Nanda et al. (2023): one block, d_model 128, 4 heads, d_mlp 512, no LayerNorm, p = 113, 30% of the pairs,
-    # AdamW lr 1e-3, weight decay 1, full batch; grokking after about 10^4 steps. For an accelerator or a long run.
+    # AdamW lr 1e-3, weight decay 1 (and 0, where they see no grokking), full batch; grokking after about 10^4
+    # steps. For an accelerator or a long run.
     "nanda": dict(COMMON, task_p=113, task_test_fraction=0.7, widths=(128,), transformer_heads=4,
-                  transformer_mlp_width=512, transformer_layer_norm=False, lrs=(1e-3,), weight_decays=(1.0,),
+                  transformer_mlp_width=512, transformer_layer_norm=False, lrs=(1e-3,), weight_decays=(0.0, 1.0),
                   data_fractions=(1.0,), seeds=2, epochs=20000, milestones_every=100, metrics=("loss",)),
 }
 

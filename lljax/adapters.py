@@ -125,11 +125,16 @@ class NNXModel:
 
     def __init__(self, name: str, make: Callable[..., Any]):
         self.name, self._make = name, make
-        module = nnx.eval_shape(lambda: make(rngs=nnx.Rngs(0)))
-        if not isinstance(module, nnx.Module):
-            raise not_a_model(name, module, "nnx")
+
+        def abstract():
+            module = make(rngs=nnx.Rngs(0))
+            if not isinstance(module, nnx.Module):
+                raise not_a_model(name, module, "nnx")
+            return module
+
+        module = nnx.eval_shape(abstract)
         call = type(module).__call__
-        needs = _required(call, skip=2)
+        needs = [n for n in _required(call, skip=2) if n != "train"]
         if needs:
             raise LLJaxError(f"model {name!r}: its __call__ needs {', '.join(needs)}, which lljax cannot give: lljax "
                              "calls model(x) after model.train() / model.eval() and reseeds the RNG streams the "
@@ -178,9 +183,9 @@ class NNXModel:
             else:
                 value = jnp.zeros(var.shape, var.dtype)
             rest.append((path, var.replace(value)))
-        state = lambda flat, tree: nnx.State.from_flat_path([(p, v.replace(_get(tree, _keys(p)))) for p, v in flat])
+        state = lambda flat, tree: nnx.from_flat_state([(p, v.replace(_get(tree, _keys(p)))) for p, v in flat])
         return nnx.merge(self._train if train else self._eval, state(self._params, params),
-                         state(self._stats, batch_stats), nnx.State.from_flat_path(rest))
+                         state(self._stats, batch_stats), nnx.from_flat_state(rest))
 
     def _kwargs(self, train: bool) -> dict:
         return {"train": train} if self._takes_train else {}

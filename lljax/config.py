@@ -40,7 +40,8 @@ class Config:
                           metavar="NAME|PATH.npz")
     data_dir: str | None = option(None, "folder holding cifar-10-batches-py or the MNIST IDX files")
     model: str = option("mlp", "a registered model (mlp, cnn, resnet18, transformer) or package.module:factory, a "
-                               "factory(width, num_classes) -> flax.linen.Module", metavar="NAME|MODULE:FACTORY")
+                               "factory(width, num_classes) -> flax.linen.Module, (..., *, rngs) -> nnx.Module or "
+                               "(..., *, key) -> eqx.Module", metavar="NAME|MODULE:FACTORY")
     depth: int | None = option(None, "passed to a model factory that takes `depth` (mlp: hidden layers, default 2)",
                                low=1)
     loss: str = option("cross_entropy", "per-example loss: cross_entropy (integer labels) or mse (float targets), "

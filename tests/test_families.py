@@ -1,8 +1,8 @@
 """Every registered metric family (member, pair and quad kinds) on every built-in model: the MLP, the CNN on 1-D
 signals and on 2-D images, ResNet18 (on 1-D signals), and the Transformer on tokens with one label per example
-and with per-token targets. Each family's group program (vmapped over members, pairs or quads) equals a Python
-loop of single calls of its function for one model, in float64, at tiny sizes (optax's habit: one generic test
-over the whole family).
+and with per-token targets; and on a Flax NNX and an Equinox model with BatchNorm and Dropout. Each family's group
+program (vmapped over members, pairs or quads) equals a Python loop of single calls of its function for one model,
+in float64, at tiny sizes (optax's habit: one generic test over the whole family).
 """
 import dataclasses
 
@@ -41,6 +41,9 @@ CASES = {  # name -> (model, width, batch size, dataset)
     "transformer": ("transformer", 16, 8, lambda: task("modular", p=5, test_fraction=0.4)),
     "transformer-per-token": ("transformer", 16, 8,
                               lambda: task("counter", modulus=5, length=4, train_size=24, test_size=8)),
+    # Flax NNX and Equinox models (lljax.adapters), BatchNorm and Dropout in both (defined in test_adapters.py)
+    "nnx-batchnorm-dropout": ("test_adapters:nnx_bn_dropout", 12, 16, lambda: images((12,))),
+    "equinox-batchnorm-dropout": ("test_adapters:eqx_bn_dropout", 12, 16, lambda: images((12,))),
 }
 
 

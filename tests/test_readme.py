@@ -30,10 +30,14 @@ def run_blocks(section, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_your_own_model_and_data(tmp_path, monkeypatch):
-    own, primitives = run_blocks("Your own model and data", tmp_path, monkeypatch)
+    own, own_nnx, own_eqx, primitives = run_blocks("Your own model and data", tmp_path, monkeypatch)
     assert own["results"].dataset == "signals" and (tmp_path / "runs" / "signals" / "report.md").exists()
     report = (tmp_path / "runs" / "signals" / "report.md").read_text()
     assert report.startswith("# lljax report: readme_example:conv_net on signals")
+    for run, out in ((own_nnx, "signals-nnx"), (own_eqx, "signals-eqx")):  # the same signals: NNX, Equinox
+        members = (tmp_path / "runs" / out / "members.csv").read_text()
+        assert run["results"].model == "readme_example:mlp" and "nc1" in members.splitlines()[0]
+        assert (tmp_path / "runs" / out / "report.md").read_text().startswith("# lljax report: readme_example:mlp")
     assert primitives["params"] is not None
 
 
