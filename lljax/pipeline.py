@@ -406,7 +406,8 @@ def run(config: Config, out_dir: str | os.PathLike, *, model=None, dataset: data
         print_timings: bool = False) -> tables.Results | None:
     """Run (or resume) a study into `out_dir` and write every output there; returns the `tables.Results`.
 
-    model: a factory(width, num_classes) -> flax.linen.Module (default: `config.model`); dataset: a
+    model: a factory(width, num_classes) -> flax.linen.Module, or an NNX (`*, rngs`) or Equinox (`*, key`)
+    factory (`lljax.adapters`; default: `config.model`); dataset: a
     `data.Dataset` (default: loaded from `config.dataset`); loss: a `losses.Loss` or its name (default:
     `config.loss`); optimizer: an optax transformation, or a function of `train.Hyper` returning one, giving a
     descent direction that lljax scales by the scheduled learning rate (default: `config.optimizer`). Objects
