@@ -6,7 +6,6 @@ import dataclasses
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -14,7 +13,8 @@ import pytest
 from lljax import grid, metrics, options, pipeline
 from lljax.config import Config
 from lljax.errors import LLJaxError
-from lljax.metrics import Heatmap, Member, Shared
+from lljax.metrics import Heatmap
+from test_families import assert_group_equals_a_loop, float64_group
 from test_pipeline import tiny_dataset
 
 
@@ -64,45 +64,19 @@ def four_seed_group():
     return train_first_group(seeds=4, data_fractions=(1.0,), epochs=2)
 
 
-def to64(tree):
-    return jax.tree.map(lambda a: np.asarray(a, np.float64) if np.issubdtype(np.asarray(a).dtype, np.floating)
-                        else a, tree)
-
-
 @pytest.mark.parametrize("name", list(metrics.FAMILIES))
 def test_family_vmapped_equals_a_loop_of_single_calls(request, name):
     family = metrics.get(name)
     trained_group = request.getfixturevalue("four_seed_group" if family.kind == "quad" else "trained_group")
     with jax.enable_x64(True):
-        ds = trained_group.dataset
-        g = dataclasses.replace(trained_group, state=trained_group.state._replace(
-            params=to64(trained_group.state.params), batch_stats=to64(trained_group.state.batch_stats)),
-            dataset=ds._replace(x_train=ds.x_train.astype(np.float64), x_test=ds.x_test.astype(np.float64)))
-        within = grid.quads_within_points if family.kind == "quad" else grid.pairs_within_points
-        tuples = np.asarray(within(g.members, range(len(g.members))), np.int32)
-        assert len(tuples) >= 2
-        together = pipeline.measure_family(family, g, tuples)
+        g = float64_group(trained_group)
+        together = assert_group_equals_a_loop(family, g)
+        within = {"member": None, "pair": grid.pairs_within_points, "quad": grid.quads_within_points}[family.kind]
+        tuples = None if within is None else np.asarray(within(g.members, range(len(g.members))), np.int32)
+        assert tuples is None or len(tuples) >= 2
         again = pipeline.measure_family(family, g, tuples)
         for k in together:  # deterministic under the same seed
             np.testing.assert_array_equal(together[k], again[k], err_msg=k)
-        assert set(family.column_names(pipeline.family_context(family, g))) <= set(together)
-        # the reference: the family's function for ONE member (pair), called in a Python loop
-        ctx = pipeline.family_context(family, g)
-        key = grid.stream(g.key, name)
-        shared = Shared(jnp.asarray(g.dataset.x_train), jnp.asarray(g.dataset.x_test), jnp.asarray(g.dataset.y_test))
-        if family.prepare:
-            shared = shared._replace(extra=family.prepare(ctx, shared, key))
-        s = g.state
-        member = Member(s.params, s.batch_stats, g.member.view, g.member.hyper, np.asarray(s.diverged))
-        one = lambda i: jax.tree.map(lambda leaf: leaf[i], member)
-        inputs = [(one(i),) for i in range(len(g.members))] if family.kind == "member" else \
-            [tuple(one(i) for i in t) for t in tuples]
-        keys = jax.random.split(key, len(inputs))
-        single = jax.jit(family.compute, static_argnums=0)
-        for i, args in enumerate(inputs):
-            c = dataclasses.replace(ctx, subset_size=int(args[0].view.size)) if family.static_subset else ctx
-            for k, v in single(c, shared, *args, keys[i]).items():
-                np.testing.assert_allclose(together[k][i], v, rtol=1e-8, atol=1e-10, err_msg=f"{name} {k} {i}")
 
 
 def test_the_subset_sizes_split_pairs_into_programs(trained_group):
