@@ -6,9 +6,12 @@ import tempfile
 import pytest
 
 os.environ.setdefault("LLJAX_CACHE", os.path.join(tempfile.gettempdir(), "lljax-test-cache"))
-# JAX's persistent compilation cache, shared by the test workers and the subprocesses tests start (read by JAX
-# from the environment at start-up): a program compiled once is not compiled again elsewhere in the run
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ["LLJAX_CACHE"], "jax"))
+# JAX's persistent compilation cache, one per test worker and shared with the subprocesses its tests start (read
+# by JAX from the environment at start-up): a program compiled once is not compiled again by that worker. Not
+# shared between workers: JAX writes an entry in place, without a lock, and a worker that read another's
+# half-written entry crashed the run (a segmentation fault in two workers of one CI run).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.environ["LLJAX_CACHE"], "jax-" + os.environ.get("PYTEST_XDIST_WORKER", "main")))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
