@@ -8,8 +8,8 @@ import pytest
 os.environ.setdefault("LLJAX_CACHE", os.path.join(tempfile.gettempdir(), "lljax-test-cache"))
 # JAX's persistent compilation cache, one per test worker and shared with the subprocesses its tests start (read
 # by JAX from the environment at start-up): a program compiled once is not compiled again by that worker. Not
-# shared between workers: JAX writes an entry in place, without a lock, and a worker that read another's
-# half-written entry crashed the run (a segmentation fault in two workers of one CI run).
+# shared between workers: JAX writes an entry in place, without a lock, so a worker could read another's
+# half-written entry.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.environ["LLJAX_CACHE"], "jax-" + os.environ.get("PYTEST_XDIST_WORKER", "main")))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
@@ -25,6 +25,33 @@ def mnist1d():
     from lljax import data
 
     return data.mnist1d()
+
+
+# Each XLA:CPU executable JAX keeps in memory holds about eight memory mappings: a test worker that kept every
+# program it compiled passed the kernel's limit (vm.max_map_count, 65530) within one run, and its next compilation
+# died with a segmentation fault. After a test that leaves more than this many mappings, JAX's in-memory caches
+# are dropped (the persistent cache still spares most recompilation).
+MAX_MAPPINGS = 25_000
+
+
+def _mappings() -> int:
+    try:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    yield
+    if _mappings() > MAX_MAPPINGS:
+        import gc
+
+        import jax
+
+        jax.clear_caches()
+        gc.collect()
 
 
 # A test that hangs (e.g. a runtime deadlock inside XLA, which no Python signal can interrupt) must fail the run
