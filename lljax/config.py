@@ -96,11 +96,15 @@ class Config:
     def metric_names(self) -> tuple[str, ...]:
         """The families to compute: 'loss' first, then the requested ones in registration order."""
         requested = metrics.default_names() if self.metrics is None else self.metrics
-        return ("loss", *[name for name in metrics.FAMILIES if name in requested and name != "loss"])
+        return ("loss", *[name for name in metrics.with_companions(requested) if name != "loss"])
 
     def options(self, name: str):
-        """The options of family `name`: as configured, else its defaults."""
-        return self.families.get(name) or metrics.get(name).default_options()
+        """The options of family `name`: as configured, else its defaults (a companion family: the tuple of its
+        families' options)."""
+        family = metrics.get(name)
+        if family.companion_of:
+            return tuple(self.options(other) for other in family.companion_of)
+        return self.families.get(name) or family.default_options()
 
     @property
     def thresholds(self) -> phases.Thresholds:
@@ -124,7 +128,7 @@ class Config:
         out["metrics"] = list(self.metric_names)
         out.update({name: dataclasses.asdict(getattr(self, name)) for name in CORE_SECTIONS})
         for name in self.metric_names:
-            opts = self.options(name)
+            opts = None if metrics.get(name).companion_of else self.options(name)
             if opts is not None:
                 out[name] = dataclasses.asdict(opts)
         return json.loads(json.dumps(out))  # tuples -> lists, as config.json holds them
@@ -287,12 +291,15 @@ def validate(config: Config, custom_dataset: bool = False) -> None:
                                  f"got {v}")
     options.check(config)
     for name in config.metrics or ():
-        metrics.get(name)  # an unknown name is an error
+        family = metrics.get(name)  # an unknown name is an error
+        if family.companion_of:
+            raise LLJaxError(f"metric family {name!r} is computed when {' and '.join(family.companion_of)} all are; "
+                             f"ask for those")
     for name in config.metric_names:
         if metrics.get(name).kind == "quad" and config.seeds < 4:
             raise LLJaxError(f"metric family {name!r} needs four seeds per grid point (a surface between four "
                              f"models), got --seeds {config.seeds}")
-        opts = config.options(name)
+        opts = None if metrics.get(name).companion_of else config.options(name)
         if opts is not None:
             options.check(opts, metrics.get(name).flag_prefix)
             if hasattr(opts, "validate"):

@@ -275,7 +275,7 @@ def measure_family(family: Family, g: TrainedGroup, tuples: np.ndarray, shared: 
     if count == 0:
         return {}
     ctx = family_context(family, g)
-    key = grids.stream(g.key, family.name)
+    key = grids.stream(g.key, family.stream_name)
     keys = jax.random.split(key, count)
     shared = shared_inputs(g) if shared is None else shared
     if family.prepare is not None:

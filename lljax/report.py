@@ -149,7 +149,7 @@ def claims(results: Results, t: Tables) -> list[str]:
 
 KIND_NAMES = {"training": "training (loss)", "data-free": "data-free (weight spectra)",
               "local": "local (Hessian)", "global": "global (connectivity, CKA, L2)",
-              "features": "features (neural collapse)"}
+              "features": "features (neural collapse)", "robustness": "robustness (adversarial, input Hessian)"}
 
 
 def kinds_of_metric(results: Results, table, intervals, score_name: str) -> list[str]:

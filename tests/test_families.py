@@ -77,7 +77,7 @@ def assert_group_equals_a_loop(family, g):
     together = pipeline.measure_family(family, g, tuples)
     assert set(family.column_names(pipeline.family_context(family, g))) <= set(together)
     ctx = pipeline.family_context(family, g)
-    key = grid.stream(g.key, family.name)
+    key = grid.stream(g.key, family.stream_name)
     shared = Shared(jnp.asarray(g.dataset.x_train), jnp.asarray(g.dataset.x_test), jnp.asarray(g.dataset.y_test))
     if family.prepare:
         shared = shared._replace(extra=family.prepare(ctx, shared, key))
