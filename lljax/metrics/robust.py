@@ -38,9 +38,9 @@ class RobustOptions:
                                          "standard deviations per feature for linf; Zhao et al.'s images in [0, 1]: "
                                          "8/255)", low=0)
     steps: int = options.option(10, "PGD steps (Zhao et al.: 10; FGSM: 1 step of epsilon, --robust-random-start "
-                                     "false)", low=1)
+                                    "false)", low=1)
     step_size: float | None = options.option(None, "PGD step size (default: epsilon / 4, Zhao et al.'s 2/255 for "
-                                                    "8/255)", low=0)
+                                                   "8/255)", low=0)
     norm: str = options.option("linf", "attack ball: linf or l2", choices=robustness.NORMS)
     samples: int = options.option(256, "test examples attacked per model (the first ones)", low=1)
     random_start: bool = options.option(True, "start from a uniformly random point of the ball (Madry et al.)")
