@@ -275,6 +275,8 @@ def measure_family(family: Family, g: TrainedGroup, tuples: np.ndarray, shared: 
     if count == 0:
         return {}
     ctx = family_context(family, g)
+    if family.skip is not None and family.skip(ctx):
+        return {}
     key = grids.stream(g.key, family.stream_name)
     keys = jax.random.split(key, count)
     shared = shared_inputs(g) if shared is None else shared

@@ -110,6 +110,8 @@ class Family:
     companion_of  names of other families: this one is computed exactly when all of them are (it cannot be asked
                 for on its own) and its Context's `options` is the tuple of their options, in that order (e.g.
                 'robust_curves', with 'curves' and 'robust')
+    skip        `skip(ctx) -> bool`: nothing to measure in this context (the robust family on token inputs); the
+                pipeline then runs nothing and stores nothing for it
     stream      the name of its random stream (default: its name); a companion that redoes another family's
                 random work (refits its curves) names that family's stream to redo it identically
     """
@@ -133,6 +135,7 @@ class Family:
     kind_of_metric: str = ""
     sharded: bool = True
     companion_of: tuple[str, ...] = ()
+    skip: Callable[[Context], bool] | None = None
     stream: str | None = None
 
     def __post_init__(self):

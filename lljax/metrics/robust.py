@@ -213,12 +213,12 @@ FAMILY = Family(
     heatmaps=(Heatmap("robust_acc", "adversarial test accuracy"),
               Heatmap("robust_loss", "adversarial test loss"),
               Heatmap("input_hessian_top_eig", "log10 input-Hessian top eigenvalue (mean over examples)", log10=True)),
-    correlated=("robust_acc", "input_hessian_top_eig"), cost=0.05, default=False, check=check,
+    correlated=("robust_acc", "input_hessian_top_eig"), cost=0.05, default=False, check=check, skip=tokens,
     kind_of_metric="robustness")
 
 CURVES_FAMILY = Family(
     "robust_curves", "pair", robust_curve_family, columns=curve_columns, companion_of=("curves", "robust"),
-    stream="curves",
+    stream="curves", skip=tokens,
     heatmaps=(Heatmap("mc_robust", "robustness barrier: mode connectivity of the adversarial test error (<0: barrier)",
                       center=0.0),
               Heatmap("robust_eig_spearman", "Spearman along t: adversarial loss vs input-Hessian eigenvalue",
