@@ -181,7 +181,7 @@ def robust_curve_rows(results) -> list[dict]:
         for p, (a, b) in enumerate(zip(arrays["pair/a"], arrays["pair/b"])):
             ma, mb = results.members[group.members[a]], results.members[group.members[b]]
             for k, t in enumerate(ts):
-                row = {knob: getattr(ma, knob) for knob in grid.KNOBS}
+                row = grid.knob_row(ma)
                 row.update(seed_a=ma.seed, seed_b=mb.seed, t=float(t))
                 row.update({f"robust_curve_{name}": arrays[f"pair/robust_curve_{name}"][p, k] for name in ALONG})
                 rows.append(row)
