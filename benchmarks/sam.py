@@ -93,7 +93,7 @@ def torch_sam(torch, ds, width, epochs, rhos):
                         for p, e in zip(params, eps):
                             p.sub_(e)
                     opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         return np.asarray(losses)
 
     return run
