@@ -47,6 +47,19 @@ class Config:
     loss: str = option("cross_entropy", "per-example loss: cross_entropy (integer labels) or mse (float targets), "
                                         "or package.module:attribute of an lljax.losses.Loss",
                        metavar="NAME|MODULE:LOSS")
+    losses: tuple[str, ...] | None = option(
+        None, "losses swept as a knob, each a group of its own (Zhou et al. 2022): cross_entropy, label_smoothing, "
+              "focal, mse_onehot; one value: as --loss, with a loss column in the tables",
+        flag="--losses", choices=losses.SWEPT_LOSSES)
+    label_smoothing: float = option(0.05, "label_smoothing's a: (1 - a) CE + a mean_k(-log p_k), in [0, 1)")
+    focal_gamma: float = option(3.0, "focal's gamma: -(1 - p_y)^gamma log p_y, at least 0")
+    mse_scale: float = option(15.0, "mse_onehot's target: the one-hot label times this scale, above 0")
+    fitted_error: float = option(
+        0.01, "in a grid over losses (--losses), the phase rule's fitted test: mean training error below this (the "
+              "training loss's units differ by loss)", low=0, low_open=True, high=1)
+    sam_rhos: tuple[float, ...] | None = option(None, "radii of sharpness-aware minimisation (Foret et al. 2021) "
+                                                      "swept as a temperature-like knob; 0: plain training",
+                                                flag="--sam-rho", metavar="RHO")
     optimizer: str = option("sgd", "sgd (momentum, coupled weight decay: the paper's), adam, adamw, or "
                                    "package.module:attribute", metavar="NAME|MODULE:OPTIMIZER")
     widths: tuple[int, ...] = option((8, 32, 128), "model widths (the load the model factory receives)")
@@ -96,21 +109,48 @@ class Config:
     def metric_names(self) -> tuple[str, ...]:
         """The families to compute: 'loss' first, then the requested ones in registration order."""
         requested = metrics.default_names() if self.metrics is None else self.metrics
-        return ("loss", *[name for name in metrics.FAMILIES if name in requested and name != "loss"])
+        return ("loss", *[name for name in metrics.with_companions(requested) if name != "loss"])
 
     def options(self, name: str):
-        """The options of family `name`: as configured, else its defaults."""
-        return self.families.get(name) or metrics.get(name).default_options()
+        """The options of family `name`: as configured, else its defaults (a companion family: the tuple of its
+        families' options)."""
+        family = metrics.get(name)
+        if family.companion_of:
+            return tuple(self.options(other) for other in family.companion_of)
+        return self.families.get(name) or family.default_options()
 
     @property
     def thresholds(self) -> phases.Thresholds:
         return self.phase
 
     def knob_values(self) -> dict[str, tuple]:
-        return {knob: getattr(self, name) for name, knob in
-                (("widths", "width"), ("batch_sizes", "batch_size"), ("lrs", "lr"),
-                 ("weight_decays", "weight_decay"), ("momentum", "momentum"), ("data_fractions", "data_fraction"),
-                 ("label_noise", "label_noise"))}
+        """Every knob's values; the recipe knobs (`grid.RECIPE_KNOBS`) only where the run has them
+        (`loss_is_knob`, `uses_sam`)."""
+        values = {knob: getattr(self, name) for name, knob in
+                  (("widths", "width"), ("batch_sizes", "batch_size"), ("lrs", "lr"),
+                   ("weight_decays", "weight_decay"), ("momentum", "momentum"), ("data_fractions", "data_fraction"),
+                   ("label_noise", "label_noise"))}
+        if self.loss_is_knob:
+            values["loss"] = tuple(self.losses)
+        if self.uses_sam:
+            values["sam_rho"] = tuple(self.sam_rhos)
+        return values
+
+    @property
+    def loss_is_knob(self) -> bool:
+        """Whether the loss is a knob of the grid: --losses given, other than cross-entropy alone (which is plain
+        training's loss and leaves the tables as they were)."""
+        return self.losses is not None and tuple(self.losses) != ("cross_entropy",)
+
+    @property
+    def uses_sam(self) -> bool:
+        """Whether the run trains with SAM: --sam-rho given with a radius above 0 (radius 0 alone is plain
+        training, the same program and numbers as without the option)."""
+        return self.sam_rhos is not None and any(r != 0 for r in self.sam_rhos)
+
+    def loss_named(self, name) -> losses.Loss:
+        """A loss by name with this run's parameters (--label-smoothing, --focal-gamma, --mse-scale)."""
+        return losses.build(name, self.label_smoothing, self.focal_gamma, self.mse_scale)
 
     @property
     def dataset_name(self) -> str:
@@ -121,10 +161,12 @@ class Config:
     def to_dict(self) -> dict:
         """The resolved configuration: core fields, 'phase', and a section for every family with options."""
         out = {f.name: getattr(self, f.name) for f in options.fields(Config)}
+        if all(out[k] == v for k, v in RECIPE_DEFAULTS.items()):  # config.json as before the recipe knobs existed
+            out = {k: v for k, v in out.items() if k not in RECIPE_DEFAULTS}
         out["metrics"] = list(self.metric_names)
         out.update({name: dataclasses.asdict(getattr(self, name)) for name in CORE_SECTIONS})
         for name in self.metric_names:
-            opts = self.options(name)
+            opts = None if metrics.get(name).companion_of else self.options(name)
             if opts is not None:
                 out[name] = dataclasses.asdict(opts)
         return json.loads(json.dumps(out))  # tuples -> lists, as config.json holds them
@@ -195,6 +237,10 @@ class Config:
         return dataclasses.replace(self, **changes, families=families)
 
 
+# the training-recipe fields and their defaults: config.json records them when any differs
+RECIPE_DEFAULTS = {"losses": None, "label_smoothing": 0.05, "focal_gamma": 3.0, "mse_scale": 15.0, "sam_rhos": None,
+                   "fitted_error": 0.01}
+
 # sections of every run (not of a metric family): name -> options dataclass; the name is the flags' prefix
 CORE_SECTIONS = {"phase": phases.Thresholds, "uncertainty": uncertainty.UncertaintyOptions,
                  "track": tracking.TrackOptions, "transformer": models.TransformerOptions, "task": tasks.TaskOptions,
@@ -261,7 +307,21 @@ def validate(config: Config, custom_dataset: bool = False) -> None:
     if not custom_dataset and not data.is_file_dataset(config.dataset) and config.dataset not in data.DATASETS:
         raise LLJaxError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(data.DATASETS)} or give a "
                          "PATH.npz")
-    for name, values in config.knob_values().items():
+    for rho in config.sam_rhos or ():
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
+            raise LLJaxError(f"SAM radius (--sam-rho) must be a non-negative number, got {rho}")
+    for name in config.losses or ():
+        if name not in losses.SWEPT_LOSSES:
+            raise LLJaxError(f"unknown loss {name!r} in --losses; choose from {', '.join(losses.SWEPT_LOSSES)}")
+    if config.losses is not None and config.loss != "cross_entropy":
+        raise LLJaxError("give the loss by --loss or by --losses, not both")
+    for name in ("label_smoothing", "focal_gamma", "mse_scale"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise LLJaxError(f"{name.replace('_', ' ')} must be a finite number, got {value!r}")
+    losses.check_parameters(config.label_smoothing, config.focal_gamma, config.mse_scale)
+    for name, values in {**config.knob_values(), "loss": tuple(config.losses or ("x",)),
+                         "sam_rho": tuple(config.sam_rhos or (0.0,))}.items():
         if len(values) == 0:
             raise LLJaxError(f"empty grid: no values for {name}")
         if len(set(values)) != len(values):
@@ -287,12 +347,15 @@ def validate(config: Config, custom_dataset: bool = False) -> None:
                                  f"got {v}")
     options.check(config)
     for name in config.metrics or ():
-        metrics.get(name)  # an unknown name is an error
+        family = metrics.get(name)  # an unknown name is an error
+        if family.companion_of:
+            raise LLJaxError(f"metric family {name!r} is computed when {' and '.join(family.companion_of)} all are; "
+                             f"ask for those")
     for name in config.metric_names:
         if metrics.get(name).kind == "quad" and config.seeds < 4:
             raise LLJaxError(f"metric family {name!r} needs four seeds per grid point (a surface between four "
                              f"models), got --seeds {config.seeds}")
-        opts = config.options(name)
+        opts = None if metrics.get(name).companion_of else config.options(name)
         if opts is not None:
             options.check(opts, metrics.get(name).flag_prefix)
             if hasattr(opts, "validate"):
@@ -312,7 +375,9 @@ def check_plugins(config: Config, model=None, loss=None, optimizer=None) -> tupl
     names), each checked: an import path that does not import or names the wrong kind of object is a one-line
     LLJaxError."""
     factory = models.factory(config.model if model is None else model)
-    loss = losses.resolve(config.loss if loss is None else loss)
+    if config.loss_is_knob and loss is not None:
+        raise LLJaxError("the losses are a knob of this run (--losses); pass no loss object")
+    loss = config.loss_named(config.losses[0] if config.loss_is_knob else config.loss if loss is None else loss)
     optimizer = registry.resolve(config.optimizer if optimizer is None else optimizer, train.OPTIMIZERS,
                                  "optimizer")
     if config.depth is not None and not models.takes_depth(factory):

@@ -28,7 +28,7 @@ def _pyplot():
 
 KNOB_LABELS = {"width": "width", "data_fraction": "data fraction", "label_noise": "label-noise fraction",
                "batch_size": "batch size", "lr": "learning rate", "weight_decay": "weight decay",
-               "momentum": "momentum"}
+               "momentum": "momentum", "loss": "loss", "sam_rho": "SAM radius"}
 
 
 def _ticks(values) -> list[str]:
@@ -270,8 +270,8 @@ def write_phase_figures(results: "tables.Results", grid: Sequence[dict], out_dir
         error = 1 - value if results.error_metric else value
         spread = tables.grid_matrix(rows, score.replace("_mean", "_std"), x, y, x_values, y_values)
         label = "test error" if results.error_metric else "test loss"
-        series = {(f"{y} = {v:g}" if y else label): error[i] for i, v in enumerate(y_values or [0])}
-        errors = {(f"{y} = {v:g}" if y else label): spread[i] for i, v in enumerate(y_values or [0])}
+        series = {(f"{y} = {grids.format_value(v)}" if y else label): error[i] for i, v in enumerate(y_values or [0])}
+        errors = {(f"{y} = {grids.format_value(v)}" if y else label): spread[i] for i, v in enumerate(y_values or [0])}
         path = out_dir / f"double_descent{suffix}.png"
         lines(x_values, series, KNOB_LABELS[x], label, _title(results, f"{label} vs {KNOB_LABELS[x]}", suffix),
               path, errors=errors)
@@ -296,8 +296,9 @@ def _point_facets(results: "tables.Results", grid: Sequence[dict]):
     x_values = _representative(list(knob_values[x]), 6)
     y_values = _representative(list(knob_values[y]), 5) if y else [None]
     for suffix, rows in tables.facets(grid, knob_values, x, y):
-        fixed = {k: rows[0][k] for k in grids.KNOBS}
-        point = lambda xv, yv, fixed=fixed: tuple({**fixed, x: xv, **({y: yv} if y else {})}[k] for k in grids.KNOBS)
+        fixed = {k: rows[0].get(k) for k in grids.ALL_KNOBS}
+        point = lambda xv, yv, fixed=fixed: tuple({**fixed, x: xv, **({y: yv} if y else {})}[k]
+                                                  for k in grids.ALL_KNOBS)
         yield suffix, x_values, y_values, x, y, point
 
 
@@ -378,7 +379,7 @@ def write_trajectory_figures(results: "tables.Results", trajectories: "tables.Tr
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
     epochs = list(trajectories.grids)
-    by_point = {e: {tuple(r[k] for k in grids.KNOBS): r for r in grid} for e, grid in trajectories.grids.items()}
+    by_point = {e: {grids.point_key(r): r for r in grid} for e, grid in trajectories.grids.items()}
     written = []
     milestones_at = {name: results.arrays_by_point("member", name)
                      for name in ("steps_to_fit", "steps_to_generalise", "step_budget")}

@@ -23,7 +23,13 @@ import jax
 LOAD_KNOBS = ("width", "data_fraction", "label_noise")
 TEMPERATURE_KNOBS = ("batch_size", "lr", "weight_decay", "momentum")
 KNOBS = LOAD_KNOBS + TEMPERATURE_KNOBS
-STATIC_KNOBS = ("width", "batch_size")
+# Training-recipe knobs, present only in a run that sweeps them or sets them away from plain training (the loss
+# by `--losses`, the SAM radius by `--sam-rho`): elsewhere a member's value is None and tables leave the column out,
+# so runs without them write the tables they always wrote. The SAM radius is temperature-like (a flatness
+# strength, like weight decay); the loss is categorical (a static knob: each loss its own program).
+RECIPE_KNOBS = ("loss", "sam_rho")
+ALL_KNOBS = KNOBS + RECIPE_KNOBS
+STATIC_KNOBS = ("width", "batch_size", "loss")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +44,13 @@ class MemberConfig:
     data_fraction: float
     label_noise: float
     seed: int
+    loss: str | None = None  # None: the run's one loss, not a knob
+    sam_rho: float | None = None  # None: no SAM in the run
 
     @property
     def point(self) -> tuple:
         """The grid point: every knob except the seed."""
-        return tuple(getattr(self, k) for k in KNOBS)
+        return tuple(getattr(self, k) for k in ALL_KNOBS)
 
     @property
     def static(self) -> tuple:
@@ -57,12 +65,42 @@ class Group:
     width: int
     batch_size: int
     members: tuple[int, ...]
+    loss: str | None = None  # the group's loss when the loss is a knob
+
+
+def knobs_of(knob_values: dict[str, Sequence]) -> tuple[str, ...]:
+    """The knobs of a run, in table order: `KNOBS` and the recipe knobs it has (`RECIPE_KNOBS`)."""
+    return KNOBS + tuple(k for k in RECIPE_KNOBS if k in knob_values)
+
+
+def swept(knob_values: dict[str, Sequence]) -> list[str]:
+    """The knobs with more than one value, in table order."""
+    return [k for k in knobs_of(knob_values) if len(knob_values[k]) > 1]
+
+
+def knob_row(member: MemberConfig) -> dict:
+    """A member's knobs as a table row's first columns: `KNOBS` and the recipe knobs it has (not None)."""
+    row = {k: getattr(member, k) for k in KNOBS}
+    row.update({k: getattr(member, k) for k in RECIPE_KNOBS if getattr(member, k) is not None})
+    return row
+
+
+def point_key(row: dict) -> tuple:
+    """The grid point of a table row (recipe knobs it lacks as None, as `MemberConfig.point`)."""
+    return tuple(row.get(k) for k in ALL_KNOBS)
+
+
+def format_value(value) -> str:
+    """A knob's value for labels: floats as %g, the rest (a loss's name) as they are."""
+    return f"{value:g}" if isinstance(value, (float, int)) and not isinstance(value, bool) else str(value)
 
 
 def grid_members(knobs: dict[str, Sequence], seeds: int) -> list[MemberConfig]:
-    """The cartesian product of knob values (every name in KNOBS) x seed indices 0..seeds-1."""
-    values = [list(knobs[k]) for k in KNOBS]
-    return [MemberConfig(**dict(zip(KNOBS, point)), seed=s)
+    """The cartesian product of knob values (every name in KNOBS, and the recipe knobs `knobs` has) x seed indices
+    0..seeds-1."""
+    names = knobs_of(knobs)
+    values = [list(knobs[k]) for k in names]
+    return [MemberConfig(**dict(zip(names, point)), seed=s)
             for point in itertools.product(*values) for s in range(seeds)]
 
 

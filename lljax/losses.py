@@ -89,7 +89,84 @@ def squared_error(outputs_BK: jax.Array, targets_B: jax.Array) -> jax.Array:
 
 cross_entropy = Loss("cross_entropy", softmax_cross_entropy, classification_error, classification=True)
 mse = Loss("mse", squared_error)
-LOSSES = {"cross_entropy": cross_entropy, "mse": mse}
+
+
+# The losses of Zhou et al. (NeurIPS 2022, "Are all losses created equal: a neural collapse perspective"), each a
+# classification loss with the classification error. Their parameters are fields of small frozen dataclasses, so
+# two losses with equal parameters are equal (one compiled program) and the loss is hashable (a static argument).
+
+@dataclasses.dataclass(frozen=True)
+class LabelSmoothing:
+    """(B,) label-smoothed cross-entropy (1 - a) CE + a mean_k(-log p_k) (Szegedy et al. 2016; a = 0: CE)."""
+
+    a: float = 0.05
+
+    def __call__(self, logits_BC, labels_B):
+        logp_BC = jax.nn.log_softmax(logits_BC)
+        nll_B = -jnp.take_along_axis(logp_BC, labels_B[..., None].astype(jnp.int32), -1)[..., 0]
+        return (1 - self.a) * nll_B - self.a * logp_BC.mean(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Focal:
+    """(B,) focal loss -(1 - p_y)^gamma log p_y (Lin et al. 2017; gamma = 0: CE)."""
+
+    gamma: float = 3.0
+
+    def __call__(self, logits_BC, labels_B):
+        logp_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BC), labels_B[..., None].astype(jnp.int32), -1)[..., 0]
+        return -((1 - jnp.exp(logp_B)) ** self.gamma) * logp_B if self.gamma else -logp_B
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaledOneHotMSE:
+    """(B,) mean over the C classes of (z_k - scale 1[k = y])^2: the logits regressed on a scaled one-hot target
+    (Hui & Belkin 2021's rescaling, as Zhou et al. 2022; scale 1: plain one-hot)."""
+
+    scale: float = 15.0
+
+    def __call__(self, logits_BC, labels_B):
+        target_BC = self.scale * jax.nn.one_hot(labels_B, logits_BC.shape[-1], dtype=logits_BC.dtype)
+        return jnp.mean((logits_BC - target_BC) ** 2, axis=-1)
+
+
+def label_smoothing(a: float = 0.05) -> Loss:
+    return Loss("label_smoothing", LabelSmoothing(float(a)), classification_error, classification=True)
+
+
+def focal(gamma: float = 3.0) -> Loss:
+    return Loss("focal", Focal(float(gamma)), classification_error, classification=True)
+
+
+def mse_onehot(scale: float = 15.0) -> Loss:
+    return Loss("mse_onehot", ScaledOneHotMSE(float(scale)), classification_error, classification=True)
+
+
+LOSSES = {"cross_entropy": cross_entropy, "mse": mse, "label_smoothing": label_smoothing(), "focal": focal(),
+          "mse_onehot": mse_onehot()}
+# the classification losses a grid may sweep (`--losses`), compared by Zhou et al.
+SWEPT_LOSSES = ("cross_entropy", "label_smoothing", "focal", "mse_onehot")
+
+
+def check_parameters(label_smoothing: float, focal_gamma: float, mse_scale: float) -> None:
+    """One-line LLJaxErrors for loss parameters outside their ranges."""
+    if not 0 <= label_smoothing < 1:
+        raise registry.LLJaxError(f"label smoothing must be in [0, 1), got {label_smoothing:g}")
+    if not focal_gamma >= 0:
+        raise registry.LLJaxError(f"focal gamma must be non-negative, got {focal_gamma:g}")
+    if not mse_scale > 0:
+        raise registry.LLJaxError(f"mse scale must be positive, got {mse_scale:g}")
+
+
+def build(name, label_smoothing: float = 0.05, focal_gamma: float = 3.0, mse_scale: float = 15.0) -> Loss:
+    """`resolve`, the parametrised built-ins (label_smoothing, focal, mse_onehot) built with the given parameters."""
+    makers = {"label_smoothing": (globals()["label_smoothing"], label_smoothing), "focal": (focal, focal_gamma),
+              "mse_onehot": (mse_onehot, mse_scale)}
+    if isinstance(name, str) and name in makers:
+        check_parameters(label_smoothing, focal_gamma, mse_scale)
+        make, value = makers[name]
+        return make(value)
+    return resolve(name)
 
 
 def resolve(name) -> Loss:

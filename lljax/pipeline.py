@@ -45,6 +45,10 @@ class Parts:
     def spec(self, width: int, num_classes: int) -> models.ModelSpec:
         return models.ModelSpec(self.model, width, num_classes, self.depth, extras=self.extras)
 
+    def loss_of(self, config: Config, group: grids.Group) -> losses.Loss:
+        """The group's loss: its own where the loss is a knob (`Config.loss_is_knob`), else the run's."""
+        return self.loss if group.loss is None else config.loss_named(group.loss)
+
 
 def model_extras(config: Config, dataset: data.Dataset) -> tuple:
     """Factory arguments from the data (vocab_size and seq_len of token inputs, per_token for per-token targets)
@@ -58,17 +62,21 @@ def model_extras(config: Config, dataset: data.Dataset) -> tuple:
 
 
 def hyper_columns(config: Config, members: Sequence[grids.MemberConfig]) -> train.Hyper:
-    """The members' dynamic hyperparameters, (M,) each (beta2 only when the configuration sets it)."""
+    """The members' dynamic hyperparameters, (M,) each (beta2 only when the configuration sets it, the SAM radius
+    only when the run uses SAM: `Config.uses_sam`)."""
     column = lambda name: np.asarray([getattr(m, name) for m in members], np.float32)
     beta2 = None if config.beta2 is None else np.full(len(members), config.beta2, np.float32)
+    sam_rho = column("sam_rho") if config.uses_sam else None
     return train.Hyper(column("lr"), column("weight_decay"), column("momentum"), column("data_fraction"),
-                       column("label_noise"), beta2)
+                       column("label_noise"), beta2, sam_rho)
 
 
-def train_spec(config: Config, parts: Parts, dataset: data.Dataset, width: int, batch_size: int
-               ) -> train.TrainSpec:
+def train_spec(config: Config, parts: Parts, dataset: data.Dataset, width: int, batch_size: int,
+               loss: losses.Loss | None = None) -> train.TrainSpec:
+    """The group's static training settings; `loss` (default: the run's) is the group's loss."""
     return train.TrainSpec(parts.spec(width, dataset.num_classes), batch_size, config.epochs, len(dataset.y_train),
-                           config.schedule, parts.loss, parts.optimizer, config.precision, config.warmup_steps,
+                           config.schedule, parts.loss if loss is None else loss, parts.optimizer, config.precision,
+                           config.warmup_steps,
                            str(dataset.x_train.dtype), config.milestones.every,
                            config.eval_batch_size if config.milestones.every else 1000)
 
@@ -170,7 +178,7 @@ def train_group(config: Config, dataset: data.Dataset, group: grids.Group, membe
     snapshot it at the tracked epochs (`TrainedGroup.at_epoch`)."""
     placement = placement or sharding.Placement.default(config.max_members_per_chunk)
     parts = parts or dataclasses.replace(resolve_parts(config), extras=model_extras(config, dataset))
-    spec = train_spec(config, parts, dataset, group.width, group.batch_size)
+    spec = train_spec(config, parts, dataset, group.width, group.batch_size, parts.loss_of(config, group))
     group_members = [members[i] for i in group.members]
     count = len(group_members)
     hyper = hyper_columns(config, group_members)
@@ -210,7 +218,8 @@ def train_group(config: Config, dataset: data.Dataset, group: grids.Group, membe
         piece, real = sharding.pad_members(jax.tree.map(lambda a: a[start:start + size], (keys, hyper, view_keys)),
                                            size)
         folder = None if ckpt_dir is None else (ckpt_dir if size >= count else ckpt_dir / f"chunk-{c}")
-        label = f"group {group.index} (width {group.width}, batch {group.batch_size}, {count} members" + \
+        label = f"group {group.index} (width {group.width}, batch {group.batch_size}" + \
+            (f", {group.loss}" if group.loss else "") + f", {count} members" + \
             (f", chunk {c + 1}/{-(-count // size)})" if size < count else ")")
         trained, load = _train_chunk(spec, *piece, labels, x_train, placement, folder, config.epochs, progress,
                                      label, checkpoint_seconds, track_epochs, config.conv_chunk, test)
@@ -275,7 +284,9 @@ def measure_family(family: Family, g: TrainedGroup, tuples: np.ndarray, shared: 
     if count == 0:
         return {}
     ctx = family_context(family, g)
-    key = grids.stream(g.key, family.name)
+    if family.skip is not None and family.skip(ctx):
+        return {}
+    key = grids.stream(g.key, family.stream_name)
     keys = jax.random.split(key, count)
     shared = shared_inputs(g) if shared is None else shared
     if family.prepare is not None:
@@ -387,7 +398,8 @@ def trace_family(family: Family, ctx: Context, config: Config, dataset: data.Dat
     like = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
     view = jax.eval_shape(lambda k, y: data.training_view(k, y, dataset.num_classes, 1.0, 0.0), jax.random.key(0),
                           like(dataset.y_train))
-    hyper = train.Hyper(f32, f32, f32, f32, f32, None if config.beta2 is None else f32)
+    hyper = train.Hyper(f32, f32, f32, f32, f32, None if config.beta2 is None else f32,
+                        f32 if config.uses_sam else None)
     member = Member(params, batch_stats, view, hyper, jax.ShapeDtypeStruct((), jnp.bool_))
     shared = Shared(like(dataset.x_train), like(dataset.x_test), like(dataset.y_test))
     if family.static_subset:
@@ -574,7 +586,9 @@ def make_results(config: Config, loss: losses.Loss, group_metrics: list, traject
     correlated = {c: f.kind_of_metric for f, cx in zip(families, contexts) for c in f.correlated_names(cx)}
     return tables.Results(
         config, config.dataset_name, registry.describe(config.model), members, groups, group_metrics, seconds,
-        error_metric=loss.error is not None, loss_name=loss.name, correlated=tuple(correlated), kinds=correlated,
+        error_metric=loss.error is not None,
+        loss_name=", ".join(config.losses) if config.loss_is_knob else loss.name, correlated=tuple(correlated),
+        kinds=correlated,
         heatmaps=tuple(h for f in families for h in f.heatmaps), families=tuple(families),
         trajectories=trajectories, tracked_epochs=tracking.tracked_epochs(config))
 
@@ -590,7 +604,7 @@ def rebuild(out_dir: str | os.PathLike, loss: losses.Loss | None = None) -> tabl
     import json
 
     config = Config.from_dict(json.loads(path.read_text()))
-    loss = loss or losses.resolve(config.loss)
+    loss = loss or config.loss_named(config.losses[0] if config.loss_is_knob else config.loss)
     groups = grids.group_members(grids.grid_members(config.knob_values(), config.seeds))
     epochs = tracking.tracked_epochs(config)[:-1]
     files = [out_dir / "groups" / f"group-{g.index}.npz" for g in groups]

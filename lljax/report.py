@@ -38,11 +38,12 @@ def phase_table(results: Results, rows: Sequence[dict], x: str, y: str | None) -
     x_values, y_values = list(knob_values[x]), (list(knob_values[y]) if y else [None])
     labels = tables.grid_matrix(rows, "phase", x, y, x_values, y_values if y else None)
     score = tables.grid_matrix(rows, results.score, x, y, x_values, y_values if y else None)
-    lines = [f"| {y or ''} \\ {x} | " + " | ".join(f"{v:g}" for v in x_values) + " |",
+    lines = [f"| {y or ''} \\ {x} | " + " | ".join(grids.format_value(v) for v in x_values) + " |",
              "|---|" + "---|" * len(x_values)]
     for i in reversed(range(len(y_values))):
         cells = [f"{labels[i, j]} ({score[i, j]:.3f})" for j in range(len(x_values))]
-        lines.append(f"| {y_values[i]:g} | " + " | ".join(cells) + " |" if y else "| | " + " | ".join(cells) + " |")
+        lines.append(f"| {grids.format_value(y_values[i])} | " + " | ".join(cells) + " |" if y else
+                     "| | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -64,11 +65,11 @@ def liu_lines(results: Results, grid: Sequence[dict], x: str | None, y: str | No
             x_values, y_values = list(knob_values[x]), (list(knob_values[y]) if y else [None])
             cell = lambda name: tables.grid_matrix(rows, name, x, y, x_values, y_values if y else None)
             labels, fit, general = cell("liu_phase"), cell("steps_to_fit_mean"), cell("steps_to_generalise_mean")
-            lines += [f"| {y or ''} \\ {x} | " + " | ".join(f"{v:g}" for v in x_values) + " |",
+            lines += [f"| {y or ''} \\ {x} | " + " | ".join(grids.format_value(v) for v in x_values) + " |",
                       "|---|" + "---|" * len(x_values)]
             for i in reversed(range(len(y_values))):
                 cells = [f"{labels[i, j]} ({fit[i, j]:.0f} / {general[i, j]:.0f})" for j in range(len(x_values))]
-                lines.append((f"| {y_values[i]:g} | " if y else "| | ") + " | ".join(cells) + " |")
+                lines.append((f"| {grids.format_value(y_values[i])} | " if y else "| | ") + " | ".join(cells) + " |")
             lines += ["", f"![phase map](figures/phase_map{suffix}.png) "
                       f"![Liu et al.'s phases](figures/liu_phase_map{suffix}.png)", ""]
     yang = [*phases.PHASES, phases.UNKNOWN]
@@ -101,7 +102,7 @@ def claims(results: Results, t: Tables) -> list[str]:
     u = config.uncertainty
     score_name, _ = _what(results)
     larger = results.error_metric
-    swept = [k for k in grids.KNOBS if len(results.knob_values[k]) > 1]
+    swept = grids.swept(results.knob_values)
     best = best_point(results, grid)
     if best is None:
         return [f"No grid point has a finite mean {score_name}.", ""]
@@ -149,7 +150,7 @@ def claims(results: Results, t: Tables) -> list[str]:
 
 KIND_NAMES = {"training": "training (loss)", "data-free": "data-free (weight spectra)",
               "local": "local (Hessian)", "global": "global (connectivity, CKA, L2)",
-              "features": "features (neural collapse)"}
+              "features": "features (neural collapse)", "robustness": "robustness (adversarial, input Hessian)"}
 
 
 def kinds_of_metric(results: Results, table, intervals, score_name: str) -> list[str]:
@@ -178,8 +179,8 @@ def along_training(results: Results, trajectories: tables.Trajectories, grid: Se
     """Does an early metric already rank the grid? Spearman of each tracked correlated metric at every tracked
     epoch with the final test score; and the grid points whose phase changed between tracked epochs."""
     epochs = list(trajectories.grids)
-    final = {tuple(r[k] for k in grids.KNOBS): r.get(results.score, math.nan) for r in grid}
-    swept = [k for k in grids.KNOBS if len(results.knob_values[k]) > 1]
+    final = {grids.point_key(r): r.get(results.score, math.nan) for r in grid}
+    swept = grids.swept(results.knob_values)
     tracked = [c for c in results.correlated if any(f"{c}_mean" in r for r in trajectories.grids[epochs[0]])]
     lines = ["## Along training", "",
              f"Tracked epochs: {', '.join(map(str, epochs))} (trajectory.csv, pair_trajectory.csv, "
@@ -191,14 +192,14 @@ def along_training(results: Results, trajectories: tables.Trajectories, grid: Se
         for e in epochs:
             rows = trajectories.grids[e]
             values = [r.get(f"{column}_mean", math.nan) for r in rows]
-            scores = [final.get(tuple(r[k] for k in grids.KNOBS), math.nan) for r in rows]
+            scores = [final.get(grids.point_key(r), math.nan) for r in rows]
             rho = phases.correlation_table({column: values}, scores, ["?"] * len(rows))[0].spearman
             cells.append("–" if math.isnan(rho) else f"{rho:+.2f}")
         lines.append(f"| {column} | " + " | ".join(cells) + " |")
     changes = []
     for point in trajectories.grids[epochs[-1]]:
-        key = tuple(point[k] for k in grids.KNOBS)
-        seq = [next(r["phase"] for r in trajectories.grids[e] if tuple(r[k] for k in grids.KNOBS) == key)
+        key = grids.point_key(point)
+        seq = [next(r["phase"] for r in trajectories.grids[e] if grids.point_key(r) == key)
                for e in epochs]
         steps = [f"{seq[i]} -> {seq[i + 1]} by epoch {epochs[i + 1]}" for i in range(len(seq) - 1)
                  if seq[i] != seq[i + 1] and "?" not in (seq[i], seq[i + 1])]
@@ -214,7 +215,7 @@ def along_training(results: Results, trajectories: tables.Trajectories, grid: Se
 def stability_lines(results: Results, grid: Sequence[dict]) -> list[str]:
     """How many phase labels are stable, and the unstable points."""
     u = results.config.uncertainty
-    swept = [k for k in grids.KNOBS if len(results.knob_values[k]) > 1]
+    swept = grids.swept(results.knob_values)
     known = [r for r in grid if r["phase"] in phases.PHASES]
     shaky = [r for r in known if unstable(results, r)]
     lines = [f"Phase stability: {len(known) - len(shaky)} of {len(known)} labelled points keep their phase in at "
@@ -261,7 +262,7 @@ def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: P
     and every figure."""
     config, grid = results.config, t.grid
     knob_values = results.knob_values
-    swept = [k for k in grids.KNOBS if len(knob_values[k]) > 1]
+    swept = grids.swept(knob_values)
     x, y = tables.choose_axes(knob_values)
     th = config.phase
     score_name, units = _what(results)
@@ -272,9 +273,11 @@ def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: P
     lines = [f"# lljax report: {results.model} on {results.dataset}", "",
              f"{len(results.members)} members = {len(grid)} grid points x {config.seeds} seeds, "
              f"{len(results.groups)} compiled groups, {config.epochs} epochs ({config.schedule} schedule, "
-             f"{config.loss} loss, {config.optimizer}; {config.precision} training, convolutions "
+             f"{results.loss_name if config.loss_is_knob else config.loss} loss, {config.optimizer}" +
+             (f", SAM radius {', '.join(f'{r:g}' for r in config.sam_rhos)}" if config.uses_sam else "") +
+             f"; {config.precision} training, convolutions "
              f"{_strategies(results)}); run time {results.seconds:.0f} s. Swept: " +
-             "; ".join(f"{k} = {', '.join(f'{v:g}' for v in knob_values[k])}" for k in swept) +
+             "; ".join(f"{k} = {', '.join(grids.format_value(v) for v in knob_values[k])}" for k in swept) +
              f". Metrics: {', '.join(config.metric_names)}. Configuration: [config.json](config.json).", ""]
     lines += data_lines(out_dir)
     diverged = sum(r["diverged"] for r in grid)
@@ -282,7 +285,9 @@ def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: P
         lines += [f"**Diverged members: {diverged} of {len(results.members)}** (left out of every mean" +
                   ("; every member diverged, so no grid point has a measured mean)." if best is None else ")."), ""]
     lines += ["## Phases", "",
-              f"Rule (lljax.phases): fitted when mean training loss < {th.train_loss:g} {units}; barrier when "
+              (f"Rule (lljax.phases): fitted when mean training error < {config.fitted_error:g} (a grid over "
+               "losses: the error means the same for every loss); barrier when " if tables.fitted_by_error(config)
+               else f"Rule (lljax.phases): fitted when mean training loss < {th.train_loss:g} {units}; barrier when ") +
               f"mc < -{th.mc_band:g} (mc on {mc_on}); fitted points: III with a barrier, else IV-B when CKA of "
               f"{cka_on} >= {th.cka:g}, else IV-A; not fitted: I with a barrier, else II. "
               "'?' = an input the rule needs was not measured.", "",
@@ -344,7 +349,7 @@ def summary(results: Results, t: Tables, out_dir: Path) -> str:
     if diverged:
         lines.append(f"diverged members: {diverged} (excluded from means)")
     best = best_point(results, grid)
-    swept = [k for k in grids.KNOBS if len(knob_values[k]) > 1]
+    swept = grids.swept(knob_values)
     if best is None:
         lines.append(f"no grid point has a finite mean {score_name}")
     else:
@@ -387,7 +392,7 @@ def _tables(results: Results, out_dir: Path):
     """Write members.csv, pairs.csv, grid.csv, layers.csv and the trajectories; return the tables."""
     t = tables.make_tables(results)
     store.write_atomic(out_dir / "members.csv", tables.to_csv(t.members))
-    store.write_atomic(out_dir / "pairs.csv", tables.to_csv(t.pairs, tables.PAIR_KEYS))
+    store.write_atomic(out_dir / "pairs.csv", tables.to_csv(t.pairs, tables.pair_keys(results)))
     store.write_atomic(out_dir / "grid.csv", tables.to_csv(t.grid))
     layers = tables.layer_rows(results)
     if layers:

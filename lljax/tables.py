@@ -134,7 +134,7 @@ def member_rows(results: Results, group_metrics: Sequence[dict] | None = None) -
         columns = _scalar_columns(arrays, "member/", len(group.members))
         for pos, index in enumerate(group.members):
             m = results.members[index]
-            row = {k: getattr(m, k) for k in grids.KNOBS}
+            row = grids.knob_row(m)
             row.update(seed=m.seed, group=group.index)
             row.update({k: v[pos] for k, v in columns.items()})
             rows.append(row)
@@ -150,7 +150,7 @@ def pair_rows(results: Results, group_metrics: Sequence[dict] | None = None, kin
         columns = _scalar_columns(arrays, f"{kind}/", len(owners))
         for p, owner in enumerate(owners):
             seeds = [results.members[group.members[i]] for i in owner]
-            row = {k: getattr(seeds[0], k) for k in grids.KNOBS}
+            row = grids.knob_row(seeds[0])
             row.update({f"seed_{'abcd'[i]}": m.seed for i, m in enumerate(seeds)}, group=group.index)
             row.update({k: v[p] for k, v in columns.items()})
             rows.append(row)
@@ -158,6 +158,11 @@ def pair_rows(results: Results, group_metrics: Sequence[dict] | None = None, kin
 
 
 PAIR_KEYS = (*grids.KNOBS, "seed_a", "seed_b", "group")
+
+
+def pair_keys(results: Results) -> tuple[str, ...]:
+    """pairs.csv's first columns: the run's knobs (`grid.knobs_of`), both seeds and the group."""
+    return (*grids.knobs_of(results.knob_values), "seed_a", "seed_b", "group")
 
 
 def layer_rows(results: Results) -> list[dict]:
@@ -175,7 +180,7 @@ def layer_rows(results: Results) -> list[dict]:
         for pos, index in enumerate(group.members):
             m = results.members[index]
             for name, columns in by_layer.items():
-                row = {k: getattr(m, k) for k in grids.KNOBS}
+                row = grids.knob_row(m)
                 row.update(seed=m.seed, group=group.index, layer=name)
                 row.update({c: v[pos] for c, v in columns.items()})
                 rows.append(row)
@@ -202,11 +207,12 @@ def points_of(members: Sequence[dict], pairs: Sequence[dict], quads: Sequence[di
     """The grid points of the member, pair and quad rows, in order of first appearance."""
     by_point: dict[tuple, Point] = {}
     for row in members:
-        key = tuple(row[k] for k in grids.KNOBS)
-        by_point.setdefault(key, Point(dict(zip(grids.KNOBS, key)), [], [], [], [])).members.append(row)
+        key = grids.point_key(row)
+        knobs = {k: row[k] for k in grids.ALL_KNOBS if k in row}
+        by_point.setdefault(key, Point(knobs, [], [], [], [])).members.append(row)
     for rows, field in ((pairs, "pairs"), (quads, "quads")):
         for row in rows:
-            getattr(by_point[tuple(row[k] for k in grids.KNOBS)], field).append(row)
+            getattr(by_point[grids.point_key(row)], field).append(row)
     for p in by_point.values():
         diverged = {r["seed"] for r in p.members if r.get("diverged")}
         kept = lambda rows: [r for r in rows if not any(r.get(s) in diverged for s in SEEDS if s in r)]
@@ -215,7 +221,7 @@ def points_of(members: Sequence[dict], pairs: Sequence[dict], quads: Sequence[di
     return list(by_point.values())
 
 
-SKIP = set(grids.KNOBS) | {"seed", *SEEDS, "group", "diverged"}
+SKIP = set(grids.ALL_KNOBS) | {"seed", *SEEDS, "group", "diverged"}
 
 
 def grid_rows(members: Sequence[dict], pairs: Sequence[dict], level: float = 0.95, seed: int = 0,
@@ -245,10 +251,38 @@ def cka_column(grid: Sequence[dict]) -> str:
     return "cka_softmax_mean" if any("cka_softmax_mean" in r for r in grid) else "cka_logits_mean"
 
 
-def add_phases(grid: Sequence[dict], thresholds: phases.Thresholds) -> None:
-    """Set each grid row's 'phase' by `phases.classify` on its means ('?' where an input is missing)."""
+def fitted_by_error(config) -> bool:
+    """Whether the phase rule's "fitted" reads the training error (below --fitted-error) instead of the training
+    loss: in a grid over losses (`Config.loss_is_knob`), whose values are in different units with different
+    minima (label smoothing's is above 0), the error means the same for every loss."""
+    return bool(getattr(config, "loss_is_knob", False))
+
+
+def fitting(config, thresholds: phases.Thresholds | None = None) -> tuple[str, phases.Thresholds]:
+    """(the per-member column the rule's "fitted" test reads, the thresholds to use): the training loss and the
+    run's thresholds, or the training error ('train_error', 1 - train_acc) with train_loss set to --fitted-error
+    (`fitted_by_error`)."""
+    thresholds = config.phase if thresholds is None else thresholds
+    if fitted_by_error(config):
+        return "train_error", dataclasses.replace(thresholds, train_loss=config.fitted_error)
+    return "train_loss", thresholds
+
+
+def fitted_values(rows: Sequence[dict], column: str) -> list[float]:
+    """Each row's `column` ('train_loss', 'train_error', or their grid means '..._mean'), NaN where absent."""
+    if column.startswith("train_error"):
+        acc = column.replace("train_error", "train_acc")
+        return [1 - float(r.get(acc, math.nan)) for r in rows]
+    return [float(r.get(column, math.nan)) for r in rows]
+
+
+def add_phases(grid: Sequence[dict], thresholds: phases.Thresholds, config=None) -> None:
+    """Set each grid row's 'phase' by `phases.classify` on its means ('?' where an input is missing); `config`:
+    the run's (a grid over losses reads the training error, `fitting`)."""
     column = lambda name: [r.get(name, math.nan) for r in grid]
-    labels = phases.classify(column("train_loss_mean"), column("mc_mean"), column(cka_column(grid)), thresholds)
+    fitted, thresholds = ("train_loss", thresholds) if config is None else fitting(config, thresholds)
+    labels = phases.classify(fitted_values(grid, f"{fitted}_mean"), column("mc_mean"), column(cka_column(grid)),
+                             thresholds)
     for row, label in zip(grid, labels):
         row["phase"] = str(label)
 
@@ -258,10 +292,11 @@ def add_stability(grid: Sequence[dict], members: Sequence[dict], pairs: Sequence
     (`uncertainty.phase_stability`)."""
     cka = cka_column(grid).removesuffix("_mean")
     values = lambda rows, name: [float(r.get(name, math.nan)) for r in rows]
+    fitted, rule = fitting(config)
     for index, (row, p) in enumerate(zip(grid, points_of(members, pairs))):
         boot, thresholds = uncertainty.phase_stability(
-            values(p.kept_members, "train_loss"), values(p.kept_pairs, "mc"), values(p.kept_pairs, cka),
-            row["phase"], config.phase, uncertainty.generator(config.seed, "phase_stability", index),
+            fitted_values(p.kept_members, fitted), values(p.kept_pairs, "mc"), values(p.kept_pairs, cka),
+            row["phase"], rule, uncertainty.generator(config.seed, "phase_stability", index),
             config.uncertainty.resamples)
         row["phase_stability_bootstrap"], row["phase_stability_thresholds"] = boot, thresholds
 
@@ -290,7 +325,7 @@ def make_tables(results: Results) -> Tables:
     config = results.config
     members, pairs, quads = member_rows(results), pair_rows(results), pair_rows(results, kind="quad")
     grid = grid_rows(members, pairs, config.uncertainty.level, config.seed, config.uncertainty.resamples, quads)
-    add_phases(grid, config.phase)
+    add_phases(grid, config.phase, config)
     add_stability(grid, members, pairs, config)
     add_liu_phases(grid, members, pairs, config)
     return Tables(members, pairs, grid)
@@ -332,12 +367,12 @@ def trajectory_tables(results: Results) -> Trajectories | None:
             m_rows = [{k: v for k, v in r.items() if k in columns["members"]} for r in m_rows]
             p_rows = [{k: v for k, v in r.items() if k in columns["pairs"]} for r in p_rows]
         grid = grid_rows(m_rows, p_rows, config.uncertainty.level, config.seed, config.uncertainty.resamples)
-        add_phases(grid, config.phase)
+        add_phases(grid, config.phase, config)
         grids_by_epoch[e] = grid
         cka = cka_column(grid)
         members += [_with_epoch(r, e, "seed") for r in m_rows]
         pairs += [_with_epoch(r, e, "seed_b") for r in p_rows]
-        phase_rows += [{**{k: r[k] for k in grids.KNOBS}, "epoch": e, "phase": r["phase"],
+        phase_rows += [{**{k: r[k] for k in grids.knobs_of(results.knob_values)}, "epoch": e, "phase": r["phase"],
                         **{c: r.get(c, math.nan) for c in ("train_loss_mean", "mc_mean", cka)}} for r in grid]
     return Trajectories(members, pairs, phase_rows, grids_by_epoch)
 
@@ -349,11 +384,12 @@ def choose_axes(knob_values: dict[str, Sequence], axes: Sequence[str] | None = N
     y; with two swept knobs of one kind, both of that kind. `axes` overrides."""
     if axes:
         return tuple(axes) + (None,) * (2 - len(axes))
-    swept = [k for k in grids.KNOBS if len(knob_values[k]) > 1]
+    swept = grids.swept(knob_values)
     loads = [k for k in swept if k in grids.LOAD_KNOBS]
-    temps = [k for k in swept if k in grids.TEMPERATURE_KNOBS]
+    temps = [k for k in swept if k in grids.TEMPERATURE_KNOBS or k == "sam_rho"]
+    categories = [k for k in swept if k == "loss"]  # the loss: a y axis where no temperature-like knob is swept
     x = loads[0] if loads else (temps[1] if len(temps) > 1 else None)
-    y = temps[0] if temps else (loads[1] if len(loads) > 1 else None)
+    y = temps[0] if temps else (loads[1] if len(loads) > 1 else categories[0] if categories else None)
     if x is None and y is not None:
         x, y = y, None
     return x, y
@@ -361,7 +397,7 @@ def choose_axes(knob_values: dict[str, Sequence], axes: Sequence[str] | None = N
 
 def facets(grid: Sequence[dict], knob_values: dict[str, Sequence], x: str | None, y: str | None):
     """Split grid rows by the values of every swept knob that is not an axis: yields (suffix, rows)."""
-    others = [k for k in grids.KNOBS if len(knob_values[k]) > 1 and k not in (x, y)]
+    others = [k for k in grids.swept(knob_values) if k not in (x, y)]
     by_value: dict[tuple, list] = {}
     for row in grid:
         by_value.setdefault(tuple(row[k] for k in others), []).append(row)

@@ -7,7 +7,11 @@ an optional linear warm-up. The loss is a `losses.Loss` (cross-entropy by defaul
 per-step 'dropout' key. Batch size `FULL_BATCH` (0) trains full-batch: every step is the mean over the member's
 whole subset (the training set weighted by its mask, one step per epoch, no shuffling), so members with
 different data fractions still share one program.
-Per-member hyperparameters (lr, weight decay, momentum, data fraction, label noise) are traced scalars, so
+Sharpness-aware minimisation (Foret et al. 2021) with a per-member radius `Hyper.sam_rho` (`sam_gradient`): the
+gradient at theta + rho g / ||g|| (g the loss's gradient, weight decay then added at theta by the optimiser, as
+the usual two-pass PyTorch implementation), about two gradient evaluations per step; BatchNorm statistics are
+updated once per step, from the unperturbed forward pass; the reported minibatch loss is the unperturbed one.
+Per-member hyperparameters (lr, weight decay, momentum, data fraction, label noise, SAM radius) are traced scalars, so
 members that differ only in them share one compiled program. The step loop is `lax.scan` over epochs and
 steps; a member whose loss or update turns non-finite stops updating and is flagged `diverged`.
 """
@@ -32,7 +36,9 @@ FULL_BATCH = 0  # batch size of full-batch training (`--batch-sizes full`)
 
 class Hyper(NamedTuple):
     """One member's dynamic hyperparameters (scalars; stacked to (M,) for an ensemble). `beta2`: Adam's
-    second-moment decay, None for optax's default (0.999)."""
+    second-moment decay, None for optax's default (0.999). `sam_rho`: the radius of sharpness-aware minimisation
+    (`sam_gradient`), None for plain training (a program without SAM; a radius of 0 inside a SAM program gives
+    the plain gradient)."""
 
     lr: jax.Array
     weight_decay: jax.Array
@@ -40,6 +46,7 @@ class Hyper(NamedTuple):
     data_fraction: jax.Array
     label_noise: jax.Array
     beta2: jax.Array | None = None
+    sam_rho: jax.Array | None = None
 
 
 def _scale_by_adam(hyper: Hyper) -> optax.GradientTransformation:
@@ -188,6 +195,8 @@ def train_step(spec: TrainSpec, member: Member, state: MemberState, x_BX: jax.Ar
         return spec.loss.mean(outputs, y_B, weights_B), batch_stats
 
     (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+    if member.hyper.sam_rho is not None:
+        grads = sam_gradient(lambda p: loss(p)[0], state.params, grads, member.hyper.sam_rho)
     descent, opt_state = direction(spec.optimizer, member.hyper).update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda d: -learning_rate(spec, member.hyper.lr, step) * d, descent)
     params = optax.apply_updates(state.params, updates)
@@ -196,6 +205,23 @@ def train_step(spec: TrainSpec, member: Member, state: MemberState, x_BX: jax.Ar
     new = state._replace(params=keep(state.params, params), batch_stats=keep(state.batch_stats, batch_stats),
                          opt_state=keep(state.opt_state, opt_state), diverged=bad)
     return new, value
+
+
+def sam_perturbation(grads, rho):
+    """Sharpness-aware minimisation's ascent step eps = rho g / ||g|| (Foret et al. 2021; the norm over every
+    parameter of the model), 0 where the gradient is 0 (or rho is)."""
+    norm = optax.tree.norm(grads)
+    scale = jnp.where(norm > 0, rho / jnp.where(norm > 0, norm, 1.0), 0.0)
+    return jax.tree.map(lambda g: (scale * g).astype(g.dtype), grads)
+
+
+def sam_gradient(loss: Callable[[Any], jax.Array], params, grads, rho):
+    """The SAM gradient: of `loss` at params + eps (`sam_perturbation` of `grads`, the loss's gradient at params),
+    on the same minibatch (and the same Dropout masks); exactly `grads` where rho is 0. The model's BatchNorm
+    statistics are those of the unperturbed pass (the caller's), so they are updated once per step."""
+    eps = sam_perturbation(grads, rho)
+    perturbed = jax.grad(loss)(jax.tree.map(jnp.add, params, eps))
+    return jax.tree.map(lambda g, h: jnp.where(rho == 0, g, h), grads, perturbed)
 
 
 def train_epochs(spec: TrainSpec, state: MemberState, member: Member, x_train: jax.Array, first_epoch,

@@ -95,6 +95,8 @@ def test_metric_and_phase_options_reach_the_configuration(option, value, get, ex
     (["--curve-points", "1"], "curve points must be at least 2"),
     (["--cka-samples", "0"], "cka samples must be a positive integer"),
     (["--max-members-per-chunk", "0"], "max members per chunk must be a positive integer"),
+    (["--sam-rho", "0", "-0.1"], r"SAM radius \(--sam-rho\) must be a non-negative number"),
+    (["--losses", "focal", "--focal-gamma", "-1"], "focal gamma must be non-negative"),
 ])
 def test_bad_metric_options_are_one_line_errors(tmp_path, capsys, args, match):
     code = cli.main([*args, "--out", str(tmp_path / "out"), "--no-progress"])
@@ -108,7 +110,7 @@ def test_every_configuration_field_has_a_flag_and_help_groups_them_by_section():
     p = cli.parser("study", experiment.PRESETS)
     flags = {a for action in p._actions for a in action.option_strings}
     for f in options.fields(config.Config):
-        assert (f.metadata.get("negate") or "--" + f.name.replace("_", "-")) in flags, f.name
+        assert (f.metadata.get("negate") or f.metadata.get("flag") or "--" + f.name.replace("_", "-")) in flags, f.name
     for section, (cls, prefix) in config.sections().items():
         for f in options.fields(cls):
             assert f"--{prefix}-{f.name}".replace('_', '-') in flags, (section, f.name)

@@ -20,7 +20,8 @@ TINY = dict(lrs=(0.05,), seeds=4, epochs=1, max_pairs=2, hessian_samples=16, hes
             hessian_lanczos_steps=4, hessian_density_runs=1, hessian_density_steps=3, hessian_trace_method="hutchinson",
             hessian_trace_probes=2, curve_epochs=1, curve_points=3, curve_batch_size=8, cka_samples=12,
             spectra_bootstrap=0, spectra_min_evals=4, slice_samples=16, slice_points=3, slice_grid=2,
-            slice_directions=1, surface_epochs=1, surface_grid=2, surface_batch_size=8)
+            slice_directions=1, surface_epochs=1, surface_grid=2, surface_batch_size=8, robust_samples=8,
+            robust_steps=2, robust_hessian_steps=3)
 
 
 def images(shape):
@@ -90,7 +91,7 @@ def assert_group_equals_a_loop(family, g):
     """The family's group program == its function for one member (pair, quad) in a Python loop."""
     together, tuples = measure_group(family, g)
     ctx = pipeline.family_context(family, g)
-    key = grid.stream(g.key, family.name)
+    key = grid.stream(g.key, family.stream_name)
     shared = Shared(jnp.asarray(g.dataset.x_train), jnp.asarray(g.dataset.x_test), jnp.asarray(g.dataset.y_test))
     if family.prepare:
         shared = shared._replace(extra=family.prepare(ctx, shared, key))

@@ -25,8 +25,21 @@ def test_groups_are_the_fewest_with_identical_static_knobs():
     assert len(groups) == 4  # width x batch size; lr, label noise and seeds are vmapped
     assert sorted(i for g in groups for i in g.members) == list(range(len(members)))
     for g in groups:
-        assert {members[i].static for i in g.members} == {(g.width, g.batch_size)}
+        assert {members[i].static for i in g.members} == {(g.width, g.batch_size, None)}
         assert len(g.members) == 2 * 2 * 3
+
+
+def test_each_loss_is_a_group_and_sam_radii_share_one():
+    members = grid.grid_members({**knobs(width=(4, 8)), "loss": ("cross_entropy", "focal"),
+                                 "sam_rho": (0.0, 0.1)}, seeds=2)
+    groups = grid.group_members(members)
+    assert [(g.width, g.loss) for g in groups] == [(4, "cross_entropy"), (4, "focal"), (8, "cross_entropy"),
+                                                   (8, "focal")]
+    for g in groups:
+        assert {members[i].sam_rho for i in g.members} == {0.0, 0.1} and len(g.members) == 4
+    assert len({m.point for m in members}) == 8  # the radius and the loss are part of the grid point
+    assert grid.knob_row(members[0])["loss"] == "cross_entropy" and "loss" not in grid.knob_row(
+        grid.grid_members(knobs(), seeds=1)[0])
 
 
 def test_pairs_stay_within_grid_points():

@@ -89,3 +89,52 @@ def test_one_label_per_example_means_are_unchanged_by_the_per_token_path():
                                   losses.softmax_cross_entropy(logits, labels).mean())
     per_token = losses.cross_entropy.mean(logits[:, None], labels[:, None])  # T = 1: the same numbers
     np.testing.assert_allclose(per_token, losses.softmax_cross_entropy(logits, labels).mean(), rtol=1e-12)
+
+
+# ------------------------------------------------------------------- the losses of Zhou et al. 2022 (NeurIPS)
+
+LOGITS = [[2.0, 0.5, -1.0, 0.3], [0.0, 0.0, 3.0, -2.0], [-1.0, 4.0, 0.5, 0.5]]
+LABELS = [0, 1, 1]
+
+
+def _log_softmax(logits):
+    logits = np.asarray(logits, np.float64)
+    return logits - np.log(np.exp(logits).sum(1, keepdims=True))
+
+
+def test_label_smoothing_focal_and_scaled_mse_closed_forms():
+    logits, labels = jnp.asarray(LOGITS), jnp.asarray(LABELS)
+    logp = _log_softmax(LOGITS)
+    nll = -logp[np.arange(3), LABELS]
+    a, gamma, scale = 0.1, 2.5, 15.0
+    np.testing.assert_allclose(losses.label_smoothing(a).per_example(logits, labels),
+                               (1 - a) * nll + a * (-logp).mean(1), rtol=1e-12)
+    p_y = np.exp(-nll)
+    np.testing.assert_allclose(losses.focal(gamma).per_example(logits, labels), -(1 - p_y) ** gamma * np.log(p_y),
+                               rtol=1e-12)
+    onehot = np.eye(4)[LABELS]
+    np.testing.assert_allclose(losses.mse_onehot(scale).per_example(logits, labels),
+                               ((np.asarray(LOGITS) - scale * onehot) ** 2).mean(1), rtol=1e-12)
+    for loss in (losses.label_smoothing(a), losses.focal(gamma), losses.mse_onehot(scale)):
+        assert loss.classification
+        np.testing.assert_array_equal(loss.error(logits, labels), [0.0, 1.0, 0.0])
+
+
+def test_focal_gamma_0_and_label_smoothing_0_are_cross_entropy():
+    logits, labels = jnp.asarray(LOGITS), jnp.asarray(LABELS)
+    ce = losses.cross_entropy.per_example(logits, labels)
+    np.testing.assert_allclose(losses.focal(0.0).per_example(logits, labels), ce, rtol=1e-12)
+    np.testing.assert_allclose(losses.label_smoothing(0.0).per_example(logits, labels), ce, rtol=1e-12)
+    # their gradients too (focal's (1 - p)^gamma factor drops out exactly at gamma 0)
+    grad = lambda loss: jax.grad(lambda z: loss.mean(z, labels))(logits)
+    np.testing.assert_allclose(grad(losses.focal(0.0)), grad(losses.cross_entropy), rtol=1e-12)
+    np.testing.assert_allclose(grad(losses.label_smoothing(0.0)), grad(losses.cross_entropy), rtol=1e-12)
+
+
+def test_build_uses_parameters_and_rejects_bad_ones():
+    assert losses.build("focal", focal_gamma=1.5) == losses.focal(1.5)  # equal parameters: equal (hashable) losses
+    assert losses.build("cross_entropy") is losses.cross_entropy
+    for kwargs, message in ((dict(focal_gamma=-0.5), "focal gamma"), (dict(label_smoothing=1.0), "label smoothing"),
+                            (dict(label_smoothing=-0.1), "label smoothing"), (dict(mse_scale=0.0), "mse scale")):
+        with pytest.raises(LLJaxError, match=message):
+            losses.build("focal", **kwargs)

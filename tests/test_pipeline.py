@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -751,3 +752,72 @@ def test_a_family_that_cannot_run_fails_before_training_and_one_failing_after_ke
     assert "cka_softmax" in read_csv(out / "pairs.csv")[0] and json.loads((out / "config.json").read_text())[
         "metrics"] == ["loss", "cka", "l2"]
     del results
+
+
+# ------------------------------------------------------------------- training recipes as knobs: losses and SAM
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(sam_rhos=(0.0, -0.05)), r"SAM radius \(--sam-rho\) must be a non-negative number, got -0.05"),
+    (dict(losses=("cross_entropy", "hinge")), "unknown loss 'hinge' in --losses"),
+    (dict(losses=("focal",), focal_gamma=-1.0), "focal gamma must be non-negative, got -1"),
+    (dict(losses=("label_smoothing",), label_smoothing=1.0), r"label smoothing must be in \[0, 1\), got 1"),
+    (dict(label_smoothing=-0.1), r"label smoothing must be in \[0, 1\), got -0.1"),
+    (dict(losses=("focal",), loss="mse"), "give the loss by --loss or by --losses, not both"),
+])
+def test_bad_recipe_knobs_are_one_line_errors_before_anything_is_written(tmp_path, overrides, match):
+    with pytest.raises(LLJaxError, match=match):
+        pipeline.run(tiny_config(**overrides), tmp_path / "out", progress=False, dataset=tiny_dataset())
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_classification_loss_on_regression_data_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(LLJaxError, match="float targets but the loss needs integer class labels"):
+        pipeline.run(tiny_config(losses=("mse_onehot", "focal")), tmp_path / "out", progress=False,
+                     dataset=regression_dataset())
+    assert not (tmp_path / "out").exists()
+
+
+def test_sam_radius_0_alone_and_cross_entropy_alone_are_plain_training():
+    """No SAM program, no new knob: the grid, the hyperparameters and the tables of a run without the options
+    (config.json records the options given)."""
+    plain = tiny_config()
+    for config in (tiny_config(sam_rhos=(0.0,)), tiny_config(losses=("cross_entropy",))):
+        assert config.knob_values() == plain.knob_values()
+        members = grid.grid_members(config.knob_values(), config.seeds)
+        assert members == grid.grid_members(plain.knob_values(), plain.seeds)
+        assert pipeline.hyper_columns(config, members).sam_rho is None
+        recorded = {"losses", "sam_rhos", "label_smoothing", "focal_gamma", "mse_scale", "fitted_error"}
+        assert set(config.to_dict()) - set(plain.to_dict()) == recorded
+    assert pipeline.hyper_columns(tiny_config(sam_rhos=(0.0, 0.1)), members).sam_rho is not None
+
+
+@pytest.mark.slow
+def test_a_grid_over_losses_and_sam_radii_end_to_end(tmp_path):
+    """Two losses (a group each) x two SAM radii: the knobs land in every table, training and the families use the
+    group's own loss, and the phase rule's fitted test reads the training error."""
+    from lljax import losses
+
+    config = tiny_config(widths=(6,), lrs=(0.1,), losses=("label_smoothing", "mse_onehot"), sam_rhos=(0.0, 0.05),
+                         mse_scale=2.0, metrics=("loss", "curves", "cka"), curve_epochs=2, curve_points=5,
+                         cka_samples=32)
+    out = tmp_path / "recipes"
+    results = pipeline.run(config, out, progress=False, dataset=tiny_dataset())
+    assert [g.loss for g in results.groups] == ["label_smoothing", "mse_onehot"]
+    members, pairs, grid_ = (read_csv(out / f"{t}.csv") for t in ("members", "pairs", "grid"))
+    assert len(members) == 2 * 2 * 2 and len(grid_) == 4 and len(pairs) == 4
+    for rows in (members, pairs, grid_, read_csv(out / "curves.csv")):
+        assert list(rows[0])[7:9] == ["loss", "sam_rho"]
+    assert {(r["loss"], r["sam_rho"]) for r in grid_} == {(name, r) for name in config.losses for r in ("0", "0.05")}
+    # label smoothing's loss never goes below its minimum (the smoothed target's entropy): its members trained on it
+    a, k = config.label_smoothing, 3
+    p = 1 - a + a / k
+    floor = -p * np.log(p) - (k - 1) * (a / k) * np.log(a / k)
+    assert all(float(r["train_loss"]) >= floor - 1e-6 for r in members if r["loss"] == "label_smoothing")
+    assert losses.build("mse_onehot", mse_scale=2.0) == pipeline.Parts(None, None, None).loss_of(
+        config, results.groups[1])
+    for r in grid_:
+        fitted = dataclasses.replace(config.phase, train_loss=config.fitted_error)
+        expected = phases.classify(1 - float(r["train_acc_mean"]), float(r["mc_mean"]),
+                                   float(r["cka_softmax_mean"]), fitted)
+        assert r["phase"] == str(expected)
+    assert "fitted when mean training error" in (out / "report.md").read_text()

@@ -156,3 +156,86 @@ def test_bad_train_specs():
         train.TrainSpec(spec, 200, 1, 100)
     with pytest.raises(LLJaxError, match="schedule"):
         train.TrainSpec(spec, 10, 1, 100, "warmup")
+
+
+# ------------------------------------------------------------------- sharpness-aware minimisation (Foret et al.)
+
+def sam_hyper(rhos, lr=0.1, wd=0.01, momentum=0.9):
+    return hyper([lr] * len(rhos), wd=wd, momentum=momentum)._replace(sam_rho=jnp.asarray(rhos, jnp.float32))
+
+
+def test_sam_step_equals_a_hand_written_two_pass_step():
+    """SAM by hand (the usual PyTorch two-pass step): g at w; eps = rho g / ||g||; g' at w + eps; SGD from w with
+    d = g' + wd*w, buf = m*buf + d, w -= lr*buf."""
+    x, y = small_problem(n=16)
+    spec = spec_for(x, batch=16, epochs=4, schedule="constant")
+    rho, lr, wd, m = 0.2, 0.1, 0.01, 0.9
+    state, member = train.init_member(spec, jax.random.key(1), pytrees.member(sam_hyper([rho]), 0), y, x.shape[1:])
+    loss = lambda p: losses.softmax_cross_entropy(models.apply(spec.model, p, {}, x)[0], y).mean()
+    w, buf = state.params, None
+    for step in range(2):
+        state, _ = train.train_step(spec, member, state, x, y, step)
+        g = jax.grad(loss)(w)
+        norm = np.sqrt(sum(float(jnp.sum(leaf ** 2)) for leaf in jax.tree.leaves(g)))
+        g_sam = jax.grad(loss)(jax.tree.map(lambda p, gi: p + rho * gi / norm, w, g))
+        d = jax.tree.map(lambda gi, p: gi + wd * p, g_sam, w)
+        buf = d if buf is None else jax.tree.map(lambda b, di: m * b + di, buf, d)
+        w = jax.tree.map(lambda p, b: p - lr * b, w, buf)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(w)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    plain, _ = train.train_step(spec, member._replace(hyper=member.hyper._replace(sam_rho=None)),
+                                train.init_member(spec, jax.random.key(1), pytrees.member(hyper([lr]), 0), y,
+                                                  x.shape[1:])[0], x, y, 0)
+    assert not np.allclose(jax.tree.leaves(plain.params)[0], jax.tree.leaves(state.params)[0])
+
+
+def test_sam_perturbation_is_rho_over_the_gradient_norm_and_zero_for_a_zero_gradient():
+    grads = {"a": jnp.array([3.0, 0.0]), "b": jnp.array([[4.0]])}
+    eps = train.sam_perturbation(grads, 0.5)
+    np.testing.assert_allclose(eps["a"], [0.3, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(eps["b"], [[0.4]], rtol=1e-6)
+    zero = train.sam_perturbation(jax.tree.map(jnp.zeros_like, grads), 0.5)
+    assert all(np.all(leaf == 0) for leaf in jax.tree.leaves(zero))
+
+
+class _BatchNormMLP:
+    """A factory of a tiny MLP with BatchNorm (its statistics must come from the unperturbed pass)."""
+
+    def __call__(self, width, num_classes):
+        import flax.linen as nn
+
+        class Net(nn.Module):
+            @nn.compact
+            def __call__(self, x, train=False):
+                h = nn.Dense(width)(x)
+                h = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(h))
+                return nn.Dense(num_classes)(h)
+
+        return Net()
+
+
+def test_sam_updates_batchnorm_statistics_from_the_unperturbed_pass():
+    x, y = small_problem(n=16)
+    spec = train.TrainSpec(models.ModelSpec(_BatchNormMLP(), 5, num_classes=3), 16, 2, 16, "constant")
+    state, member = train.init_member(spec, jax.random.key(2), pytrees.member(sam_hyper([0.5]), 0), y, x.shape[1:])
+    sam, _ = train.train_step(spec, member, state, x, y, 0)
+    plain, _ = train.train_step(spec, member._replace(hyper=member.hyper._replace(sam_rho=None)), state, x, y, 0)
+    for a, b in zip(jax.tree.leaves(sam.batch_stats), jax.tree.leaves(plain.batch_stats)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(jax.tree.leaves(sam.params)[0], jax.tree.leaves(plain.params)[0])
+
+
+def test_per_member_sam_radius_vmapped_equals_a_loop_and_radius_0_is_plain_training():
+    x, y = small_problem()
+    spec = spec_for(x, epochs=2)
+    rhos = [0.0, 0.05, 0.3]
+    keys = jax.random.split(jax.random.key(3), 3)
+    state, _ = trained(spec, sam_hyper(rhos), keys, x, y)
+    for i in range(3):
+        single, _ = trained(spec, pytrees.member(sam_hyper(rhos), slice(i, i + 1)), keys[i:i + 1], x, y)
+        for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(single.params)):
+            np.testing.assert_allclose(a[i], b[0], rtol=1e-5, atol=1e-6)
+    plain, _ = trained(spec, hyper([0.1] * 3, wd=0.01), keys, x, y)  # no SAM in the program at all
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(plain.params)):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-6, atol=1e-7)
+        assert not np.allclose(a[2], b[2])

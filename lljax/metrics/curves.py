@@ -27,14 +27,21 @@ class CurveOptions:
 ALONG = ("train_err", "train_loss", "test_err", "test_loss")
 
 
+def fit_pair(ctx: Context, options: CurveOptions, shared: Shared, a: Member, b: Member, key):
+    """The pair's fitted quadratic Bezier curve and its per-epoch objective, as this family fits it (the
+    'robust_curves' family refits the same curve from the same key)."""
+    n = ctx.subset_size
+    return curves.fit_curve(
+        ctx.model, curves.init_curve(a.params, b.params, num_bends=1), shared.x_train, a.view.labels, key,
+        batch_stats=a.batch_stats, epochs=options.epochs or ctx.epochs, batch_size=min(options.batch_size, n),
+        lr=options.lr, weight_decay=a.hyper.weight_decay, loss=ctx.loss, rows=a.view.order[:n])
+
+
 def curve_family(ctx: Context, shared: Shared, a: Member, b: Member, key) -> dict:
     o, n = ctx.options, ctx.subset_size
     rows = a.view.order[:n]  # member a's subset, in its view's order
     ts = jnp.asarray(curves.default_ts(o.points), jnp.float32)
-    fitted, fit_losses = curves.fit_curve(
-        ctx.model, curves.init_curve(a.params, b.params, num_bends=1), shared.x_train, a.view.labels, key,
-        batch_stats=a.batch_stats, epochs=o.epochs or ctx.epochs, batch_size=min(o.batch_size, n), lr=o.lr,
-        weight_decay=a.hyper.weight_decay, loss=ctx.loss, rows=rows)
+    fitted, fit_losses = fit_pair(ctx, o, shared, a, b, key)
     evaluate = lambda c: curves.evaluate_curve(
         ctx.model, c, a.batch_stats, shared.x_train, a.view.labels, shared.x_test, shared.y_test, ts,
         bn_chunk_size=ctx.eval_batch_size, eval_batch_size=ctx.eval_batch_size, loss=ctx.loss, rows=rows,
@@ -63,7 +70,7 @@ def curve_rows(results) -> list[dict]:
         for p, (a, b) in enumerate(zip(arrays["pair/a"], arrays["pair/b"])):
             ma, mb = results.members[group.members[a]], results.members[group.members[b]]
             for k, t in enumerate(ts):
-                row = {knob: getattr(ma, knob) for knob in grid.KNOBS}
+                row = grid.knob_row(ma)
                 row.update(seed_a=ma.seed, seed_b=mb.seed, t=float(t))
                 row.update({name: arrays[f"pair/{name}"][p, k] for name in present})
                 rows.append(row)

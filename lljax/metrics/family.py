@@ -103,10 +103,17 @@ class Family:
                 inputs): raises an LLJaxError (one line) before anything is written when the family cannot run
                 on this model or loss (for instance no features hook)
     kind_of_metric  how the report groups the family's correlated columns: 'training', 'data-free', 'local',
-                'global' or 'features'
+                'global', 'features' or 'robustness'
     sharded     run with the member axis sharded over every device (default); False runs the program on one
                 device: a function that calls the host (`jax.pure_callback`) cannot be partitioned (XLA gathers
                 its operands to one device and the other devices' threads wait in a collective forever)
+    companion_of  names of other families: this one is computed exactly when all of them are (it cannot be asked
+                for on its own) and its Context's `options` is the tuple of their options, in that order (e.g.
+                'robust_curves', with 'curves' and 'robust')
+    skip        `skip(ctx) -> bool`: nothing to measure in this context (the robust family on token inputs); the
+                pipeline then runs nothing and stores nothing for it
+    stream      the name of its random stream (default: its name); a companion that redoes another family's
+                random work (refits its curves) names that family's stream to redo it identically
     """
 
     name: str
@@ -127,6 +134,9 @@ class Family:
     check: Callable | None = None
     kind_of_metric: str = ""
     sharded: bool = True
+    companion_of: tuple[str, ...] = ()
+    skip: Callable[[Context], bool] | None = None
+    stream: str | None = None
 
     def __post_init__(self):
         if not self.name.isidentifier():
@@ -135,12 +145,19 @@ class Family:
             raise LLJaxError(f"metric family {self.name!r}: kind must be 'member', 'pair' or 'quad', got {self.kind!r}")
         if self.options is not None and not dataclasses.is_dataclass(self.options):
             raise LLJaxError(f"metric family {self.name!r}: options must be a frozen dataclass")
+        if self.companion_of and (self.options is not None or self.default):
+            raise LLJaxError(f"metric family {self.name!r}: a companion family has no options of its own and is not "
+                             "on by default")
         if not 0 <= self.cost < float("inf"):
             raise LLJaxError(f"metric family {self.name!r}: cost must be non-negative, got {self.cost}")
 
     @property
     def flag_prefix(self) -> str:
         return self.prefix or self.name
+
+    @property
+    def stream_name(self) -> str:
+        return self.stream or self.name
 
     def default_options(self):
         return None if self.options is None else self.options()

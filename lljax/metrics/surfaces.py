@@ -67,7 +67,7 @@ def surface_rows(results) -> list[dict]:
             seeds = [results.members[group.members[i]] for i in owner]
             for i, u in enumerate(ticks):
                 for j, v in enumerate(ticks):
-                    row = {knob: getattr(seeds[0], knob) for knob in grid.KNOBS}
+                    row = grid.knob_row(seeds[0])
                     row.update({s: m.seed for s, m in zip(tables.SEEDS, seeds)}, u=float(u), v=float(v))
                     row.update({k: arrays[f"quad/surface_{k}"][q, i, j] for k in present})
                     rows.append(row)

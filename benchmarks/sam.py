@@ -1,0 +1,137 @@
+"""Sharpness-aware minimisation speed: an ensemble of MLPs trained with SAM, each member with its own radius, in one
+vmapped lljax program vs PyTorch's usual two-pass SAM training the same models one after another (issue 25).
+
+    python benchmarks/sam.py [--models 16] [--width 32] [--epochs 3] [--quick]
+
+MNIST-1D (4000 training examples), MLPs of depth 2, batch 64, SGD (lr 0.05, momentum 0.9, weight decay 5e-4), the
+radii spread over 0.01-0.2. Timed:
+
+  lljax    `train.train_ensemble` with `Hyper.sam_rho` (M,): one program, timed once including compilation and once
+           warm; and the same ensemble without SAM (plain training) warm, for the cost of SAM's second gradient.
+  PyTorch  per model, the usual two-pass SAM step (davda54/sam): loss.backward(); e = rho g / ||g||; w += e;
+           loss.backward() at w + e; w -= e; SGD step; one model after another, intra-op threads = cores.
+
+The machine (CPU, cores, load average) is printed first; the last line is `speedup_vs_pytorch: X.XX` (PyTorch
+seconds over lljax seconds including compilation; the warm ratio above it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common import load_average, machine
+from lljax import data, models, train
+
+LR, WD, MOMENTUM, BATCH = 0.05, 5e-4, 0.9, 64
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", type=int, default=None, help="models M (default 16; --quick 8)")
+    p.add_argument("--width", type=int, default=32, help="MLP hidden width (default 32)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 3; --quick 1)")
+    p.add_argument("--quick", action="store_true", help="a short run")
+    p.add_argument("--out", default=None, help="write the numbers to this JSON file")
+    args = p.parse_args(argv)
+    args.models = args.models or (8 if args.quick else 16)
+    args.epochs = args.epochs or (1 if args.quick else 3)
+    if min(args.models, args.width, args.epochs) <= 0:
+        p.error("--models, --width and --epochs must be positive")
+    return args
+
+
+def lljax_program(ds, width, epochs, n, rhos=None):
+    """Train n MLPs from scratch: with SAM at radii `rhos` (n,), or plain training (None: no SAM in the program)."""
+    spec = train.TrainSpec(models.ModelSpec("mlp", width), BATCH, epochs, len(ds.y_train), "constant")
+    full = lambda v: jnp.full((n,), v, jnp.float32)
+    hyper = train.Hyper(full(LR), full(WD), full(MOMENTUM), full(1.0), full(0.0),
+                        sam_rho=None if rhos is None else jnp.asarray(rhos, jnp.float32))
+    keys = jax.random.split(jax.random.key(0), n)
+    x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
+
+    def run():
+        state, member = train.init_ensemble(spec, keys, hyper, y, x.shape[1:])
+        state = train.train_ensemble(spec, state, member, x, 0, epochs)
+        return np.asarray(jax.block_until_ready(state.loss))
+
+    return run
+
+
+def torch_sam(torch, ds, width, epochs, rhos):
+    nn, F = torch.nn, torch.nn.functional
+    x, y = torch.from_numpy(np.asarray(ds.x_train)), torch.from_numpy(np.asarray(ds.y_train)).long()
+
+    def run():
+        losses = []
+        for i, rho in enumerate(rhos):
+            torch.manual_seed(i)
+            net = nn.Sequential(nn.Linear(x.shape[1], width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                                nn.Linear(width, 10))
+            opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
+            params = list(net.parameters())
+            for _ in range(epochs):
+                order = torch.randperm(len(y))
+                for j in range(len(y) // BATCH):
+                    idx = order[j * BATCH:(j + 1) * BATCH]
+                    loss = F.cross_entropy(net(x[idx]), y[idx])
+                    opt.zero_grad()
+                    loss.backward()
+                    with torch.no_grad():  # first step: climb to w + rho g / ||g||
+                        norm = torch.norm(torch.stack([p.grad.norm(2) for p in params]), 2)
+                        eps = [p.grad * (rho / (norm + 1e-12)) for p in params]
+                        for p, e in zip(params, eps):
+                            p.add_(e)
+                    opt.zero_grad()
+                    F.cross_entropy(net(x[idx]), y[idx]).backward()
+                    with torch.no_grad():  # second step: back to w, descend with the gradient at w + e
+                        for p, e in zip(params, eps):
+                            p.sub_(e)
+                    opt.step()
+            losses.append(float(loss.detach()))
+        return np.asarray(losses)
+
+    return run
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    info = dict(machine(), torch=torch.__version__, load_average_start=load_average())
+    print(json.dumps(info))
+    ds = data.mnist1d()
+    rhos = np.linspace(0.01, 0.2, args.models).astype(np.float32)
+    timed = {}
+    for name, run in (("sam", lljax_program(ds, args.width, args.epochs, args.models, rhos)),
+                      ("plain", lljax_program(ds, args.width, args.epochs, args.models))):
+        start = time.perf_counter()
+        run()
+        timed[f"{name}_cold"] = time.perf_counter() - start
+        start = time.perf_counter()
+        run()
+        timed[f"{name}_warm"] = time.perf_counter() - start
+    run_torch = torch_sam(torch, ds, args.width, args.epochs, rhos)
+    start = time.perf_counter()
+    run_torch()
+    torch_s = time.perf_counter() - start
+    out = dict(info, models=args.models, width=args.width, epochs=args.epochs,
+               lljax_sam_s_with_compile=round(timed["sam_cold"], 3), lljax_sam_s_warm=round(timed["sam_warm"], 3),
+               lljax_plain_s_warm=round(timed["plain_warm"], 3), pytorch_sam_s=round(torch_s, 3),
+               load_average_end=load_average())
+    print(json.dumps(out))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=2)
+    print(f"warm speedup_vs_pytorch: {torch_s / timed['sam_warm']:.2f}")
+    print(f"speedup_vs_pytorch: {torch_s / timed['sam_cold']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

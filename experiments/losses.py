@@ -1,0 +1,58 @@
+"""Width (load) x loss (Zhou et al., NeurIPS 2022, "Are all losses created equal: a neural collapse perspective"):
+cross-entropy, label smoothing, focal loss and MSE on a scaled one-hot, each a group of its own, on MNIST-1D MLPs;
+test accuracy and neural collapse (NC1-NC4) per loss, along training (tracked epochs: the paper's width x training
+length heat map of |acc(loss) - acc(CE)|, printed at the end and written to loss_gaps.csv).
+
+    python experiments/losses.py --preset quick --out runs/losses      # about 2 minutes on a 2-core CPU
+    python experiments/losses.py --preset default --out runs/losses    # about 10 minutes
+
+The losses' parameters are the paper's: label smoothing 0.05 (--label-smoothing), focal gamma 3 (--focal-gamma),
+MSE target scale 15 (--mse-scale). In a grid over losses the phase rule's "fitted" reads the training error
+(below --fitted-error), the same for every loss. What it showed on this machine: README "The loss as a knob".
+"""
+import csv
+import sys
+from pathlib import Path
+
+from lljax import cli
+
+COMMON = dict(model="mlp", batch_sizes=(64,), lrs=(0.05,), weight_decays=(5e-4,), seeds=2,
+              losses=("cross_entropy", "label_smoothing", "focal", "mse_onehot"),
+              metrics=("loss", "collapse", "cka", "l2"), track_metrics=("collapse", "cka"), cka_samples=512)
+
+PRESETS = {
+    # 4 widths x 4 losses x 2 seeds, tracked at 10, 20, 40 epochs
+    "quick": dict(COMMON, widths=(8, 32, 128, 512), epochs=40, track_epochs=(10, 20)),
+    # 6 widths x 4 losses x 2 seeds, tracked at 10, 25, 50, 100 epochs
+    "default": dict(COMMON, widths=(4, 8, 16, 64, 256, 1024), epochs=100, track_epochs=(10, 25, 50)),
+}
+
+
+def loss_gaps(out: Path) -> list[dict]:
+    """Zhou et al.'s heat map: |mean test accuracy of a loss - that of cross-entropy| per width and tracked epoch
+    (from trajectory.csv, the members at every tracked epoch), written to loss_gaps.csv."""
+    rows = list(csv.DictReader(open(out / "trajectory.csv")))
+    acc: dict[tuple, list[float]] = {}
+    for r in rows:
+        acc.setdefault((int(r["width"]), int(r["epoch"]), r["loss"]), []).append(float(r["test_acc"]))
+    mean = {k: sum(v) / len(v) for k, v in acc.items()}
+    gaps = [dict(width=w, epoch=e, loss=loss, test_acc=a, gap_to_ce=abs(a - mean[(w, e, "cross_entropy")]))
+            for (w, e, loss), a in sorted(mean.items()) if loss != "cross_entropy"]
+    with open(out / "loss_gaps.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(gaps[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(gaps)
+    return gaps
+
+
+if __name__ == "__main__":
+    code = cli.main(description=__doc__.splitlines()[0], presets=PRESETS)
+    if code == 0 and "--out" in sys.argv and "--shard" not in sys.argv:
+        gaps = loss_gaps(Path(sys.argv[sys.argv.index("--out") + 1]))
+        epochs = sorted({g["epoch"] for g in gaps})
+        print("max over losses of |test acc(loss) - test acc(CE)| (rows: width, columns: epoch " +
+              " ".join(map(str, epochs)) + ")")
+        for w in sorted({g["width"] for g in gaps}):
+            print(f"{w:>6} " + " ".join(f"{max(g['gap_to_ce'] for g in gaps if (g['width'], g['epoch']) == (w, e)):.3f}"
+                                        for e in epochs))
+    sys.exit(code)
