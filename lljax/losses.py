@@ -115,7 +115,11 @@ class Focal:
 
     def __call__(self, logits_BC, labels_B):
         logp_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BC), labels_B[..., None].astype(jnp.int32), -1)[..., 0]
-        return -((1 - jnp.exp(logp_B)) ** self.gamma) * logp_B if self.gamma else -logp_B
+        if not self.gamma:
+            return -logp_B
+        # 1 - p_y, kept above 0: with 0 < gamma < 1 the derivative of q^gamma is infinite at q = 0 (p_y = 1)
+        q_B = jnp.maximum(-jnp.expm1(logp_B), jnp.finfo(logp_B.dtype).tiny)
+        return -(q_B ** self.gamma) * logp_B
 
 
 @dataclasses.dataclass(frozen=True)

@@ -131,6 +131,16 @@ def test_focal_gamma_0_and_label_smoothing_0_are_cross_entropy():
     np.testing.assert_allclose(grad(losses.label_smoothing(0.0)), grad(losses.cross_entropy), rtol=1e-12)
 
 
+def test_focal_gradient_is_finite_where_the_model_is_certain():
+    """0 < gamma < 1: (1 - p_y)^gamma has an infinite derivative at p_y = 1, reached in float32 by a confident
+    model; the loss's gradient must stay finite there (and equal the closed form where p_y < 1)."""
+    logits = jnp.asarray([[40.0, 0.0, 0.0], [1.0, 0.5, 0.0]], jnp.float32)
+    labels = jnp.asarray([0, 0])
+    for gamma in (0.5, 1.0, 3.0):
+        g = jax.grad(lambda z: losses.focal(gamma).mean(z, labels))(logits)
+        assert np.all(np.isfinite(g)), (gamma, g)
+
+
 def test_build_uses_parameters_and_rejects_bad_ones():
     assert losses.build("focal", focal_gamma=1.5) == losses.focal(1.5)  # equal parameters: equal (hashable) losses
     assert losses.build("cross_entropy") is losses.cross_entropy
