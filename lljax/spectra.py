@@ -221,6 +221,286 @@ def powerlaw_fit(evals) -> PowerLaw:
     return PowerLaw(alpha, xmin, D[best], (alpha - 1) / jnp.sqrt(tail[best]), jnp.sum(x >= xmin))
 
 
+# --- Truncated power-law and exponential fits (Yang et al. 2023, KDD; the `powerlaw` package 1.5 as reference) ---
+
+DISTRIBUTIONS = ("power_law", "power_law_xmax", "truncated_power_law", "exponential")
+HISTOGRAM_BINS = 100
+PEAK_WINDOW = (0.95, 1.05)
+TPL_NEWTON_STEPS = 40
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(16)
+_TPL_PANELS = 32  # the normaliser: 32 Gauss-Legendre panels of 16 nodes over ln(x / xmin) in [0, U]
+_CDF_NODES, _CDF_WEIGHTS = np.polynomial.legendre.leggauss(8)  # the CDF: 8 nodes between neighbouring eigenvalues
+_TAIL_EFOLDS = 50.0  # the normaliser's integrand is cut where it has fallen by e^-50
+OUT_OF_RANGE = -math.log(1e-307)  # `powerlaw`'s negative log-likelihood per point outside its parameter range
+
+
+class SpectrumFit(NamedTuple):
+    """One distribution fitted to a spectrum's tail: exponent (alpha of a power law, beta of the truncated power
+    law, NaN for the exponential), lam (Lambda of the truncated power law and the exponential, NaN for power
+    laws), xmin, ks_distance over [xmin, xmax], num_tail (the eigenvalues >= xmin)."""
+
+    exponent: jax.Array
+    lam: jax.Array
+    xmin: jax.Array
+    ks_distance: jax.Array
+    num_tail: jax.Array
+
+
+def histogram_peak(evals, bins: int = HISTOGRAM_BINS) -> jax.Array:
+    """10 ** (the left edge of the fullest bin of a `bins`-bin histogram of log10 of the eigenvalues above 1e-5),
+    binned as numpy.histogram bins (the first fullest bin on ties): the centre of Yang et al.'s xmin window."""
+    x = jnp.asarray(evals)
+    valid = x > EVALS_THRESH
+    logs = jnp.log10(jnp.where(valid, x, 1))
+    lo = jnp.min(jnp.where(valid, logs, jnp.inf))
+    hi = jnp.max(jnp.where(valid, logs, -jnp.inf))
+    lo, hi = jnp.where(lo == hi, lo - 0.5, lo), jnp.where(lo == hi, hi + 0.5, hi)
+    edges = jnp.linspace(lo, hi, bins + 1)
+    index = jnp.floor((logs - lo) / (hi - lo) * bins).astype(jnp.int32)
+    index = jnp.clip(jnp.where(index == bins, bins - 1, index), 0, bins - 1)
+    index = index - (logs < edges[index])
+    index = index + ((logs >= edges[index + 1]) & (index != bins - 1))
+    counts = jnp.zeros(bins, jnp.int32).at[index].add(valid.astype(jnp.int32))
+    return 10 ** edges[jnp.argmax(counts)]
+
+
+def _tpl_quadrature(beta, lam, xmin):
+    """Nodes (ln x, x) and log weights of a quadrature of Z = int_xmin^inf x^-beta e^(-lam x) dx (x = xmin e^u,
+    composite Gauss-Legendre over u in [0, U], U where the integrand has fallen by e^-50): log Z is the
+    logsumexp of the log weights."""
+    dtype = jnp.result_type(beta)
+    s = 1 - beta
+    a = lam * xmin
+    upper = jnp.minimum(_TAIL_EFOLDS / jnp.maximum(-s, 1e-30), jnp.log1p(_TAIL_EFOLDS / a))
+    width = upper / _TPL_PANELS
+    left = jnp.arange(_TPL_PANELS, dtype=dtype) * width
+    u = (left[:, None] + (jnp.asarray(_GL_NODES, dtype) + 1) * (width / 2)).reshape(-1)
+    log_w = jnp.tile(jnp.log(jnp.asarray(_GL_WEIGHTS, dtype) * (width / 2)), _TPL_PANELS)
+    log_x = jnp.log(xmin) + u
+    log_terms = log_w + s * log_x + jnp.log(xmin) - a * jnp.exp(u)  # dx = x du
+    return log_x, jnp.exp(log_x), log_terms
+
+
+def tpl_log_normaliser(beta, lam, xmin) -> jax.Array:
+    """ln int_xmin^inf x^-beta e^(-lam x) dx = ln(lam^(beta - 1) Gamma(1 - beta, lam xmin)), for beta >= 1,
+    lam > 0 (also beta < 1), by quadrature."""
+    return jax.nn.logsumexp(_tpl_quadrature(beta, lam, xmin)[2])
+
+
+def _tpl_newton(mean_log, mean_x, xmin, steps: int = TPL_NEWTON_STEPS):
+    """(beta, lam) maximising the truncated power law's mean log-likelihood -beta mean_log - lam mean_x - ln Z
+    over beta >= 1, lam > 0: projected Newton steps (a concave problem: an exponential family in (beta, lam))
+    with a line search, started where `powerlaw` starts (the power law's alpha, 1 / mean x)."""
+    dtype = jnp.result_type(mean_log)
+
+    def loglik(p):
+        return -p[0] * mean_log - p[1] * mean_x - tpl_log_normaliser(p[0], p[1], xmin)
+
+    def step(_, p):
+        log_x, x, log_terms = _tpl_quadrature(p[0], p[1], xmin)
+        prob = jax.nn.softmax(log_terms)
+        stats = jnp.stack([log_x, x])
+        mean = stats @ prob
+        centred = stats - mean[:, None]
+        hess = -(centred * prob) @ centred.T  # d2 loglik = -Cov(ln x, x) under the model
+        grad = mean - jnp.stack([mean_log, mean_x])
+        full = -jnp.linalg.solve(hess, grad)
+        lam_only = jnp.stack([jnp.zeros((), dtype), -grad[1] / hess[1, 1]])
+        d = jnp.where((p[0] <= 1) & (full[0] < 0), lam_only, full)
+        t_beta = jnp.where(d[0] < 0, (p[0] - 1) / jnp.where(d[0] < 0, -d[0], 1), jnp.inf)
+        t_lam = jnp.where(d[1] < 0, 0.9 * p[1] / jnp.where(d[1] < 0, -d[1], 1), jnp.inf)
+        t_max = jnp.minimum(1.0, jnp.minimum(t_beta, t_lam))
+        ts = jnp.concatenate([t_max * 0.5 ** jnp.arange(10, dtype=dtype), jnp.zeros((1,), dtype)])
+        trials = p[None, :] + ts[:, None] * d[None, :]
+        trials = trials.at[:, 0].set(jnp.maximum(trials[:, 0], 1))
+        values = jax.vmap(loglik)(trials)
+        values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
+        return trials[jnp.argmax(values)]
+
+    beta0 = jnp.maximum(1 + 1 / (mean_log - jnp.log(xmin)), 1)
+    return jax.lax.fori_loop(0, steps, step, jnp.stack([beta0, 1 / mean_x]))
+
+
+def _tpl_cdf_segments(x, beta, lam, xmin):
+    """(L - 1,) int_{x_k}^{x_k+1} t^-beta e^(-lam t) dt / (xmin^(1 - beta) e^(-lam xmin)) between neighbouring
+    eigenvalues (8-node Gauss-Legendre in ln t)."""
+    dtype = x.dtype
+    lx = jnp.log(x)
+    lo, hi = lx[:-1], lx[1:]
+    v = (lo + hi)[:, None] / 2 + (hi - lo)[:, None] / 2 * jnp.asarray(_CDF_NODES, dtype)[None, :]
+    f = jnp.exp((1 - beta) * (v - jnp.log(xmin)) - lam * (jnp.exp(v) - xmin))
+    return (f @ jnp.asarray(_CDF_WEIGHTS, dtype)) * (hi - lo) / 2
+
+
+def _window_candidates(x, valid):
+    """Yang et al.'s xmin candidates: the eigenvalues in [0.95, 1.05] x the histogram peak but the largest there
+    (as `powerlaw.Fit(xmin=(low, high))` takes them)."""
+    peak = histogram_peak(x)
+    inside = valid & (x >= PEAK_WINDOW[0] * peak) & (x <= PEAK_WINDOW[1] * peak)
+    index = jnp.arange(x.shape[0])
+    last = jnp.max(jnp.where(inside, index, -1))
+    return inside & (index < last)
+
+
+def _search(x, candidates, fit_one):
+    """The candidate xmin with the smallest KS distance (the first on ties): fit_one(i) -> (exponent, lam, D)
+    for xmin = x[i], run over the candidates only (a while loop from the first to the last)."""
+    dtype = x.dtype
+    index = jnp.arange(x.shape[0])
+    first = jnp.min(jnp.where(candidates, index, x.shape[0]))
+    last = jnp.max(jnp.where(candidates, index, -1))
+    nan = jnp.full((), jnp.nan, dtype)
+
+    def body(state):
+        i, best = state
+        exponent, lam, d = fit_one(i)
+        better = candidates[i] & (d < best[2])  # a NaN D never wins
+        new = (exponent, lam, d, i.astype(dtype))
+        return i + 1, tuple(jnp.where(better, a, b) for a, b in zip(new, best))
+
+    best = (nan, nan, jnp.full((), jnp.inf, dtype), jnp.asarray(-1, dtype))
+    _, best = jax.lax.while_loop(lambda s: s[0] <= last, body, (first, best))
+    i = best[3].astype(jnp.int32)
+    xmin = jnp.where(i >= 0, x[jnp.maximum(i, 0)], jnp.nan)
+    best = (best[0], best[1], jnp.where(i >= 0, best[2], jnp.nan))
+    return SpectrumFit(best[0], best[1], xmin, best[2], jnp.sum(x >= xmin).astype(dtype))
+
+
+def _tail_statistics(x, valid, i):
+    """Mask of the tail x >= x[i], its size, the empirical CDF (k - i) / n at each eigenvalue."""
+    tail = valid & (x >= x[i])
+    n = jnp.sum(tail).astype(x.dtype)
+    empirical = (jnp.cumsum(tail) - 1).astype(x.dtype) / n
+    return tail, n, empirical
+
+
+def _tpl_nelder_mead(mean_log, mean_x, xmin, n):
+    """(beta, lam) as `powerlaw` 1.5 fits them: scipy's fmin on the negative log-likelihood from (the power
+    law's alpha, 1 / mean x), every point outside beta > 1, lam > 0 scored as likelihoods of 1e-307."""
+    dtype = jnp.result_type(mean_log)
+
+    def objective(p):
+        ok = (p[0] > 1) & (p[1] > 0)
+        beta, lam = jnp.where(ok, p[0], 2), jnp.where(ok, p[1], 1)
+        value = n * (beta * mean_log + lam * mean_x + tpl_log_normaliser(beta, lam, xmin))
+        return jnp.where(ok, value, n * OUT_OF_RANGE)
+
+    start = jnp.stack([1 + 1 / (mean_log - jnp.log(xmin)), 1 / mean_x]).astype(dtype)
+    return nelder_mead(objective, start)
+
+
+def _truncated_power_law_fit(x, valid, candidates, optimizer, steps):
+    xmax = x[-1]
+
+    def fit_one(i):
+        xmin = x[i]
+        tail, n, empirical = _tail_statistics(x, valid, i)
+        mean_log = jnp.sum(jnp.where(tail, jnp.log(jnp.where(tail, x, 1)), 0)) / n
+        mean_x = jnp.sum(jnp.where(tail, x, 0)) / n
+        if optimizer == "newton":
+            beta, lam = _tpl_newton(mean_log, mean_x, xmin, steps)
+        else:
+            beta, lam = _tpl_nelder_mead(mean_log, mean_x, xmin, n)
+        segments = _tpl_cdf_segments(x, beta, lam, xmin)
+        segments = jnp.where(tail[:-1], segments, 0)
+        cumulative = jnp.concatenate([jnp.zeros((1,), x.dtype), jnp.cumsum(segments)])
+        theory = cumulative / cumulative[-1]
+        d = jnp.max(jnp.where(tail & (x <= xmax), jnp.abs(theory - empirical), 0))
+        return beta, lam, d
+
+    return _search(x, candidates, fit_one)
+
+
+def _exponential_fit(x, valid, candidates, optimizer):
+    xmax = x[-1]
+
+    def fit_one(i):
+        xmin = x[i]
+        tail, n, empirical = _tail_statistics(x, valid, i)
+        excess = jnp.sum(jnp.where(tail, x - xmin, 0))
+        if optimizer == "newton":
+            lam = n / excess  # the MLE, closed form
+        else:  # `powerlaw` 1.5: scipy's fmin from 1 / mean x
+            def objective(p):
+                lam = jnp.where(p[0] > 0, p[0], 1)
+                return jnp.where(p[0] > 0, -n * jnp.log(lam) + lam * excess, n * OUT_OF_RANGE)
+
+            lam = nelder_mead(objective, (n / jnp.sum(jnp.where(tail, x, 0)))[None])[0]
+        theory = jnp.expm1(-lam * (x - xmin)) / jnp.expm1(-lam * (xmax - xmin))
+        d = jnp.max(jnp.where(tail, jnp.abs(theory - empirical), 0))
+        return jnp.full((), jnp.nan, x.dtype), lam, d
+
+    return _search(x, candidates, fit_one)
+
+
+def _power_law_xmax_fit(x, valid, candidates):
+    """`powerlaw.Fit(evals, xmax=max(evals))`'s power law: alpha = 1 + n / sum ln(x / xmin) (its likelihood's
+    normaliser ignores xmax), the KS distance to the power law truncated to [xmin, xmax]."""
+    L = x.shape[0]
+    dtype = x.dtype
+    index = jnp.arange(L)
+    logs = jnp.log(jnp.where(valid, x, 1))
+    tail = (L - index).astype(dtype)
+    s = jnp.cumsum(logs[::-1])[::-1] - tail * logs
+    alphas = 1 + tail / jnp.where(s > 0, s, jnp.nan)
+    safe = jnp.where(valid, x, 1)
+    offset = (index[None, :] - index[:, None]).astype(dtype)
+    ratio = jnp.where(offset >= 0, x[None, :] / safe[:, None], 1)
+    theory = -jnp.expm1((1 - alphas[:, None]) * jnp.log(ratio)) / -jnp.expm1(
+        (1 - alphas[:, None]) * jnp.log(x[-1] / safe)[:, None])
+    D = jnp.max(jnp.where(offset >= 0, jnp.abs(theory - offset / tail[:, None]), 0), axis=1)
+    usable = candidates & (alphas > 1)
+    D = jnp.where(candidates, jnp.where(usable, D, 1 + D), jnp.inf)
+    best = jnp.argmin(D)
+    D_best = jnp.where(usable[best], D[best], jnp.nan)
+    return SpectrumFit(alphas[best], jnp.full((), jnp.nan, dtype), x[best], D_best, tail[best])
+
+
+def fit(evals, distribution: str = "truncated_power_law", xmin: str | None = None, optimizer: str = "nelder_mead",
+        steps: int = TPL_NEWTON_STEPS) -> SpectrumFit:
+    """Fit one distribution to the tail of ascending eigenvalues (L,) (those <= 1e-5 left out), as Yang et al.
+    2023 (KDD) fit them with the `powerlaw` package 1.5; pure JAX (jit, vmap), in the eigenvalues' dtype.
+
+    distribution: 'power_law' (WeightWatcher 0.7.7's fit, `powerlaw_fit`), 'power_law_xmax' (xmax = the
+    largest eigenvalue: the paper's PL_alpha, `powerlaw.Fit(evals, xmax=max(evals))`), 'truncated_power_law'
+    (E-TPL: p(x) ~ x^-beta e^(-Lambda x) on x >= xmin, maximum likelihood with beta >= 1 and Lambda > 0 as
+    `powerlaw`'s optimiser keeps them, by projected Newton steps; a spectrum whose optimum has beta < 1 gets
+    beta = 1) or 'exponential' (p(x) = Lambda e^(-Lambda (x - xmin)), Lambda = 1 / mean(x - xmin)).
+    xmin: the candidates, 'all' (every eigenvalue but the largest) or 'peak' (the paper's window: the
+    eigenvalues in [0.95, 1.05] x `histogram_peak`, the largest there left out); default 'all' for the power
+    laws, 'peak' for the others. The candidate with the smallest KS distance over [xmin, xmax] wins (the first
+    on ties); no candidate: NaN.
+    optimizer (truncated power law, exponential): 'nelder_mead' fits every candidate as `powerlaw` 1.5 does
+    (scipy's fmin step for step from its starting point, `nelder_mead`: its tolerances of 1e-4 decide which
+    candidate wins where the KS distances are close, as on the reference's bad spectrum) or 'newton' (the
+    exact maximum-likelihood estimate: `steps` projected Newton steps, the exponential's closed form)."""
+    if distribution not in DISTRIBUTIONS:
+        raise LLJaxError(f"unknown distribution {distribution!r}; one of {', '.join(DISTRIBUTIONS)}")
+    if optimizer not in ("nelder_mead", "newton"):
+        raise LLJaxError(f"optimizer must be 'nelder_mead' or 'newton', not {optimizer!r}")
+    if xmin not in (None, "all", "peak"):
+        raise LLJaxError(f"xmin must be 'all' or 'peak', not {xmin!r}")
+    x = jnp.sort(jnp.asarray(evals))
+    if x.ndim != 1 or x.shape[0] < 2 or not jnp.issubdtype(x.dtype, jnp.floating):
+        raise LLJaxError(f"fit wants a 1-D float array of at least 2 eigenvalues, not shape {x.shape} {x.dtype}")
+    if distribution == "power_law" and xmin in (None, "all"):
+        f = powerlaw_fit(x)
+        return SpectrumFit(f.alpha, jnp.full((), jnp.nan, x.dtype), f.xmin, f.ks_distance,
+                           f.num_pl_spikes.astype(x.dtype))
+    valid = x > EVALS_THRESH
+    if xmin is None:
+        xmin = "all" if distribution.startswith("power_law") else "peak"
+    index = jnp.arange(x.shape[0])
+    candidates = (valid & (index < x.shape[0] - 1)) if xmin == "all" else _window_candidates(x, valid)
+    if distribution == "power_law":
+        raise LLJaxError("the 'power_law' fit (WeightWatcher's) searches every eigenvalue: xmin='all'")
+    if distribution == "power_law_xmax":
+        return _power_law_xmax_fit(x, valid, candidates)
+    if distribution == "exponential":
+        return _exponential_fit(x, valid, candidates, optimizer)
+    return _truncated_power_law_fit(x, valid, candidates, optimizer, steps)
+
+
 def _kde_linear(points, grid, bandwidth):
     """The linear-kernel density estimate of sklearn's KernelDensity(kernel='linear') at `grid`."""
     u = jnp.abs(grid[:, None] - points[None, :]) / bandwidth
@@ -264,6 +544,53 @@ def nelder_mead_1d(f, x0, xtol: float = 1e-4, ftol: float = 1e-4, max_evals: int
         return sim[order], fsim[order], calls, iterations + 1
 
     return jax.lax.while_loop(unfinished, step, state)[0][0]
+
+
+def nelder_mead(f, x0, xtol: float = 1e-4, ftol: float = 1e-4) -> jax.Array:
+    """scipy.optimize.fmin (Nelder-Mead, its defaults: initial steps 5%, at most 200 N iterations and calls) in N
+    dimensions, step for step, as the `powerlaw` package fits a distribution's parameters (N,). Every branch's
+    point is evaluated and one kept, so `f` runs N + 4 times a step."""
+    x0 = jnp.asarray(x0)
+    dtype = x0.dtype
+    n = x0.shape[0]
+    max_calls = 200 * n
+    steps = jnp.where(x0 != 0, x0 * 1.05, 0.00025)
+    sim = jnp.concatenate([x0[None], jnp.where(jnp.eye(n, dtype=bool), steps[None, :], x0[None, :])])
+    fsim = jax.vmap(f)(sim)
+    order = jnp.argsort(fsim, stable=True)
+    state = (sim[order], fsim[order], jnp.asarray(n + 1), jnp.asarray(1))
+
+    def unfinished(state):
+        sim, fsim, calls, iterations = state
+        converged = (jnp.max(jnp.abs(sim[1:] - sim[0])) <= xtol) & (jnp.max(jnp.abs(fsim[0] - fsim[1:])) <= ftol)
+        return ~converged & (calls < max_calls) & (iterations < max_calls)
+
+    def step(state):
+        sim, fsim, calls, iterations = state
+        xbar = jnp.sum(sim[:-1], axis=0) / n
+        xr = 2 * xbar - sim[-1]
+        xe = 3 * xbar - 2 * sim[-1]
+        xc = 1.5 * xbar - 0.5 * sim[-1]
+        xcc = 0.5 * xbar + 0.5 * sim[-1]
+        shrunk = sim[0] + 0.5 * (sim[1:] - sim[0])
+        fxr, fxe, fxc, fxcc = jax.vmap(f)(jnp.stack([xr, xe, xc, xcc]))
+        fshrunk = jax.vmap(f)(shrunk)
+        expand = fxr < fsim[0]
+        reflect = ~expand & (fxr < fsim[-2])
+        outside = ~expand & ~reflect & (fxr < fsim[-1])
+        inside = ~expand & ~reflect & ~outside
+        contract_ok = (outside & (fxc <= fxr)) | (inside & (fxcc < fsim[-1]))
+        shrink = (outside | inside) & ~contract_ok
+        last = jnp.where(expand, jnp.where(fxe < fxr, 0, 1), jnp.where(reflect, 1, jnp.where(outside, 2, 3)))
+        new_x = jnp.stack([xe, xr, xc, xcc])[last]
+        new_f = jnp.stack([fxe, fxr, fxc, fxcc])[last]
+        sim = jnp.where(shrink, jnp.concatenate([sim[:1], shrunk]), sim.at[-1].set(new_x))
+        fsim = jnp.where(shrink, jnp.concatenate([fsim[:1], fshrunk]), fsim.at[-1].set(new_f))
+        calls = calls + 1 + (expand | outside | inside) + n * shrink
+        order = jnp.argsort(fsim, stable=True)
+        return sim[order], fsim[order], calls, iterations + 1
+
+    return jax.lax.while_loop(unfinished, step, state)[0][0].astype(dtype)
 
 
 def mp_softrank(evals, Q: float, bandwidth: float = 0.1, grid_size: int = 1000) -> jax.Array:
