@@ -277,7 +277,7 @@ def _tpl_quadrature(beta, lam, xmin):
     u = (left[:, None] + (jnp.asarray(_GL_NODES, dtype) + 1) * (width / 2)).reshape(-1)
     log_w = jnp.tile(jnp.log(jnp.asarray(_GL_WEIGHTS, dtype) * (width / 2)), _TPL_PANELS)
     log_x = jnp.log(xmin) + u
-    log_terms = log_w + s * log_x + jnp.log(xmin) - a * jnp.exp(u)  # dx = x du
+    log_terms = log_w + s * log_x - a * jnp.exp(u)  # x^-beta e^(-lam x) dx, dx = x du
     return log_x, jnp.exp(log_x), log_terms
 
 
