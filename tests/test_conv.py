@@ -70,6 +70,7 @@ def _train(model, strategy, input_shape, members=3, epochs=2, width=3, only=None
     return ensemble, member
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,input_shape", [("cnn", (12,)), ("cnn", (6, 6, 2)), ("resnet18", (6, 6, 2))])
 def test_every_strategy_trains_to_the_same_numbers(model, input_shape):
     with jax.enable_x64(True):

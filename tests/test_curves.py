@@ -295,6 +295,7 @@ def test_batch_stats_recomputed_exactly():
         assert curves.recompute_batch_stats(linear_apply, {"w": 1}, {}, x) == {}
 
 
+@pytest.mark.slow
 def test_batch_stats_recomputed_exactly_on_resnet18():
     spec = models.ModelSpec("resnet18", 2)
     with X64:

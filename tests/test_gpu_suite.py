@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SUITE = Path(__file__).parent.parent / "benchmarks" / "gpu_suite.py"
 
 
+@pytest.mark.slow
 def test_the_gpu_suite_dry_run_on_the_cpu(tmp_path):
     result = subprocess.run([sys.executable, str(SUITE), "--tiny", "--out", str(tmp_path)], capture_output=True,
                             text=True, timeout=600)

@@ -50,6 +50,7 @@ def test_assignment_balances_cost_and_is_deterministic():
             jobs.parse_shard(bad)
 
 
+@pytest.mark.slow
 def test_three_shards_one_after_another_equal_one_process(tmp_path):
     c = config()
     pipeline.run(c, tmp_path / "one", progress=False, dataset=tiny_dataset())

@@ -82,6 +82,7 @@ def test_accuracies_recorded_in_the_loop_equal_evaluating_the_models_at_those_st
     np.testing.assert_allclose(np.asarray(state.curves.test_acc), np.stack(expected_test, 1), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_same_milestones(tmp_path, monkeypatch):
     from lljax import pipeline
     from lljax.config import Config

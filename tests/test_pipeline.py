@@ -144,6 +144,7 @@ def test_convolution_strategy_and_precision_are_recorded_and_kept_on_resume(tmp_
     assert (fresh / "conv.txt").read_text() == "im2col"
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_results(tmp_path):
     script = TINY + textwrap.dedent("""
         import sys
@@ -185,6 +186,7 @@ ALL_METRICS = dict(metrics=("loss", "hessian", "curves", "cka", "l2"), hessian_s
                    curve_epochs=3, curve_points=5, cka_samples=32)
 
 
+@pytest.mark.slow
 def test_every_metric_family_lands_in_the_tables_figures_and_report(tmp_path):
     out = tmp_path / "run"
     pipeline.run(tiny_config(**ALL_METRICS), out, progress=False, dataset=tiny_dataset())
@@ -216,6 +218,7 @@ def test_every_metric_family_lands_in_the_tables_figures_and_report(tmp_path):
         assert f"(figures/{name})" in report
 
 
+@pytest.mark.slow
 def test_run_on_two_cpu_devices_equals_one_device(tmp_path):
     """Members (and pairs) sharded over 2 CPU devices give the numbers of a single-device run."""
     script = TINY + textwrap.dedent(f"""
@@ -298,6 +301,7 @@ def _assert_tables_close(dir_a, dir_b, loose=()):
                     np.testing.assert_allclose(float(a[key]), float(b[key]), rtol=rtol, atol=2e-4, err_msg=key)
 
 
+@pytest.mark.slow
 def test_members_split_into_chunks_give_the_same_results(tmp_path):
     """A cap on members per compiled call (memory) changes nothing but how the work is cut."""
     metrics = dict(ALL_METRICS, metrics=("loss", "hessian", "cka", "l2"))
@@ -382,6 +386,7 @@ def assert_full_run(out, name):
     return members
 
 
+@pytest.mark.slow
 def test_own_model_by_import_path_and_own_data_from_npz_through_the_cli(tmp_path, capsys):
     """A Flax CNN with LayerNorm and Dropout (no BatchNorm) defined in a test module, named on the command line,
     on a dataset from an .npz, with every metric family."""
@@ -424,6 +429,7 @@ def regression_dataset():
     return data.Dataset.from_arrays("wave", x[:128], y[:128], x[128:], y[128:])
 
 
+@pytest.mark.slow
 def test_regression_with_mse_through_the_whole_pipeline(tmp_path):
     """Float targets (2 per example) and the mse loss: mc on the loss, no accuracy columns, phases from the
     loss."""
@@ -555,6 +561,7 @@ def test_the_quick_preset_gives_the_numbers_it_gave_before_the_pipeline_was_open
                                                err_msg=f"{name}.csv {key}")
 
 
+@pytest.mark.slow
 def test_per_layer_views_land_in_layers_csv_and_the_report(tmp_path):
     out = tmp_path / "layers"
     config = tiny_config(widths=(12, 16), metrics=("loss", "hessian", "spectra", "collapse"), hessian_samples=32,
@@ -618,6 +625,7 @@ def test_every_family_on_two_cpu_devices_finishes_and_equals_one_device(tmp_path
     _assert_tables_close(tmp_path / "1", tmp_path / "2", loose=("nc1",))
 
 
+@pytest.mark.slow
 def test_slices_and_surfaces_land_in_the_tables_surfaces_csv_and_figures(tmp_path):
     out = tmp_path / "surfaces"
     config = tiny_config(widths=(6,), seeds=4, metrics=("loss", "slices", "surfaces"), slice_points=5, slice_grid=3,
@@ -694,6 +702,7 @@ def test_ignored_everywhere_is_an_error_before_anything_is_written(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_full_batch_transformer_on_modular_through_the_pipeline(tmp_path):
     out = tmp_path / "run"
     results = pipeline.run(token_config(data_fractions=(0.5, 1.0), metrics=("loss", "cka")), out, progress=False)

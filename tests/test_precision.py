@@ -42,6 +42,7 @@ def test_the_policy_sets_the_precision_of_every_training_matmul(policy, expected
     assert _precisions(text) == expected
 
 
+@pytest.mark.slow
 def test_bf16_computes_in_bfloat16_with_float32_master_weights_and_statistics():
     spec, state, member, x = _problem("bf16", epochs=6)
     text = train.train_ensemble.lower(spec, state, member, x, 0, 1).as_text()

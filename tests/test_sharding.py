@@ -263,6 +263,7 @@ def test_initialize_distributed_reads_the_environment():
 
 # ------------------------------------------------------------------------------------------ several devices
 
+@pytest.mark.slow
 def test_sharded_training_equals_unsharded_on_4_devices():
     result = subprocess.run([sys.executable, HERE, "single"], env=subprocess_env(4), capture_output=True,
                             text=True, timeout=300)
@@ -285,6 +286,7 @@ def test_sharded_training_equals_unsharded_on_4_devices():
     print("sharding propagation instead:", r["propagated_collectives"])
 
 
+@pytest.mark.slow
 def test_two_processes_form_one_global_mesh():
     """Two processes with 2 CPU devices each, joined over loopback by `initialize_distributed` from LLJAX_*
     variables, train a 6-member ensemble in two 4-member chunks, each sharded over the 4-device global mesh,

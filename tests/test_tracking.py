@@ -36,6 +36,7 @@ def runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_tracking_leaves_the_final_numbers_unchanged(runs):
     for name in ("members.csv", "pairs.csv", "grid.csv"):
         assert (runs / "plain" / name).read_text() == (runs / "tracked" / name).read_text(), name
