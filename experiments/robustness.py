@@ -2,8 +2,8 @@
 adversarial accuracy and the input-Hessian eigenvalue per model, and the robustness barrier (mode connectivity of
 the adversarial test error along each pair's fitted Bezier curve) beside the clean phases.
 
-    python experiments/robustness.py --preset quick --out runs/robustness      # about 2 minutes on a 2-core CPU
-    python experiments/robustness.py --preset default --out runs/robustness    # about 10 minutes
+    python experiments/robustness.py --preset quick --out runs/robustness      # under a minute on a 2-core CPU
+    python experiments/robustness.py --preset default --out runs/robustness    # about 6 minutes
 
 Both presets run 'loss', 'curves', 'cka', 'l2' (the phases) and 'robust' (and with it 'robust_curves'): an
 L-infinity PGD attack of radius 0.1 (MNIST-1D is standardised: 0.1 standard deviations per feature), 10 steps of
