@@ -2,8 +2,8 @@
 the way weight decay and batch size do? MNIST-1D MLPs trained with SGD + SAM (Foret et al. 2021), one radius per
 member inside one vmapped program (rho = 0: plain training).
 
-    python experiments/sam_rho.py --preset quick --out runs/sam_rho      # about 2-3 minutes on a 2-core CPU
-    python experiments/sam_rho.py --preset default --out runs/sam_rho    # about 10 minutes
+    python experiments/sam_rho.py --preset quick --out runs/sam_rho      # about 1.5 minutes on a 2-core CPU
+    python experiments/sam_rho.py --preset default --out runs/sam_rho    # about 3.5 minutes
 
 Both presets run 'loss', 'hessian', 'curves', 'cka', 'l2' (the phases and the local metrics): do larger radii lower
 the top Hessian eigenvalue and the trace, raise connectivity and CKA, move points between phases? What it showed
