@@ -93,7 +93,7 @@ def weightwatcher(params_list):
 
 def lljax_metrics(stacked, dtype):
     cast = jax.tree.map(lambda a: jnp.asarray(a, dtype), stacked)
-    run = jax.jit(jax.vmap(lambda p: spectra.layer_metrics(p).metrics))
+    run = jax.jit(jax.vmap(lambda p: spectra.layer_metrics(p, selection=False).metrics))
     start = time.perf_counter()
     jax.block_until_ready(run(cast))
     first = time.perf_counter() - start

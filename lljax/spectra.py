@@ -64,7 +64,10 @@ SMALL_N = 20
 SMALL_N_MIN_TAIL = 8
 EPSILON = 1e-10
 METRICS = ("alpha", "alpha_weighted", "alpha_sigma", "alpha_se", "xmin", "ks_distance", "num_pl_spikes", "log_norm",
-           "log_spectral_norm", "log_alpha_norm", "stable_rank", "mp_softrank", "entropy", "num_evals")
+           "log_spectral_norm", "log_alpha_norm", "stable_rank", "mp_softrank", "entropy", "num_evals", "alpha_xmax",
+           "etpl_beta", "etpl_lambda", "etpl_ks", "exp_lambda", "exp_ks")
+# Yang et al. 2023's data-free model-selection metrics (`selection_metrics`), layer means beside SUMMARY
+SELECTION = ("alpha_xmax", "etpl_beta", "etpl_lambda", "etpl_ks", "exp_lambda", "exp_ks")
 # WeightWatcher's summary: the means of these over the layers (`get_summary()`)
 SUMMARY = ("log_norm", "alpha", "alpha_weighted", "log_alpha_norm", "log_spectral_norm", "stable_rank",
            "mp_softrank")
@@ -501,6 +504,27 @@ def fit(evals, distribution: str = "truncated_power_law", xmin: str | None = Non
     return _truncated_power_law_fit(x, valid, candidates, optimizer, steps)
 
 
+def _selection_fits(x) -> dict:
+    """SELECTION of one ascending spectrum (L,) (zeros on the left are padding: below 1e-5, left out)."""
+    valid = x > EVALS_THRESH
+    index = jnp.arange(x.shape[0])
+    window = _window_candidates(x, valid)
+    power = _power_law_xmax_fit(x, valid, valid & (index < x.shape[0] - 1))
+    tpl = _truncated_power_law_fit(x, valid, window, "nelder_mead", TPL_NEWTON_STEPS)
+    exp = _exponential_fit(x, valid, window, "nelder_mead")
+    return {"alpha_xmax": power.exponent, "etpl_beta": tpl.exponent, "etpl_lambda": tpl.lam,
+            "etpl_ks": tpl.ks_distance, "exp_lambda": exp.lam, "exp_ks": exp.ks_distance}
+
+
+def selection_metrics(spectra: list) -> dict:
+    """Yang et al. 2023's fits (`fit`'s defaults: power_law_xmax, truncated_power_law, exponential) of several
+    ascending spectra (each (L_i,)): {metric: (len(spectra),)}. The spectra are padded on the left with zeros to
+    one length and fitted in one `lax.map`, so the fits compile once, not once per layer."""
+    length = max(x.shape[0] for x in spectra)
+    padded = jnp.stack([jnp.pad(x, (length - x.shape[0], 0)) for x in spectra])
+    return jax.lax.map(_selection_fits, padded)
+
+
 def _kde_linear(points, grid, bandwidth):
     """The linear-kernel density estimate of sklearn's KernelDensity(kernel='linear') at `grid`."""
     u = jnp.abs(grid[:, None] - points[None, :]) / bandwidth
@@ -666,21 +690,28 @@ class LayerMetrics(NamedTuple):
 
 
 def layer_metrics(params: Any, *, pool: bool = True, min_evals: int = MIN_EVALS, key: jax.Array | None = None,
-                  bootstrap: int = 100) -> LayerMetrics:
+                  bootstrap: int = 100, selection: bool = True) -> LayerMetrics:
     """Every weight metric of every weight matrix of ONE model's parameters (a Flax `params` collection or any
     pytree of arrays), keyed by layer name; `key` draws the bootstrap of alpha (`bootstrap` resamples; no key:
-    no bootstrap). Works under jit and vmap (layers come from the shapes)."""
+    no bootstrap); `selection`: Yang et al. 2023's fits too (SELECTION; NaN without: they add a few seconds of
+    compilation). Works under jit and vmap (layers come from the shapes)."""
     layers, skipped = weight_layers(params, pool, min_evals)
     leaves = {path: leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
     keys = [None] * len(layers) if key is None else list(jax.random.split(key, max(len(layers), 1)))
-    out = {}
+    out, spectra = {}, []
     for layer, k in zip(layers, keys):
         evals = eigenvalues(leaves[layer.path], layer)
+        spectra.append(evals)
         out[layer.name] = spectrum_metrics(evals, layer.N, layer.M, k, bootstrap if key is not None else 0)
+    if spectra:
+        nan = jnp.full(len(spectra), jnp.nan, spectra[0].dtype)
+        fits = selection_metrics(spectra) if selection else {m: nan for m in SELECTION}
+        for i, name in enumerate(out):
+            out[name].update({metric: values[i] for metric, values in fits.items()})
     return LayerMetrics(out, skipped)
 
 
-def summary(metrics: dict) -> dict:
-    """WeightWatcher's summary: the mean over layers of every metric in SUMMARY (NaN without layers)."""
+def summary(metrics: dict, names: tuple = SUMMARY) -> dict:
+    """WeightWatcher's summary: the mean over layers of every metric in `names` (SUMMARY; NaN without layers)."""
     return {name: jnp.mean(jnp.stack([m[name] for m in metrics.values()])) if metrics else jnp.nan
-            for name in SUMMARY}
+            for name in names}

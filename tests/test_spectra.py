@@ -73,7 +73,8 @@ def test_a_power_law_spectrum_is_recovered_within_two_standard_errors():
 def test_a_marchenko_pastur_matrix_has_a_large_alpha_and_soft_rank_one():
     rng = np.random.default_rng(6)
     w = rng.normal(size=(1000, 250)) / np.sqrt(1000)
-    m = spectra.layer_metrics({"Dense_0": {"kernel": jnp.asarray(w)}}, key=jax.random.key(0)).metrics["Dense_0"]
+    m = spectra.layer_metrics({"Dense_0": {"kernel": jnp.asarray(w)}}, key=jax.random.key(0),
+                              selection=False).metrics["Dense_0"]
     assert float(m["alpha"]) > 4 and 0.9 < float(m["mp_softrank"]) < 1.1
     evals = np.linalg.svd(w, compute_uv=False) ** 2
     np.testing.assert_allclose(m["log_norm"], np.log10(evals.sum()), rtol=1e-12)
@@ -115,7 +116,7 @@ def test_vmapped_over_members_equals_a_loop():
     params = {"Dense_0": {"kernel": jnp.asarray(rng.standard_t(3, (3, 30, 20)))},
               "Conv_0": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 4, 5)))}}
     keys = jax.random.split(jax.random.key(0), 3)
-    run = lambda p, k: spectra.layer_metrics(p, key=k, bootstrap=8).metrics
+    run = lambda p, k: spectra.layer_metrics(p, key=k, bootstrap=8, selection=False).metrics
     together = jax.jit(jax.vmap(run))(params, keys)
     for i in range(3):
         single = jax.jit(run)(jax.tree.map(lambda a: a[i], params), keys[i])
@@ -145,7 +146,7 @@ def test_against_weightwatcher_itself_on_the_same_weights():
         details = ww.WeightWatcher(model=model).analyze(mp_fit=True)
     params = {f"Dense_{i}": {"kernel": jnp.asarray(k)} for i, k in enumerate(dense)}
     params["Dense_3"] = {"kernel": jnp.asarray(conv)}  # same order as the torch layers
-    ours = list(spectra.layer_metrics(params).metrics.values())
+    ours = list(spectra.layer_metrics(params, selection=False).metrics.values())
     names = {"alpha": "alpha", "xmin": "xmin", "ks_distance": "D", "alpha_sigma": "sigma", "log_norm": "log_norm",
              "log_spectral_norm": "log_spectral_norm", "alpha_weighted": "alpha_weighted",
              "log_alpha_norm": "log_alpha_norm", "stable_rank": "stable_rank", "entropy": "entropy",
@@ -219,7 +220,7 @@ def test_transformer_layers_against_weightwatcher():
     for dtype, rtol in ((jnp.float64, 1e-10), (jnp.float32, 2e-5)):
         typed = jax.tree_util.tree_map(lambda w: jnp.asarray(w, dtype), params)
         # under jit: one compilation for all layers (eagerly every spectrum shape is traced apart, ~5x slower)
-        ours = jax.jit(lambda p: spectra.layer_metrics(p, pool=True, min_evals=10).metrics)(typed)
+        ours = jax.jit(lambda p: spectra.layer_metrics(p, pool=True, min_evals=10, selection=False).metrics)(typed)
         skipped = spectra.weight_layers(typed, pool=True, min_evals=10)[1]  # (as layer_metrics lists them)
         assert set(ours) == expected and skipped == [("positions", "8 eigenvalues < min_evals 10")]
         for layer, metrics in ours.items():
@@ -365,3 +366,21 @@ def test_fit_vmapped_equals_a_loop_and_bad_input():
     # no eigenvalue in the window but the largest there: NaN, as powerlaw's "Cannot fit"
     fit = spectra.fit(jnp.asarray([1.0, 2.0, 100.0, 1e4]), "exponential")
     assert np.isnan(float(fit.xmin)) and np.isnan(float(fit.lam))
+
+
+def test_layer_selection_columns_are_each_layers_own_fit():
+    """selection_metrics pads the layers' spectra to one length and fits them in one lax.map: each layer's
+    columns equal `fit` on its own spectrum (the padding is invisible)."""
+    rng = np.random.default_rng(9)
+    params = {"Dense_0": {"kernel": jnp.asarray(rng.standard_t(3, (80, 60)))},
+              "Dense_1": {"kernel": jnp.asarray(rng.standard_t(4, (40, 30)))}}
+    metrics = jax.jit(lambda p: spectra.layer_metrics(p).metrics)(params)
+    layers = spectra.weight_layers(params)[0]
+    for layer in layers:
+        evals = spectra.eigenvalues(params[layer.name]["kernel"], layer)
+        tpl, exp = spectra.fit(evals, "truncated_power_law"), spectra.fit(evals, "exponential")
+        expected = dict(alpha_xmax=spectra.fit(evals, "power_law_xmax").exponent, etpl_beta=tpl.exponent,
+                        etpl_lambda=tpl.lam, etpl_ks=tpl.ks_distance, exp_lambda=exp.lam, exp_ks=exp.ks_distance)
+        for name in spectra.SELECTION:
+            np.testing.assert_allclose(metrics[layer.name][name], expected[name], rtol=1e-12, err_msg=name)
+    assert np.isfinite(float(metrics["Dense_0"]["etpl_lambda"]))

@@ -1,7 +1,8 @@
 """The 'spectra' family: heavy-tailed weight spectra of every member, no data (Martin & Mahoney; WeightWatcher
 0.7.7's metrics: `lljax.spectra`). Per member: WeightWatcher's summary, the means over its layers of alpha,
-alpha_weighted, log_norm, log_alpha_norm, log_spectral_norm, stable_rank and mp_softrank; per layer (layers.csv):
-every weight metric."""
+alpha_weighted, log_norm, log_alpha_norm, log_spectral_norm, stable_rank and mp_softrank, and of Yang et al. 2023's
+data-free model-selection metrics (alpha_xmax, etpl_beta, etpl_lambda, etpl_ks, exp_lambda, exp_ks:
+`spectra.selection_metrics`); per layer (layers.csv): every weight metric."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,14 +21,18 @@ class SpectraOptions:
     min_evals: int = options.option(spectra.MIN_EVALS, "layers with fewer eigenvalues are skipped", low=1)
     bootstrap: int = options.option(50, "bootstrap resamples of the eigenvalues for alpha's standard error "
                                         "(0: none)", low=0)
+    selection: bool = options.option(True, "Yang et al. 2023's fits (alpha_xmax, etpl_*, exp_*; a few seconds "
+                                           "of compilation); --no-spectra-selection leaves those columns NaN")
 
 
 def spectra_family(ctx: Context, shared: Shared, member: Member, key) -> dict:
     o = ctx.options
     layers = spectra.layer_metrics(member.params, pool=o.pool, min_evals=o.min_evals,
-                                   key=key if o.bootstrap else None, bootstrap=o.bootstrap).metrics
+                                   key=key if o.bootstrap else None, bootstrap=o.bootstrap,
+                                   selection=o.selection).metrics
     dtype = jax.tree.leaves(member.params)[0].dtype
-    out = {k: jnp.asarray(v, dtype) for k, v in spectra.summary(layers).items()}  # NaN when every layer is skipped
+    means = spectra.summary(layers, spectra.SUMMARY + spectra.SELECTION)
+    out = {k: jnp.asarray(v, dtype) for k, v in means.items()}  # NaN when every layer is skipped
     for name in spectra.METRICS:
         out[f"layer_{name}"] = jnp.stack([m[name] for m in layers.values()]) if layers else jnp.zeros((0,), dtype)
     return out
@@ -42,12 +47,14 @@ def check(ctx: Context, params, batch_stats, x) -> None:
 
 
 FAMILY = Family(
-    "spectra", "member", spectra_family, options=SpectraOptions, columns=spectra.SUMMARY,
+    "spectra", "member", spectra_family, options=SpectraOptions, columns=spectra.SUMMARY + spectra.SELECTION,
     heatmaps=(Heatmap("alpha", "alpha (power-law exponent of the weight spectra, layer mean)"),
               Heatmap("alpha_weighted", "alpha-weighted (alpha x log10 lambda_max, layer mean)"),
               Heatmap("stable_rank", "stable rank of the weights (layer mean)"),
               Heatmap("log_spectral_norm", "log10 spectral norm (layer mean)"),
-              Heatmap("mp_softrank", "MP soft rank (layer mean)")),
-    correlated=("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank"), cost=0.02,
+              Heatmap("mp_softrank", "MP soft rank (layer mean)"),
+              Heatmap("etpl_lambda", "E-TPL lambda (truncated power law's exponential rate, layer mean)")),
+    correlated=("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank", "alpha_xmax",
+                "etpl_beta", "etpl_lambda", "exp_lambda"), cost=0.02,
     default=False, layers=layer_names, layer_columns=tuple(f"layer_{m}" for m in spectra.METRICS), check=check,
     kind_of_metric="data-free", sharded=False)  # its CPU path calls numpy through a host callback
