@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lljax import cli, config, experiment, metrics, options
@@ -20,6 +21,7 @@ from lljax import cli, config, experiment, metrics, options
     (["--model", "lljax.models:MODELS"], "is a dict, not a callable factory"),
     (["--model", "lljax.models:count_params"], "model factory 'lljax.models:count_params' failed"),
     (["--loss", "hinge"], "unknown loss 'hinge'"),
+    (["--losses", "cross_entropy", "hinge"], "argument --losses: invalid choice: 'hinge'"),
     (["--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
     (["--schedule", "linear"], "invalid choice: 'linear'"),
     (["--dataset", "/nonexistent/data.npz"], "dataset file not found"),
@@ -97,11 +99,26 @@ def test_metric_and_phase_options_reach_the_configuration(option, value, get, ex
     (["--max-members-per-chunk", "0"], "max members per chunk must be a positive integer"),
     (["--sam-rho", "0", "-0.1"], r"SAM radius \(--sam-rho\) must be a non-negative number"),
     (["--losses", "focal", "--focal-gamma", "-1"], "focal gamma must be non-negative"),
+    (["--losses", "label_smoothing", "--label-smoothing", "1"], r"label smoothing must be in \[0, 1\), got 1"),
+    (["--losses", "label_smoothing", "--label-smoothing", "-0.1"], r"label smoothing must be in \[0, 1\)"),
+    (["--losses", "focal", "mse_onehot", "--fitted-error", "0"], "fitted error must be above 0"),
 ])
 def test_bad_metric_options_are_one_line_errors(tmp_path, capsys, args, match):
     code = cli.main([*args, "--out", str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and re.search(match, err) and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_classification_loss_on_a_regression_file_is_one_line_and_creates_nothing(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "wave.npz", x_train=rng.normal(size=(64, 4)), y_train=rng.normal(size=(64, 2)),
+             x_test=rng.normal(size=(16, 4)), y_test=rng.normal(size=(16, 2)))
+    code = cli.main(["--dataset", str(tmp_path / "wave.npz"), "--losses", "cross_entropy", "focal", "--widths", "4",
+                     "--epochs", "1", "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "float targets but the loss needs integer class labels" in err
     assert not (tmp_path / "out").exists()
 
 
