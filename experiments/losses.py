@@ -14,7 +14,9 @@ import csv
 import sys
 from pathlib import Path
 
-from lljax import cli
+import numpy as np
+
+from lljax import cli, figures
 
 COMMON = dict(model="mlp", batch_sizes=(64,), lrs=(0.05,), weight_decays=(5e-4,), seeds=2,
               losses=("cross_entropy", "label_smoothing", "focal", "mse_onehot"),
@@ -50,16 +52,50 @@ def loss_gaps(out: Path) -> list[dict]:
     return gaps
 
 
+def gap_table(gaps: list[dict]) -> tuple[list[int], list[int], dict[str, np.ndarray]]:
+    """(widths, epochs, {loss or 'max': |acc(loss) - acc(CE)| (widths, epochs)}), 'max' over the losses."""
+    widths, epochs = sorted({g["width"] for g in gaps}), sorted({g["epoch"] for g in gaps})
+    names = sorted({g["loss"] for g in gaps})
+    table = {name: np.full((len(widths), len(epochs)), np.nan) for name in names}
+    for g in gaps:
+        table[g["loss"]][widths.index(g["width"]), epochs.index(g["epoch"])] = g["gap_to_ce"]
+    table["max"] = np.max(np.stack([table[name] for name in names]), axis=0)
+    return widths, epochs, table
+
+
+def write_gap_figures(out: Path, gaps: list[dict]) -> list[Path]:
+    """The heat maps (width x tracked epoch) of `loss_gaps`: figures/loss_gaps.png (the largest gap over the losses)
+    and figures/loss_gaps_<loss>.png, and a section at the end of report.md with the table."""
+    widths, epochs, table = gap_table(gaps)
+    (out / "figures").mkdir(exist_ok=True)
+    paths = []
+    for name, values in table.items():
+        path = out / "figures" / ("loss_gaps.png" if name == "max" else f"loss_gaps_{name}.png")
+        title = ("max over losses of" if name == "max" else name) + " |test acc - test acc(CE)|"
+        figures.heatmap(values, epochs, widths, "epoch (tracked)", "width", title, path, cmap="magma_r")
+        paths.append(path)
+    lines = ["", "## Loss gaps (Zhou et al. 2022's heat map)", "",
+             "Largest |mean test accuracy of a loss - that of cross-entropy| over the other losses, per width and "
+             "tracked epoch (loss_gaps.csv; figures/loss_gaps.png, one map per loss in figures/loss_gaps_<loss>.png). "
+             "Tracked epochs are snapshots of one run, not runs of that length: before the step schedule's decay "
+             "they are at the full learning rate.", "",
+             "| width \\ epoch | " + " | ".join(map(str, epochs)) + " |", "|---" * (len(epochs) + 1) + "|"]
+    lines += [f"| {w} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for w, row in zip(widths, table["max"])]
+    with open(out / "report.md", "a") as f:
+        f.write("\n".join(lines) + "\n")
+    return paths
+
+
 if __name__ == "__main__":
     code = cli.main(description=__doc__.splitlines()[0], presets=PRESETS)
     gaps = []
     if code == 0 and "--out" in sys.argv and "--shard" not in sys.argv:
         gaps = loss_gaps(Path(sys.argv[sys.argv.index("--out") + 1]))
     if gaps:
-        epochs = sorted({g["epoch"] for g in gaps})
+        write_gap_figures(Path(sys.argv[sys.argv.index("--out") + 1]), gaps)
+        widths, epochs, table = gap_table(gaps)
         print("max over losses of |test acc(loss) - test acc(CE)| (rows: width, columns: epoch " +
-              " ".join(map(str, epochs)) + ")")
-        for w in sorted({g["width"] for g in gaps}):
-            print(f"{w:>6} " + " ".join(f"{max(g['gap_to_ce'] for g in gaps if (g['width'], g['epoch']) == (w, e)):.3f}"
-                                        for e in epochs))
+              " ".join(map(str, epochs)) + "; figures/loss_gaps.png)")
+        for w, row in zip(widths, table["max"]):
+            print(f"{w:>6} " + " ".join(f"{v:.3f}" for v in row))
     sys.exit(code)
