@@ -1,10 +1,11 @@
 """Width (load) x loss (Zhou et al., NeurIPS 2022, "Are all losses created equal: a neural collapse perspective"):
 cross-entropy, label smoothing, focal loss and MSE on a scaled one-hot, each a group of its own, on MNIST-1D MLPs;
 test accuracy and neural collapse (NC1-NC4) per loss, along training (tracked epochs: the paper's width x training
-length heat map of |acc(loss) - acc(CE)|, printed at the end and written to loss_gaps.csv).
+length heat map of |acc(loss) - acc(CE)|, printed at the end, written to loss_gaps.csv, drawn in
+figures/loss_gaps*.png and added to report.md).
 
     python experiments/losses.py --preset quick --out runs/losses      # about 1.5 minutes on a 2-core CPU
-    python experiments/losses.py --preset default --out runs/losses    # not yet timed
+    python experiments/losses.py --preset default --out runs/losses    # 12 minutes at load 4-10, ~4-6 quiet
 
 The losses' parameters are the paper's: label smoothing 0.05 (--label-smoothing), focal gamma 3 (--focal-gamma),
 MSE target scale 15 (--mse-scale). In a grid over losses the phase rule's "fitted" reads the training error
