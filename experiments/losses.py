@@ -78,8 +78,8 @@ def write_gap_figures(out: Path, gaps: list[dict]) -> list[Path]:
     lines = ["", "## Loss gaps (Zhou et al. 2022's heat map)", "",
              "Largest |mean test accuracy of a loss - that of cross-entropy| over the other losses, per width and "
              "tracked epoch (loss_gaps.csv; figures/loss_gaps.png, one map per loss in figures/loss_gaps_<loss>.png). "
-             "Tracked epochs are snapshots of one run, not runs of that length: before the step schedule's decay "
-             "they are at the full learning rate.", "",
+             "Tracked epochs are snapshots of one run: with a decaying schedule (the default step) they are not runs "
+             "of that length (with --schedule constant they are).", "",
              "| width \\ epoch | " + " | ".join(map(str, epochs)) + " |", "|---" * (len(epochs) + 1) + "|"]
     lines += [f"| {w} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for w, row in zip(widths, table["max"])]
     with open(out / "report.md", "a") as f:
