@@ -27,7 +27,7 @@ PRESETS = {
     # 3 widths x 4 losses x 2 seeds, tracked at 10, 20, 40 epochs (12 groups, a program each)
     "quick": dict(COMMON, widths=(8, 128, 512), epochs=40, track_epochs=(10, 20)),
     # 5 widths x 4 losses x 2 seeds, tracked at 10, 25, 50, 100 epochs (20 groups); width 1024 was dropped before
-    # the first run: it alone would take about 12 minutes (28 ms a step for 2 members, 6200 steps, 4 losses)
+    # the first run: 35 s of training per 10 epochs of one loss (a probe, load 1-4), so ~23 minutes for 4 x 100
     "default": dict(COMMON, widths=(4, 8, 32, 128, 512), epochs=100, track_epochs=(10, 25, 50)),
 }
 
