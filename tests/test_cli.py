@@ -1,9 +1,11 @@
+import csv
 import re
 import runpy
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lljax import cli, config, experiment, metrics, options
@@ -20,6 +22,7 @@ from lljax import cli, config, experiment, metrics, options
     (["--model", "lljax.models:MODELS"], "is a dict, not a callable factory"),
     (["--model", "lljax.models:count_params"], "model factory 'lljax.models:count_params' failed"),
     (["--loss", "hinge"], "unknown loss 'hinge'"),
+    (["--losses", "cross_entropy", "hinge"], "argument --losses: invalid choice: 'hinge'"),
     (["--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
     (["--schedule", "linear"], "invalid choice: 'linear'"),
     (["--dataset", "/nonexistent/data.npz"], "dataset file not found"),
@@ -76,6 +79,46 @@ def test_every_study_preset_is_a_valid_configuration(script):
         assert len(swept) >= 1 and config.seeds >= 2, name
 
 
+def test_the_losses_study_gap_heat_map_from_a_trajectory(tmp_path):
+    """experiments/losses.py's Zhou et al. heat map: |mean test acc of a loss - CE's| per width and tracked epoch,
+    the largest over the losses, its figures and report section; nothing for a run of one loss."""
+    study = runpy.run_path(str(Path(__file__).resolve().parents[1] / "experiments" / "losses.py"))
+    acc = {("cross_entropy", 8, 10): (0.5, 0.6), ("focal", 8, 10): (0.4, 0.4), ("mse_onehot", 8, 10): (0.7, 0.7),
+           ("cross_entropy", 64, 10): (0.8, 0.8), ("focal", 64, 10): (0.78, 0.8), ("mse_onehot", 64, 10): (0.8, 0.8)}
+    rows = [dict(width=w, epoch=e, loss=loss, seed=s, test_acc=a) for (loss, w, e), pair in acc.items()
+            for s, a in enumerate(pair)]
+    for e, shift in ((20, 0.0), (40, 0.01)):  # later epochs: every loss gains the same -> the same gaps
+        rows += [dict(r, epoch=e, test_acc=r["test_acc"] + shift) for r in rows if r["epoch"] == 10]
+    with open(tmp_path / "trajectory.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp_path / "report.md").write_text("# report\n")
+    gaps = study["loss_gaps"](tmp_path)
+    assert len(gaps) == 2 * 3 * 2 and {g["loss"] for g in gaps} == {"focal", "mse_onehot"}
+    assert len(read_rows(tmp_path / "loss_gaps.csv")) == len(gaps)
+    widths, epochs, table = study["gap_table"](gaps)
+    assert widths == [8, 64] and epochs == [10, 20, 40]
+    np.testing.assert_allclose(table["focal"], [[0.15] * 3, [0.01] * 3], atol=1e-12)
+    np.testing.assert_allclose(table["mse_onehot"], [[0.15] * 3, [0.0] * 3], atol=1e-12)
+    np.testing.assert_allclose(table["max"], [[0.15] * 3, [0.01] * 3], atol=1e-12)
+    paths = study["write_gap_figures"](tmp_path, gaps)
+    assert sorted(p.name for p in paths) == ["loss_gaps.png", "loss_gaps_focal.png", "loss_gaps_mse_onehot.png"]
+    assert all(p.stat().st_size > 0 for p in paths)
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# report\n") and "| 8 | 0.150 | 0.150 | 0.150 |" in report
+    one_loss = tmp_path / "one"
+    one_loss.mkdir()
+    with open(one_loss / "trajectory.csv", "w") as f:
+        f.write("width,epoch,seed,test_acc\n8,10,0,0.5\n")
+    assert study["loss_gaps"](one_loss) == [] and not (one_loss / "loss_gaps.csv").exists()
+
+
+def read_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
 @pytest.mark.parametrize("option,value,get,expected", [
     ("--phase-mc-band", "0.02", lambda c: c.phase.mc_band, 0.02), ("--phase-cka", "0.5", lambda c: c.phase.cka, 0.5),
     ("--hessian-samples", "300", lambda c: c.options("hessian").samples, 300),
@@ -97,11 +140,26 @@ def test_metric_and_phase_options_reach_the_configuration(option, value, get, ex
     (["--max-members-per-chunk", "0"], "max members per chunk must be a positive integer"),
     (["--sam-rho", "0", "-0.1"], r"SAM radius \(--sam-rho\) must be a non-negative number"),
     (["--losses", "focal", "--focal-gamma", "-1"], "focal gamma must be non-negative"),
+    (["--losses", "label_smoothing", "--label-smoothing", "1"], r"label smoothing must be in \[0, 1\), got 1"),
+    (["--losses", "label_smoothing", "--label-smoothing", "-0.1"], r"label smoothing must be in \[0, 1\)"),
+    (["--losses", "focal", "mse_onehot", "--fitted-error", "0"], "fitted error must be above 0"),
 ])
 def test_bad_metric_options_are_one_line_errors(tmp_path, capsys, args, match):
     code = cli.main([*args, "--out", str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and re.search(match, err) and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_classification_loss_on_a_regression_file_is_one_line_and_creates_nothing(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "wave.npz", x_train=rng.normal(size=(64, 4)), y_train=rng.normal(size=(64, 2)),
+             x_test=rng.normal(size=(16, 4)), y_test=rng.normal(size=(16, 2)))
+    code = cli.main(["--dataset", str(tmp_path / "wave.npz"), "--losses", "cross_entropy", "focal", "--widths", "4",
+                     "--epochs", "1", "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "float targets but the loss needs integer class labels" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from lljax import curves, grid, phases, pipeline, sharding
+from lljax import curves, grid, phases, pipeline, sharding, tables
 from lljax.config import Config
 from lljax.errors import LLJaxError
 
@@ -784,6 +784,34 @@ def test_a_classification_loss_on_regression_data_is_refused_before_anything_is_
         pipeline.run(tiny_config(losses=("mse_onehot", "focal")), tmp_path / "out", progress=False,
                      dataset=regression_dataset())
     assert not (tmp_path / "out").exists()
+
+
+def test_in_a_grid_over_losses_fitted_means_a_training_error_of_0_whatever_the_loss():
+    """A constructed members table: MSE's training loss is 40 times the 0.05 threshold and label smoothing's sits at
+    its floor (above the threshold), yet both fit their training sets as cross-entropy does (training error 0), so
+    all three are 'fitted' (IV-B here); a focal point with error 0.05 is not (II). The loss alone would misread them."""
+    knobs = dict(width=64, data_fraction=1.0, label_noise=0.0, batch_size=64, lr=0.05, weight_decay=5e-4,
+                 momentum=0.9)
+    train = {"cross_entropy": (0.001, 1.0), "mse_onehot": (2.0, 1.0), "label_smoothing": (0.2, 1.0),
+             "focal": (0.001, 0.95)}  # (training loss, training accuracy)
+    members = [dict(knobs, loss=loss, seed=seed, group=g, train_loss=train[loss][0] + 1e-4 * seed,
+                    train_acc=train[loss][1], test_acc=0.7)
+               for g, loss in enumerate(train) for seed in (0, 1, 2)]
+    pairs = [dict(knobs, loss=loss, seed_a=a, seed_b=b, group=g, mc=0.0, cka_softmax=0.9)
+             for g, loss in enumerate(train) for a, b in ((0, 1), (0, 2), (1, 2))]
+    config = tiny_config(widths=(64,), lrs=(0.05,), losses=tuple(train))
+    assert tables.fitted_by_error(config) and config.fitted_error == 0.01
+    grid_ = tables.grid_rows(members, pairs)
+    tables.add_phases(grid_, config.phase, config)
+    tables.add_stability(grid_, members, pairs, config)
+    by_loss = {r["loss"]: r for r in grid_}
+    assert {loss: r["phase"] for loss, r in by_loss.items()} == {
+        "cross_entropy": "IV-B", "mse_onehot": "IV-B", "label_smoothing": "IV-B", "focal": "II"}
+    assert all(r["phase_stability_bootstrap"] == 1.0 for r in grid_)
+    # the same table read by the training loss (a run over one loss): MSE and label smoothing are not fitted
+    by_loss_alone = tables.grid_rows(members, pairs)
+    tables.add_phases(by_loss_alone, config.phase)
+    assert [r["phase"] for r in by_loss_alone] == ["IV-B", "II", "II", "IV-B"]
 
 
 def test_sam_radius_0_alone_and_cross_entropy_alone_are_plain_training():

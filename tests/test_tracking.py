@@ -93,6 +93,25 @@ def test_bad_tracking_options(tmp_path, values, match):
 
 
 @pytest.mark.slow
+def test_with_a_constant_schedule_a_tracked_epoch_is_a_run_of_that_length(tmp_path):
+    """The width x training-length map from one tracked run (experiments/losses.py): with --schedule constant the
+    snapshot at epoch 2 of a 4-epoch run is a 2-epoch run, number for number; with the step schedule (decay at 75% of
+    training) it is not."""
+    base = dict(widths=(3,), lrs=(0.1,), batch_sizes=(32,), seeds=2, metrics=("loss",), track_metrics=("loss",))
+    for schedule, same in (("constant", True), ("step", False)):
+        long, short = (tmp_path / f"{schedule}-{e}" for e in (4, 2))
+        pipeline.run(Config.from_dict(dict(base, schedule=schedule, epochs=4, track_epochs=(2,))), long,
+                     progress=False, dataset=tiny_dataset())
+        pipeline.run(Config.from_dict(dict(base, schedule=schedule, epochs=2)), short, progress=False,
+                     dataset=tiny_dataset())
+        snapshot = [r for r in read_csv(long / "trajectory.csv") if r["epoch"] == "2"]
+        members = read_csv(short / "members.csv")
+        assert len(snapshot) == len(members) == 2
+        columns = ("seed", "train_loss", "train_acc", "test_loss", "test_acc")
+        assert ([[r[c] for c in columns] for r in snapshot] == [[r[c] for c in columns] for r in members]) == same
+
+
+@pytest.mark.slow
 def test_a_run_killed_while_tracking_resumes_to_identical_trajectories(tmp_path):
     script = TINY + textwrap.dedent(f"""
         import sys
