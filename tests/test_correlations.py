@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from lljax import correlations
+from lljax import correlations, tables
 from lljax.errors import LLJaxError
 
 
@@ -206,7 +206,17 @@ def test_a_tiny_run_writes_correlations_csv_and_its_report_section(tmp_path):
     assert [(r["metric"], r["target"]) for r in rows] == [(m, t) for m in ("train_loss", "l2")
                                                           for t in ("test_acc", "gap")]
     assert {"slices_width", "slice_spearman_median_lr", "psi_lr", "granulated_kendall", "simpson"} <= set(rows[0])
-    assert all(r["slices_width"] == "2" and r["slices_lr"] == "2" for r in rows)  # 2 x 2 grid: two slices each
+    with open(out / "grid.csv") as f:  # the rows are the harness on grid.csv's seed means
+        grid = list(csv.DictReader(f))
+    column = lambda name: [float(r[name]) for r in grid]  # noqa: E731
+    again = correlations.correlation_table(
+        {k: column(k) for k in ("width", "lr")}, {m: column(f"{m}_mean") for m in ("train_loss", "l2")},
+        {"test_acc": column("test_acc_mean"),
+         "gap": np.subtract(column("train_acc_mean"), column("test_acc_mean"))})
+    for row, expected in zip(rows, again):
+        assert int(row["slices_width"]) <= 2 and int(row["slices_lr"]) <= 2  # a 2 x 2 grid: two slices a knob
+        for key in ("slices_width", "slice_spearman_median_lr", "psi_width", "granulated_kendall", "simpson"):
+            assert str(row[key]) == tables.to_csv([expected]).splitlines()[1].split(",")[list(expected).index(key)]
     text = (out / "report.md").read_text()
     assert "## Correlations by one-knob slices" in text and "(figures/slice_correlations.png)" in text
     # the pooled Spearman with test accuracy is the report's pooled correlation table's
