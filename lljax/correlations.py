@@ -28,6 +28,7 @@ figures/slice_correlations.png, and the report section `report_lines`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -258,11 +259,12 @@ def of_run(results, grid: Sequence[dict], trajectories=None) -> Harness | None:
     targets = targets_of(results, grid)
     u = results.config.uncertainty
     intervals = {}
-    for name, target in targets.items():
-        found = uncertainty.correlation_intervals(metrics, target, ["?"] * len(grid),
-                                                  uncertainty.generator(results.config.seed, "correlation_harness",
-                                                                        name), u.resamples, u.level)
-        intervals.update({(metric, name): v for (metric, _), v in found.items()})
+    for (metric, values), (name, target) in itertools.product(metrics.items(), targets.items()):
+        # a stream per metric and target: adding a family never moves another metric's interval
+        rng = uncertainty.generator(results.config.seed, "correlation_harness", metric, name)
+        found = uncertainty.correlation_intervals({metric: values}, target, ["?"] * len(grid), rng, u.resamples,
+                                                  u.level)
+        intervals[(metric, name)] = found[(metric, "all")]
     tracked = [m for m in metrics if trajectories is not None and
                all(any(f"{m}_mean" in r for r in rows) for rows in trajectories.grids.values())]
     timewise = _timewise(results, trajectories, tracked)
@@ -281,9 +283,9 @@ def write(results, harness: Harness | None, out_dir: Path) -> list[Path]:
     harness)."""
     if harness is None:
         return []
-    store.write_atomic(Path(out_dir) / "correlations.csv", to_csv(harness))
     path = Path(out_dir) / "figures" / "slice_correlations.png"
     path.parent.mkdir(parents=True, exist_ok=True)
+    store.write_atomic(Path(out_dir) / "correlations.csv", to_csv(harness))
     pooled_rho = {(r["metric"], r["target"]): r["pooled_spearman"] for r in harness.rows}
     metrics = list(dict.fromkeys(r["metric"] for r in harness.rows))
     panels = [(target, {m: {k: harness.boxes[(m, target, k)] for k in harness.knobs} for m in metrics},

@@ -464,7 +464,7 @@ def slice_boxes(panels: Sequence[tuple], knobs: Sequence[str], title: str, path)
                 for i in used:  # the slices themselves, spread across the box
                     offsets = np.linspace(-0.25, 0.25, data[i].size) * width if data[i].size > 1 else [0.0]
                     ax.plot(positions[i] + np.asarray(offsets), data[i], ".", color=color, ms=3)
-            ax.plot([], [], "s", color=color, label=KNOB_LABELS.get(knob, knob))
+            ax.plot([], [], "s", color=color, label=f"{KNOB_LABELS.get(knob, knob)} varied")
         ax.plot(np.arange(len(metrics)), [pooled[m] for m in metrics], "kx", ms=7, label="pooled")
         ax.axhline(0, color="gray", lw=0.8, ls="--")
         ax.set_xticks(np.arange(len(metrics)), metrics, rotation=30, ha="right", fontsize=7)
