@@ -9,7 +9,8 @@ without an error metric the test loss and the gap = test - train loss), over the
 
 - pooled: Spearman and Kendall tau-b over every point (NaN below 3 points or with a constant side, as
   `phases.correlation_table`), with percentile intervals from resampling the points
-  (`uncertainty.correlation_intervals`).
+  (`uncertainty.correlation_intervals`, a random stream per metric and target). The slice medians, psi, Psi and
+  the time-wise value have no interval: a knob has a handful of slices, too few to resample.
 - slices of a swept knob i: the groups of points that share the value of every other knob and differ only in
   knob i. Per slice with at least 2 points and neither side constant: Spearman and Kendall tau-b; other slices
   are NaN and left out. The median and interquartile range (q75 - q25) of the slices' Spearman: the paper's box.
