@@ -435,3 +435,46 @@ def accuracy_curves(results: "tables.Results", grid: Sequence[dict], out_dir: Pa
 
     return point_panels(results, grid, draw, out_dir, "accuracy_curves", "step", "accuracy",
                         "training and test accuracy along training (mean over seeds)")
+
+
+def slice_boxes(panels: Sequence[tuple], knobs: Sequence[str], title: str, path) -> None:
+    """Box plots of per-slice rank correlations (Yang et al. 2023's figures): one row per panel (name,
+    {metric: {knob: (S,) values, NaN left out}}, {metric: pooled value drawn as a cross}); per metric one box per
+    knob, coloured by knob, with the slices' values as dots."""
+    plt = _pyplot()
+    metrics = list(panels[0][1])
+    colors = plt.get_cmap("tab10").colors
+    width = 0.8 / max(len(knobs), 1)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(4.5, 1.6 + (0.35 * len(knobs) + 0.3) * len(metrics)),
+                                                      0.9 + 2.4 * len(panels)), dpi=110, squeeze=False)
+    for ax, (name, boxes, pooled) in zip(axes[:, 0], panels):
+        for k, knob in enumerate(knobs):
+            color = colors[k % len(colors)]
+            positions = np.arange(len(metrics)) + (k - (len(knobs) - 1) / 2) * width
+            data = [np.asarray(boxes[m][knob], float) for m in metrics]
+            data = [d[np.isfinite(d)] for d in data]
+            used = [i for i, d in enumerate(data) if d.size]
+            if used:
+                parts = ax.boxplot([data[i] for i in used], positions=positions[used], widths=0.8 * width,
+                                   patch_artist=True, showfliers=False, manage_ticks=False,
+                                   medianprops={"color": "black"})
+                for box in parts["boxes"]:
+                    box.set_facecolor(color)
+                    box.set_alpha(0.5)
+                for i in used:  # the slices themselves, spread across the box
+                    offsets = np.linspace(-0.25, 0.25, data[i].size) * width if data[i].size > 1 else [0.0]
+                    ax.plot(positions[i] + np.asarray(offsets), data[i], ".", color=color, ms=3)
+            ax.plot([], [], "s", color=color, label=f"{KNOB_LABELS.get(knob, knob)} varied")
+        ax.plot(np.arange(len(metrics)), [pooled[m] for m in metrics], "kx", ms=7, label="pooled")
+        ax.axhline(0, color="gray", lw=0.8, ls="--")
+        ax.set_xticks(np.arange(len(metrics)), metrics, rotation=30, ha="right", fontsize=7)
+        ax.set_xlim(-0.6, len(metrics) - 0.4)
+        ax.set_ylim(-1.08, 1.08)
+        ax.set_ylabel(f"Spearman with\n{name}", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    top = 1 - 0.42 / fig.get_figheight()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=7, bbox_to_anchor=(0.5, top))
+    fig.suptitle(title, fontsize=9, y=1 - 0.03 / fig.get_figheight(), va="top")
+    fig.savefig(path)
+    plt.close(fig)

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lljax import figures, phases, store, tables, timings, uncertainty
+from lljax import correlations, figures, phases, store, tables, timings, uncertainty
 from lljax import grid as grids
 from lljax.tables import Results, Tables
 
@@ -257,9 +257,9 @@ def data_lines(out_dir: Path) -> list[str]:
 
 
 def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: Path,
-           trajectories: tables.Trajectories | None = None) -> str:
+           trajectories: tables.Trajectories | None = None, harness: correlations.Harness | None = None) -> str:
     """DIR/report.md: the run, the phase map, where the best test score lies, the correlation table, the grid
-    and every figure."""
+    and every figure; `harness`: the correlation harness's section (`lljax.correlations`)."""
     config, grid = results.config, t.grid
     knob_values = results.knob_values
     swept = grids.swept(knob_values)
@@ -320,6 +320,7 @@ def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: P
     lines += kinds_of_metric(results, table, intervals, score_name)
     if trajectories is not None:
         lines += along_training(results, trajectories, grid, score_name)
+    lines += correlations.report_lines(results, harness)
     columns = swept + ["phase"] + [c for c in ("train_loss_mean", results.score,
                                                *[f"{n}_mean" for n in results.correlated if n != "train_loss"])
                                    if any(c in r for r in grid)]
@@ -361,7 +362,8 @@ def summary(results: Results, t: Tables, out_dir: Path) -> str:
             lines += [line.replace("|---", "").strip("|") for line in phase_table(results, rows, x, y)
                       if not line.startswith("|---")]
     files = ["report.md", "config.json", "members.csv", "pairs.csv", "grid.csv"] + \
-        (["curves.csv"] if (out_dir / "curves.csv").exists() else []) + ["figures/"]
+        (["curves.csv"] if (out_dir / "curves.csv").exists() else []) + \
+        (["correlations.csv"] if (out_dir / "correlations.csv").exists() else []) + ["figures/"]
     lines.append(f"results in {out_dir}/: {' '.join(files)}")
     return "\n".join(lines)
 
@@ -372,6 +374,7 @@ def write_all(results: Results, out_dir: str | os.PathLike, verbose: bool = True
     out_dir = Path(out_dir)
     with timings.section("tables"):
         t, layers, trajectories = _tables(results, out_dir)
+        harness = correlations.of_run(results, t.grid, trajectories)
     with timings.section("figures"):
         paths = figures.write_heatmaps(results, t.grid, out_dir / "figures")
         paths += figures.write_phase_figures(results, t.grid, out_dir / "figures")
@@ -381,8 +384,9 @@ def write_all(results: Results, out_dir: str | os.PathLike, verbose: bool = True
                 paths += family.outputs(results, t, out_dir / "figures")
         if trajectories is not None:
             paths += figures.write_trajectory_figures(results, trajectories, out_dir / "figures")
+        paths += correlations.write(results, harness, out_dir)
     with timings.section("report"):
-        report(results, t, paths, out_dir, trajectories)
+        report(results, t, paths, out_dir, trajectories, harness)
         if verbose:
             print(summary(results, t, out_dir))
     return t
