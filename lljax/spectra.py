@@ -712,6 +712,11 @@ def layer_metrics(params: Any, *, pool: bool = True, min_evals: int = MIN_EVALS,
 
 
 def summary(metrics: dict, names: tuple = SUMMARY) -> dict:
-    """WeightWatcher's summary: the mean over layers of every metric in `names` (SUMMARY; NaN without layers)."""
-    return {name: jnp.mean(jnp.stack([m[name] for m in metrics.values()])) if metrics else jnp.nan
-            for name in names}
+    """WeightWatcher's summary: the mean over layers of every metric in `names` (SUMMARY; NaN without layers).
+    SELECTION's means leave out the layers whose fit found no xmin candidate (NaN: on small matrices the
+    histogram window often holds one eigenvalue); NaN when no layer has one."""
+    def mean(name):
+        values = jnp.stack([m[name] for m in metrics.values()])
+        return jnp.nanmean(values) if name in SELECTION else jnp.mean(values)
+
+    return {name: mean(name) if metrics else jnp.nan for name in names}
