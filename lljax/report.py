@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lljax import correlations, figures, phases, store, tables, timings, uncertainty
+from lljax import correlations, figures, loss_gaps, phases, store, tables, timings, uncertainty
 from lljax import grid as grids
 from lljax.tables import Results, Tables
 
@@ -321,6 +321,8 @@ def report(results: Results, t: Tables, figure_paths: Sequence[Path], out_dir: P
     if trajectories is not None:
         lines += along_training(results, trajectories, grid, score_name)
     lines += correlations.report_lines(results, harness)
+    gap_lines = loss_gaps.report_lines(loss_gaps.gaps(trajectories.members) if trajectories is not None else [])
+    lines += gap_lines + [""] * bool(gap_lines)
     columns = swept + ["phase"] + [c for c in ("train_loss_mean", results.score,
                                                *[f"{n}_mean" for n in results.correlated if n != "train_loss"])
                                    if any(c in r for r in grid)]
@@ -363,7 +365,7 @@ def summary(results: Results, t: Tables, out_dir: Path) -> str:
                       if not line.startswith("|---")]
     files = ["report.md", "config.json", "members.csv", "pairs.csv", "grid.csv"] + \
         (["curves.csv"] if (out_dir / "curves.csv").exists() else []) + \
-        (["correlations.csv"] if (out_dir / "correlations.csv").exists() else []) + ["figures/"]
+        [name for name in ("correlations.csv", "loss_gaps.csv") if (out_dir / name).exists()] + ["figures/"]
     lines.append(f"results in {out_dir}/: {' '.join(files)}")
     return "\n".join(lines)
 
@@ -385,6 +387,8 @@ def write_all(results: Results, out_dir: str | os.PathLike, verbose: bool = True
         if trajectories is not None:
             paths += figures.write_trajectory_figures(results, trajectories, out_dir / "figures")
         paths += correlations.write(results, harness, out_dir)
+        if trajectories is not None:
+            paths += loss_gaps.write(loss_gaps.gaps(trajectories.members), out_dir)
     with timings.section("report"):
         report(results, t, paths, out_dir, trajectories, harness)
         if verbose:

@@ -79,41 +79,6 @@ def test_every_study_preset_is_a_valid_configuration(script):
         assert len(swept) >= 1 and config.seeds >= 2, name
 
 
-def test_the_losses_study_gap_heat_map_from_a_trajectory(tmp_path):
-    """experiments/losses.py's Zhou et al. heat map: |mean test acc of a loss - CE's| per width and tracked epoch,
-    the largest over the losses, its figures and report section; nothing for a run of one loss."""
-    study = runpy.run_path(str(Path(__file__).resolve().parents[1] / "experiments" / "losses.py"))
-    acc = {("cross_entropy", 8, 10): (0.5, 0.6), ("focal", 8, 10): (0.4, 0.4), ("mse_onehot", 8, 10): (0.7, 0.7),
-           ("cross_entropy", 64, 10): (0.8, 0.8), ("focal", 64, 10): (0.78, 0.8), ("mse_onehot", 64, 10): (0.8, 0.8)}
-    rows = [dict(width=w, epoch=e, loss=loss, seed=s, test_acc=a) for (loss, w, e), pair in acc.items()
-            for s, a in enumerate(pair)]
-    for e, shift in ((20, 0.0), (40, 0.01)):  # later epochs: every loss gains the same -> the same gaps
-        rows += [dict(r, epoch=e, test_acc=r["test_acc"] + shift) for r in rows if r["epoch"] == 10]
-    with open(tmp_path / "trajectory.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (tmp_path / "report.md").write_text("# report\n")
-    gaps = study["loss_gaps"](tmp_path)
-    assert len(gaps) == 2 * 3 * 2 and {g["loss"] for g in gaps} == {"focal", "mse_onehot"}
-    assert len(read_rows(tmp_path / "loss_gaps.csv")) == len(gaps)
-    widths, epochs, table = study["gap_table"](gaps)
-    assert widths == [8, 64] and epochs == [10, 20, 40]
-    np.testing.assert_allclose(table["focal"], [[0.15] * 3, [0.01] * 3], atol=1e-12)
-    np.testing.assert_allclose(table["mse_onehot"], [[0.15] * 3, [0.0] * 3], atol=1e-12)
-    np.testing.assert_allclose(table["max"], [[0.15] * 3, [0.01] * 3], atol=1e-12)
-    paths = study["write_gap_figures"](tmp_path, gaps)
-    assert sorted(p.name for p in paths) == ["loss_gaps.png", "loss_gaps_focal.png", "loss_gaps_mse_onehot.png"]
-    assert all(p.stat().st_size > 0 for p in paths)
-    report = (tmp_path / "report.md").read_text()
-    assert report.startswith("# report\n") and "| 8 | 0.150 | 0.150 | 0.150 |" in report
-    one_loss = tmp_path / "one"
-    one_loss.mkdir()
-    with open(one_loss / "trajectory.csv", "w") as f:
-        f.write("width,epoch,seed,test_acc\n8,10,0,0.5\n")
-    assert study["loss_gaps"](one_loss) == [] and not (one_loss / "loss_gaps.csv").exists()
-
-
 def read_rows(path):
     with open(path) as f:
         return list(csv.DictReader(f))
