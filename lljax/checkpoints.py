@@ -172,7 +172,9 @@ def _npz_models(path: Path) -> list[Model]:
         for name in names:  # shapes from each member's .npy header, without reading its data
             with archive.zip.open(f"{name}.npy") as f:
                 version = np.lib.format.read_magic(f)
-                shape, _, dtype = np.lib.format._read_array_header(f, version)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(f)
             tensors.append(Tensor(name, tuple(shape), np.dtype(dtype), lambda name=name: archive[name]))
     except (zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError) as e:
         raise LLJaxError(f"corrupted npz file {path} ({type(e).__name__})") from None
