@@ -29,6 +29,7 @@ by `--layers` (the eigenvalue histogram and the fits). One line sums it up on th
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import fnmatch
 import json
@@ -142,17 +143,21 @@ def analyse(path: str | os.PathLike, layout: str = "auto", min_evals: int | None
         what = f"; {len(skipped)} with fewer than {min_evals} eigenvalues" if skipped else ""
         raise LLJaxError(f"{path} holds no weight matrix (a float tensor of at least 2 dimensions that is not a "
                          f"bias or scale){what}")
-    metrics_fn = jax.jit(spectra.spectrum_metrics, static_argnums=(1, 2, 4))
     bar = Progress(sum(math.prod(t.shape) for _, t, *_ in plan), enabled=progress)
     rows, kept = [], {}
     key = jax.random.key(seed)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
     try:
+        # one program per (eigenvalues, N, M), compiled in a thread while LAPACK computes the first spectra
+        programs = {shape: pool.submit(_compile, *shape, bootstrap)
+                    for shape in dict.fromkeys((mm * rf, n, mm) for _, _, _, n, mm, rf in plan)}
         with jax.enable_x64(True):
             for layer_id, (m, tensor, kind, n, mm, rf) in enumerate(plan):
                 with one_line(f"reading {tensor.name}"):
                     evals = eigenvalues(tensor.load(), kind, eigensolver)
                 k = jax.random.fold_in(key, layer_id) if bootstrap else None
-                values = jax.device_get(metrics_fn(jax.numpy.asarray(evals), n, mm, k, bootstrap))
+                program = programs[(mm * rf, n, mm)].result()
+                values = jax.device_get(program(jax.numpy.asarray(evals), k))
                 row = {**models[m].info, "layer_id": layer_id, "name": tensor.name,
                        "shape": "x".join(map(str, tensor.shape)), "kind": kind, "N": n, "M": mm, "rf": rf}
                 row.update({WW_NAMES.get(k, k): float(v) for k, v in _ordered(values).items()})
@@ -161,9 +166,24 @@ def analyse(path: str | os.PathLike, layout: str = "auto", min_evals: int | None
                     kept[(m, tensor.name)] = evals
                 bar.update(math.prod(tensor.shape), tensor.name)
     finally:
+        pool.shutdown(cancel_futures=True)
         bar.close()
     return {"format": fmt, "rows": rows, "skipped": skipped, "models": [model.info for model in models],
             "spectra": kept}
+
+
+def _compile(num_evals: int, n: int, m: int, bootstrap: int):
+    """`spectra.spectrum_metrics` compiled for float64 spectra of `num_evals` eigenvalues of N x M matrices:
+    a function (evals, key or None) -> metrics."""
+    import jax
+
+    from lljax import spectra
+
+    with jax.enable_x64(True):  # a thread-local setting: this thread's too
+        evals = jax.ShapeDtypeStruct((num_evals,), jax.numpy.float64)
+        key = jax.eval_shape(lambda: jax.random.key(0)) if bootstrap else None
+        program = jax.jit(spectra.spectrum_metrics, static_argnums=(1, 2, 4))
+        return program.lower(evals, n, m, key, bootstrap).compile()
 
 
 def _ordered(values: dict) -> dict:
