@@ -12,8 +12,8 @@ degrees of freedom, heavy-tailed spectra) x 0.02. `--small`: 2 blocks, d = 128, 
 
 Timed, in this one process, one after the other:
 - lljax: `lljax spectra FILE --out DIR --no-progress` (`checkpoint_spectra.main`, float64, the file memory-mapped,
-  a layer at a time): cold (its programs compiled, JAX's persistent compilation cache pointed at an empty folder)
-  and again (compiled programs kept).
+  a layer at a time): cold (its programs compiled, JAX's persistent compilation cache pointed at an empty folder),
+  then WeightWatcher, then lljax again (compiled programs kept), the 1-minute load recorded after each.
 - WeightWatcher: `WeightWatcher(model=...).analyze(mp_fit=True, max_N=100000)` on a torch model of nn.Embedding
   (wte, wpe) and nn.Linear layers holding the same float32 weights (Linear weight = the Conv1D weight
   transposed). mp_fit=True: WeightWatcher then computes mp_softrank as lljax does; max_N: its default (50000)
@@ -144,14 +144,21 @@ def main(argv=None):
     print(f"{params / 1e6:.1f}M parameters ({size}), {file.stat().st_size / 2**20:.0f} MiB safetensors; "
           f"load {results['load_average_before']} on {results['machine']['cores']} cores")
     cold = run_lljax(file, work / "cold")
-    warm = run_lljax(file, work / "warm")
+    loads = {"after_lljax_cold": load_average()}
     with open(work / "cold" / "details.csv") as f:
         ours = list(csv.DictReader(f))
-    print(f"lljax spectra: {len(ours)} layers, {cold:.1f} s cold (compilation included), {warm:.1f} s again")
+    print(f"lljax spectra: {len(ours)} layers, {cold:.1f} s cold (compilation included; load "
+          f"{loads['after_lljax_cold']})")
     theirs, ww_seconds = run_weightwatcher(model)
+    loads["after_weightwatcher"] = load_average()
     worst, matched = differences(ours, theirs)
-    print(f"WeightWatcher 0.7.7: {len(theirs)} layers, {ww_seconds:.1f} s")
-    results.update({"lljax_layers": len(ours), "weightwatcher_layers": len(theirs), "matched_layers": matched,
+    print(f"WeightWatcher 0.7.7: {len(theirs)} layers, {ww_seconds:.1f} s (load "
+          f"{loads['after_weightwatcher']})")
+    warm = run_lljax(file, work / "warm")  # after WeightWatcher: the machine's load sampled on both sides of it
+    loads["after_lljax_again"] = load_average()
+    print(f"lljax spectra again (programs compiled): {warm:.1f} s (load {loads['after_lljax_again']})")
+    results.update({"loads": loads, "lljax_layers": len(ours), "weightwatcher_layers": len(theirs),
+                    "matched_layers": matched,
                     "lljax_cold_s": cold, "lljax_again_s": warm, "weightwatcher_s": ww_seconds,
                     "differences": worst, "load_average_after": load_average(), "jax": jax.__version__,
                     "speedup_vs_weightwatcher": ww_seconds / cold})
@@ -167,6 +174,7 @@ def main(argv=None):
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)
+    print(f"again: {ww_seconds / warm:.2f}x")
     print(f"speedup_vs_weightwatcher: {results['speedup_vs_weightwatcher']:.2f}")
     return 0 if matched == len(ours) and worst.get("alpha", 1) <= TARGETS["alpha"] else 1
 

@@ -29,6 +29,7 @@ by `--layers` (the eigenvalue histogram and the fits). One line sums it up on th
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import csv
 import fnmatch
@@ -108,11 +109,13 @@ def _selected(name: str, patterns: Sequence[str]) -> bool:
 
 
 def analyse(path: str | os.PathLike, layout: str = "auto", min_evals: int | None = None, eigensolver: str = "gram",
-            bootstrap: int = 0, seed: int = 0, keep: Sequence[str] = (), progress: bool = False) -> dict:
+            bootstrap: int = 0, seed: int = 0, keep: Sequence[str] = (), progress: bool = False,
+            threads: int = 2) -> dict:
     """Every weight matrix of every model in a checkpoint, read one at a time. Returns {'format', 'rows' (one
     dict per layer: the model's info, layer_id, name, shape, kind, N, M, rf, then every metric), 'skipped'
     ((model index, name, reason)), 'models' (their info), 'spectra' ((model index, name) -> eigenvalues of the
-    layers matching `keep`)}. A checkpoint with no weight matrix is a one-line LLJaxError."""
+    layers matching `keep`)}; `threads` layers' eigenvalues are computed at once. A checkpoint with no weight
+    matrix is a one-line LLJaxError."""
     import jax
 
     from lljax import layers, spectra
@@ -147,14 +150,29 @@ def analyse(path: str | os.PathLike, layout: str = "auto", min_evals: int | None
     rows, kept = [], {}
     key = jax.random.key(seed)
     pool = concurrent.futures.ThreadPoolExecutor(1)
+    solvers = concurrent.futures.ThreadPoolExecutor(max(1, threads))
+
+    def spectra_in_order():
+        """(plan item, eigenvalues) in order; the next layers' eigenvalues computed meanwhile in `threads`
+        threads (LAPACK releases the GIL), so at most `threads` layers are held at once."""
+        pending = collections.deque()
+        for item in plan:
+            with one_line(f"reading {item[1].name}"):
+                array = item[1].load()  # a memory map or an array: read where the eigenvalues are computed
+            pending.append((item, solvers.submit(eigenvalues, array, item[2], eigensolver)))
+            del array
+            if len(pending) >= max(1, threads):
+                yield pending.popleft()
+        yield from pending
+
     try:
         # one program per (eigenvalues, N, M), compiled in a thread while LAPACK computes the first spectra
         programs = {shape: pool.submit(_compile, *shape, bootstrap)
                     for shape in dict.fromkeys((mm * rf, n, mm) for _, _, _, n, mm, rf in plan)}
         with jax.enable_x64(True):
-            for layer_id, (m, tensor, kind, n, mm, rf) in enumerate(plan):
+            for layer_id, ((m, tensor, kind, n, mm, rf), job) in enumerate(spectra_in_order()):
                 with one_line(f"reading {tensor.name}"):
-                    evals = eigenvalues(tensor.load(), kind, eigensolver)
+                    evals = job.result()
                 k = jax.random.fold_in(key, layer_id) if bootstrap else None
                 program = programs[(mm * rf, n, mm)].result()
                 values = jax.device_get(program(jax.numpy.asarray(evals), k))
@@ -166,6 +184,7 @@ def analyse(path: str | os.PathLike, layout: str = "auto", min_evals: int | None
                     kept[(m, tensor.name)] = evals
                 bar.update(math.prod(tensor.shape), tensor.name)
     finally:
+        solvers.shutdown(cancel_futures=True)
         pool.shutdown(cancel_futures=True)
         bar.close()
     return {"format": fmt, "rows": rows, "skipped": skipped, "models": [model.info for model in models],
