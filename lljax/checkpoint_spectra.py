@@ -399,6 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          args.layers, progress=not args.no_progress)
         write(result, out, identity, args.layers)
         print(summary_line(result, out))
+        unmatched = [p for p in args.layers if not any(_selected(r["name"], [p]) for r in result["rows"])]
+        if unmatched:
+            print(f"note: --layers {' '.join(unmatched)} matched no analysed layer", file=sys.stderr)
     except LLJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
