@@ -115,6 +115,10 @@ def main(argv: Sequence[str] | None = None, description: str = "Phase diagram of
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["report"]:
         return report_main(argv[1:])
+    if argv[:1] == ["spectra"]:  # a saved model's weight spectra, no data (`lljax.checkpoint_spectra`)
+        from lljax import checkpoint_spectra
+
+        return checkpoint_spectra.main(argv[1:])
     presets = configs.PRESETS if presets is None else presets
     args = parser(description, presets).parse_args(argv)
     # a metric's host callback that fails (an SVD that does not converge) is reported as one line, not logged
