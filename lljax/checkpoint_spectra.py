@@ -110,12 +110,13 @@ def _selected(name: str, patterns: Sequence[str]) -> bool:
 
 def analyse(path: str | os.PathLike, layout: str = "auto", min_evals: int | None = None, eigensolver: str = "gram",
             bootstrap: int = 0, seed: int = 0, keep: Sequence[str] = (), progress: bool = False,
-            threads: int = 2) -> dict:
+            threads: int = 2, selection: bool = True) -> dict:
     """Every weight matrix of every model in a checkpoint, read one at a time. Returns {'format', 'rows' (one
     dict per layer: the model's info, layer_id, name, shape, kind, N, M, rf, then every metric), 'skipped'
     ((model index, name, reason)), 'models' (their info), 'spectra' ((model index, name) -> eigenvalues of the
-    layers matching `keep`)}; `threads` layers' eigenvalues are computed at once. A checkpoint with no weight
-    matrix is a one-line LLJaxError."""
+    layers matching `keep`)}; `threads` layers' eigenvalues are computed at once; `selection`: Yang et al.
+    2023's fits too (`spectra.SELECTION`, one program per spectrum length). A checkpoint with no weight matrix
+    is a one-line LLJaxError."""
     import jax
 
     from lljax import layers, spectra
@@ -169,6 +170,8 @@ def analyse(path: str | os.PathLike, layout: str = "auto", min_evals: int | None
         # one program per (eigenvalues, N, M), compiled in a thread while LAPACK computes the first spectra
         programs = {shape: pool.submit(_compile, *shape, bootstrap)
                     for shape in dict.fromkeys((mm * rf, n, mm) for _, _, _, n, mm, rf in plan)}
+        fitters = {length: pool.submit(_compile_selection, length)
+                   for length in dict.fromkeys(mm * rf for _, _, _, _, mm, rf in plan)} if selection else {}
         with jax.enable_x64(True):
             for layer_id, ((m, tensor, kind, n, mm, rf), job) in enumerate(spectra_in_order()):
                 with one_line(f"reading {tensor.name}"):
@@ -176,6 +179,8 @@ def analyse(path: str | os.PathLike, layout: str = "auto", min_evals: int | None
                 k = jax.random.fold_in(key, layer_id) if bootstrap else None
                 program = programs[(mm * rf, n, mm)].result()
                 values = jax.device_get(program(jax.numpy.asarray(evals), k))
+                if selection:
+                    values.update(jax.device_get(fitters[mm * rf].result()(jax.numpy.asarray(evals))))
                 row = {**models[m].info, "layer_id": layer_id, "name": tensor.name,
                        "shape": "x".join(map(str, tensor.shape)), "kind": kind, "N": n, "M": mm, "rf": rf}
                 row.update({WW_NAMES.get(k, k): float(v) for k, v in _ordered(values).items()})
@@ -205,6 +210,18 @@ def _compile(num_evals: int, n: int, m: int, bootstrap: int):
         return program.lower(evals, n, m, key, bootstrap).compile()
 
 
+def _compile_selection(num_evals: int):
+    """`spectra.selection_metrics` of one float64 spectrum of `num_evals` eigenvalues, compiled: evals -> metrics."""
+    import jax
+
+    from lljax import spectra
+
+    with jax.enable_x64(True):
+        evals = jax.ShapeDtypeStruct((num_evals,), jax.numpy.float64)
+        program = jax.jit(lambda x: {k: v[0] for k, v in spectra.selection_metrics([x]).items()})
+        return program.lower(evals).compile()
+
+
 def _ordered(values: dict) -> dict:
     """`spectrum_metrics`' values, METRICS' order first, then any other key it returns."""
     from lljax import spectra
@@ -214,16 +231,23 @@ def _ordered(values: dict) -> dict:
 
 
 def summaries(result: dict) -> list[dict]:
-    """One row per model: its info, its layers, and the mean over its layers of each of `spectra.SUMMARY`."""
+    """One row per model: its info, its layers, and the mean over its layers of each of `spectra.SUMMARY` (and of
+    `spectra.SELECTION` where computed, over the layers with a fit)."""
     from lljax import spectra
 
     out = []
     for m, info in enumerate(result["models"]):
         rows = [r for r in result["rows"] if r.get("member") == info.get("member")] if info else result["rows"]
-        means = {name: float(np.mean([r[WW_NAMES.get(name, name)] for r in rows])) if rows else math.nan
-                 for name in spectra.SUMMARY}
+        names = spectra.SUMMARY + tuple(n for n in spectra.SELECTION if rows and n in rows[0])
+        means = {name: _mean([r[WW_NAMES.get(name, name)] for r in rows], name in spectra.SELECTION)
+                 for name in names}
         out.append({**info, "layers": len(rows), **means})
     return out
+
+
+def _mean(values: list[float], skip_nan: bool) -> float:
+    finite = [v for v in values if math.isfinite(v)] if skip_nan else values
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -371,6 +395,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=0, help="resamples for alpha_se, the bootstrap standard "
                    "error of alpha (default: 0, alpha_se empty, as WeightWatcher has none)")
     p.add_argument("--seed", type=int, default=0, help="the bootstrap's random seed (default: 0)")
+    p.add_argument("--no-selection", action="store_true", help="leave out Yang et al. 2023's fits (alpha_xmax, "
+                   "etpl_*, exp_*: a few seconds of compilation per spectrum length)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -387,7 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not path.exists():
             raise LLJaxError(f"no such file or folder: {path}")
         settings = {"layout": args.layout, "layers": list(args.layers), "min_evals": args.min_evals,
-                    "eigensolver": args.eigensolver, "bootstrap": args.bootstrap, "seed": args.seed}
+                    "eigensolver": args.eigensolver, "bootstrap": args.bootstrap, "seed": args.seed,
+                    "selection": not args.no_selection}
         identity = _identity(path, settings)
         if _check_out(out, identity):
             print(f"{out} already holds this analysis (nothing to do)")
@@ -396,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         runtime.enable_compilation_cache()
         result = analyse(path, args.layout, args.min_evals, args.eigensolver, args.bootstrap, args.seed,
-                         args.layers, progress=not args.no_progress)
+                         args.layers, progress=not args.no_progress, selection=not args.no_selection)
         write(result, out, identity, args.layers)
         print(summary_line(result, out))
         unmatched = [p for p in args.layers if not any(_selected(r["name"], [p]) for r in result["rows"])]

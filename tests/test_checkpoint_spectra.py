@@ -80,9 +80,9 @@ def test_torch_and_flax_layouts_give_the_same_spectra(tmp_path):
     from safetensors.numpy import save_file
 
     params = flax_params()
-    ours = rows_by_name(cs.analyse(write_msgpack(tmp_path / "m.msgpack", params)))
+    ours = rows_by_name(cs.analyse(write_msgpack(tmp_path / "m.msgpack", params), selection=False))
     save_file(torch_state(params), str(tmp_path / "m.safetensors"))
-    theirs = rows_by_name(cs.analyse(tmp_path / "m.safetensors"))
+    theirs = rows_by_name(cs.analyse(tmp_path / "m.safetensors", selection=False))
     pairs = {"embed.weight": "Embed_0/embedding", "conv.weight": "Conv_0/kernel", "fc.weight": "Dense_0/kernel"}
     for torch_name, flax_name in pairs.items():
         for metric in ("alpha", "xmin", "D", "log_norm", "stable_rank", "num_evals"):
@@ -147,7 +147,7 @@ def test_run_folder_one_row_per_member_and_layer(tmp_path):
     rng = np.random.default_rng(0)
     stacked = {"Dense_0": {"kernel": rng.normal(size=(2, 16, 12))}, "Dense_1": {"kernel": rng.normal(size=(2, 12, 3))}}
     fake_run(tmp_path / "run", config, {0: stacked})
-    result = cs.analyse(tmp_path / "run")
+    result = cs.analyse(tmp_path / "run", selection=False)
     rows = [(r["member"], r["lr"], r["name"]) for r in result["rows"]]
     assert rows == [(0, 0.05, "Dense_0/kernel"), (1, 0.1, "Dense_0/kernel")]
     assert [(m, name) for m, name, _ in result["skipped"]] == [(0, "Dense_1/kernel"), (1, "Dense_1/kernel")]
