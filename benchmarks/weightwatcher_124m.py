@@ -11,7 +11,8 @@ the causal-mask buffer attn.bias (1, 1, 1024, 1024)), float32, random with a fix
 degrees of freedom, heavy-tailed spectra) x 0.02. `--small`: 2 blocks, d = 128, vocabulary 5000, 256 positions.
 
 Timed, in this one process, one after the other:
-- lljax: `lljax spectra FILE --out DIR --no-progress` (`checkpoint_spectra.main`, float64, the file memory-mapped,
+- lljax: `lljax spectra FILE --out DIR --no-progress --no-selection` (WeightWatcher has no E-TPL/EXP fits;
+  `checkpoint_spectra.main`, float64, the file memory-mapped,
   a layer at a time): cold (its programs compiled, JAX's persistent compilation cache pointed at an empty folder),
   then WeightWatcher, then lljax again (compiled programs kept), the 1-minute load recorded after each.
 - WeightWatcher: `WeightWatcher(model=...).analyze(mp_fit=True, max_N=100000)` on a torch model of nn.Embedding
@@ -90,7 +91,7 @@ def run_lljax(file: Path, out: Path) -> float:
 
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        code = checkpoint_spectra.main([str(file), "--out", str(out), "--no-progress"])
+        code = checkpoint_spectra.main([str(file), "--out", str(out), "--no-progress", "--no-selection"])
     assert code == 0, f"lljax spectra failed ({code})"
     return time.perf_counter() - start
 
