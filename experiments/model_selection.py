@@ -3,8 +3,8 @@ them by test accuracy without data, within one-hyperparameter slices and across,
 law's lambda (E-TPL) and the exponential's (EXP) rank better than the power-law alpha? The built-in Transformer
 on modular addition, training fraction x width x learning rate, the spectra tracked along training.
 
-    python experiments/model_selection.py --preset quick --out runs/model_selection     # about 2 minutes
-    python experiments/model_selection.py --preset default --out runs/model_selection   # about 10 minutes
+    python experiments/model_selection.py --preset quick --out runs/model_selection     # 79 s at load 4-5
+    python experiments/model_selection.py --preset default --out runs/model_selection   # 23 min at load 6-9
 
 Read correlations.csv (one row per data-free metric and target: pooled Spearman/Kendall, per-knob slice
 medians, Jiang et al.'s granulated Kendall, the time-wise Spearman along the tracked epochs, Simpson flags) and
@@ -20,8 +20,9 @@ COMMON = dict(dataset="modular", model="transformer", batch_sizes=(0,), optimize
               task_p=23, metrics=("loss", "spectra"), spectra_bootstrap=0, track_metrics=("spectra",))
 
 PRESETS = {
-    "quick": dict(COMMON, data_fractions=(0.5, 1.0), widths=(32, 48), lrs=(1e-3, 3e-3), seeds=2, epochs=600,
-                  track_epochs=(200, 400)),
+    # one width (one compiled group): training fraction x lr, a smoke run of the study
+    "quick": dict(COMMON, data_fractions=(0.4, 0.7, 1.0), widths=(32,), lrs=(1e-3, 3e-3), seeds=2, epochs=600,
+                  track_epochs=(300,)),
     "default": dict(COMMON, data_fractions=(0.4, 0.6, 0.8, 1.0), widths=(32, 48, 64), lrs=(1e-3, 2e-3, 4e-3),
                     seeds=2, epochs=1000, track_epochs=(250, 500)),
 }
