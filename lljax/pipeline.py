@@ -9,6 +9,7 @@ dataset=..., loss=..., optimizer=...)`) or named by the configuration.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import math
@@ -134,9 +135,14 @@ def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_
     snapshot it at the tracked epochs before the last (on disk under ckpt_dir/track, in memory without a
     folder). `test`: (x_test, y_test) for `spec.eval_every`. Returns the trained (state, member) as host arrays
     and `epoch -> snapshot` (host arrays)."""
+    count = sharding.member_count(keys)
+    abstract = jax.eval_shape(lambda k, h, v: train.init_ensemble(spec, k, h, labels, x_train.shape[1:], v),
+                              keys, hyper, view_keys)
+    passes = placement.passes_for(count, abstract[0].params, spec.model.conv, map_chunk)
+    compiling = _compile_training(spec, abstract, x_train, passes, placement.mesh, test)
     state, member = train.init_ensemble(spec, keys, hyper, labels, x_train.shape[1:], view_keys)
     state, member = sharding.shard_members((state, member), placement.mesh)
-    passes = placement.passes_for(sharding.member_count(member), state.params, spec.model.conv, map_chunk)
+    run = _training_program(compiling, spec, passes, placement.mesh)
     every = max(1, math.ceil(epochs / 10))  # epochs per call: the progress bar's resolution
     epoch, last_save = 0, time.time()
     step = store.latest_step(ckpt_dir) if ckpt_dir is not None else None
@@ -151,7 +157,7 @@ def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_
     in_memory: dict[int, tuple] = {}
     while epoch < epochs:
         stop = min(epoch + every, epochs, *[e for e in targets if e > epoch])  # a tracked epoch is a stop
-        state = train.train_ensemble(spec, state, member, x_train, epoch, stop, passes, placement.mesh, *test)
+        state = run(state, member, x_train, epoch, stop, *test)
         jax.block_until_ready(state)
         if stop in targets:  # saved before any later checkpoint: a resumed run past `stop` finds it
             if snapshot_dir is None:
@@ -166,6 +172,39 @@ def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_
     like = _snapshot(state)
     load = lambda e: in_memory[e] if e in in_memory else sharding.to_host(store.restore(snapshot_dir, e, like))
     return sharding.to_host((state, member)), load
+
+
+def _compile_training(spec, abstract, x_train, passes, mesh, test) -> concurrent.futures.Future | None:
+    """The group's training program compiling in a thread while the main thread compiles and runs the
+    initialisation (two single-threaded XLA compilations at once); from the initialised ensemble's shapes
+    (`abstract`), placed as `shard_members` places it. None with several processes."""
+    if jax.process_count() > 1:
+        return None
+    placed = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharding.MEMBER_AXIS))
+    state, member = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=placed), abstract)
+    compile_ = lambda: train.train_ensemble.lower(spec, state, member, x_train, 0, 1, passes, mesh, *test).compile()
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lljax-compile")
+    future = executor.submit(compile_)
+    executor.shutdown(wait=False)
+    return future
+
+
+def _training_program(compiling: concurrent.futures.Future | None, spec, passes, mesh) -> Callable:
+    """`train.train_ensemble` for the chunk: the program compiled ahead (`_compile_training`) while the arguments
+    are those it was compiled for, else the jitted function (which compiles it)."""
+    jitted = lambda state, member, x, first, last, *test: train.train_ensemble(spec, state, member, x, first, last,
+                                                                               passes, mesh, *test)
+    if compiling is None:
+        return jitted
+    compiled = compiling.result()
+
+    def run(state, member, x, first, last, *test):
+        try:
+            return compiled(state, member, x, first, last, *test)
+        except (TypeError, ValueError):  # arguments placed or typed otherwise than compiled for
+            return jitted(state, member, x, first, last, *test)
+
+    return run
 
 
 def train_group(config: Config, dataset: data.Dataset, group: grids.Group, members: Sequence[grids.MemberConfig],

@@ -295,16 +295,18 @@ _INIT_PROGRAMS = {backend: jax.jit(init_members, static_argnames=("spec", "input
 _init_default = jax.jit(init_members, static_argnames=("spec", "input_shape"))
 
 
-def init_program():
-    """The jitted initialisation of the default backend (`init_ensemble` runs it)."""
-    return _INIT_PROGRAMS.get(jax.default_backend(), _init_default)
+def init_program(traced: bool = False):
+    """The jitted initialisation of the default backend (`init_ensemble` runs it); `traced`: inside another
+    jit or `eval_shape`, where only a top-level program takes compiler options."""
+    return _init_default if traced else _INIT_PROGRAMS.get(jax.default_backend(), _init_default)
 
 
 def init_ensemble(spec: TrainSpec, keys: jax.Array, hyper: Hyper, labels_N: jax.Array,
                   input_shape: tuple[int, ...], view_keys: jax.Array | None = None) -> tuple[MemberState, Member]:
     """`init_member` over members: keys (M,), hyper fields (M,), optional view_keys (M,); one compiled program
     per spec and shapes (`init_program`)."""
-    return init_program()(spec, keys, hyper, labels_N, input_shape, view_keys)
+    traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((keys, hyper, labels_N, view_keys)))
+    return init_program(traced)(spec, keys, hyper, labels_N, input_shape, view_keys)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "passes", "mesh"), donate_argnames=("state",))

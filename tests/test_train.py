@@ -275,3 +275,16 @@ def test_initialisation_is_bit_identical_to_the_default_compiler_options(model):
     assert jax.tree.structure(new) == jax.tree.structure(old)
     for a, b in zip(_exact(new), _exact(old), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_initialisation_inside_another_trace_uses_the_default_program():
+    """Only a top-level jit takes compiler options: `init_ensemble` under `eval_shape` or `jit` still works and
+    gives what it gives on its own."""
+    x, y = small_problem()
+    spec, h, keys = spec_for(x), hyper([0.1, 0.2]), jax.random.split(jax.random.key(4), 2)
+    alone = train.init_ensemble(spec, keys, h, y, x.shape[1:])
+    shapes = jax.eval_shape(lambda k: train.init_ensemble(spec, k, h, y, x.shape[1:]), keys)
+    inside = jax.jit(lambda k: train.init_ensemble(spec, k, h, y, x.shape[1:]))(keys)
+    assert [a.shape for a in jax.tree.leaves(shapes)] == [a.shape for a in jax.tree.leaves(alone)]
+    for a, b in zip(_exact(inside), _exact(alone), strict=True):
+        np.testing.assert_array_equal(a, b)
