@@ -174,6 +174,16 @@ def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_
     return sharding.to_host((state, member)), load
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _member_keys(seed: int, seeds, shared_data: bool):
+    """(keys, view_keys) (M,) of members with seed indices `seeds` (M,): one program (the same keys as deriving
+    them one operation at a time, which compiled four)."""
+    keys = jax.vmap(grids.member_key, in_axes=(None, 0))(seed, seeds)
+    if shared_data:  # the paper's setting: seeds differ in initialisation and batch order only
+        return keys, jnp.stack([grids.stream(jax.random.key(seed), "view")] * len(seeds))
+    return keys, jax.vmap(lambda k: grids.stream(k, "view"))(keys)
+
+
 def _compile_training(spec, abstract, x_train, passes, mesh, test) -> concurrent.futures.Future | None:
     """The group's training program compiling in a thread while the main thread compiles and runs the
     initialisation (two single-threaded XLA compilations at once); from the initialised ensemble's shapes
@@ -221,11 +231,8 @@ def train_group(config: Config, dataset: data.Dataset, group: grids.Group, membe
     group_members = [members[i] for i in group.members]
     count = len(group_members)
     hyper = hyper_columns(config, group_members)
-    keys = jax.vmap(grids.member_key, in_axes=(None, 0))(config.seed, jnp.asarray([m.seed for m in group_members]))
-    if config.shared_data:  # the paper's setting: seeds differ in initialisation and batch order only
-        view_keys = jnp.stack([grids.stream(jax.random.key(config.seed), "view")] * count)
-    else:
-        view_keys = jax.vmap(lambda k: grids.stream(k, "view"))(keys)
+    keys, view_keys = _member_keys(config.seed, np.asarray([m.seed for m in group_members], np.int32),
+                                   config.shared_data)
     labels = jnp.asarray(dataset.y_train)
     x_train = sharding.replicate(jnp.asarray(dataset.x_train), placement.mesh)
     test = sharding.replicate((jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)), placement.mesh) \
@@ -399,12 +406,12 @@ def check_model(parts: Parts, config: Config, dataset: data.Dataset, families: S
     x = jax.ShapeDtypeStruct((2, *dataset.x_train.shape[1:]), dataset.x_train.dtype)
     what = "tokens" if dataset.is_tokens else "inputs"
     with one_line(f"model {spec.name!r} fails on {what} of shape {x.shape[1:]}"):
-        params, batch_stats = jax.eval_shape(lambda k: models.init(spec, k, x.shape[1:], str(x.dtype)),
-                                             jax.random.key(0))
-        outputs = jax.eval_shape(lambda p, bs, x_: models.apply(spec, p, bs, x_, train=True,
-                                                                rng=jax.random.key(0))[0], params, batch_stats, x)
+        key = jax.eval_shape(jax.random.key, 0)  # abstract: nothing compiled for a check
+        params, batch_stats = jax.eval_shape(lambda k: models.init(spec, k, x.shape[1:], str(x.dtype)), key)
+        outputs = jax.eval_shape(lambda p, bs, x_, k: models.apply(spec, p, bs, x_, train=True, rng=k)[0],
+                                 params, batch_stats, x, key)
     pytrees.check_params(params, f"model {spec.name!r} parameters")
-    hyper = train.Hyper(*(jnp.float32(v) for v in (0.1, 0.0, 0.9, 1.0, 0.0)))
+    hyper = train.Hyper(*(np.float32(v) for v in (0.1, 0.0, 0.9, 1.0, 0.0)))
     with one_line(f"optimizer {registry.describe(parts.optimizer)!r} does not give an optax transformation for "
                   "the member's hyperparameters"):
         jax.eval_shape(lambda p: train.direction(parts.optimizer, hyper).init(p), params)
