@@ -9,8 +9,8 @@ model after another (the original code's way), with a cold and a warm compilatio
     PyTorch script (DataLoader, torch.optim.SGD, train and test loss and accuracy at the end, a CSV written) and
     against PyTorch's own ensembling of the same models, weights and batches (`torch_peers`: stacked parameters,
     vmapped grad, SGD on the stacked tensors; 1 thread as the plain script, --torch-func-threads for more;
-    its losses checked against the plain script's), each as a fresh process; lljax cold (an empty compilation cache) and warm (the same
-    command again).
+    its losses checked against the plain script's), each as a fresh process; lljax cold (an empty compilation
+    cache) and warm (the same command again).
 (b) the quick preset, lljax alone, cold and warm, with the load average.
 
 MNIST-1D is generated once beforehand into the cache folders (its generation is not timed). Each measurement is
