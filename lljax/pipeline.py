@@ -321,6 +321,13 @@ def shared_inputs(g: TrainedGroup) -> Shared:
                               g.placement.mesh)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _family_keys(group_key: jax.Array, stream_name: str, count: int) -> tuple[jax.Array, jax.Array]:
+    """A family's key (its named stream of the group's key) and `count` keys split from it, in one program."""
+    key = grids.stream(group_key, stream_name)
+    return key, jax.random.split(key, count)
+
+
 def measure_family(family: Family, g: TrainedGroup, tuples: np.ndarray, shared: Shared | None = None
                    ) -> dict[str, np.ndarray]:
     """Every output of one family for a trained group: (M, ...) arrays for a member family, (P, ...) for a
@@ -332,8 +339,7 @@ def measure_family(family: Family, g: TrainedGroup, tuples: np.ndarray, shared: 
     ctx = family_context(family, g)
     if family.skip is not None and family.skip(ctx):
         return {}
-    key = grids.stream(g.key, family.stream_name)
-    keys = jax.random.split(key, count)
+    key, keys = _family_keys(g.key, family.stream_name, count)
     shared = shared_inputs(g) if shared is None else shared
     if family.prepare is not None:
         shared = shared._replace(extra=sharding.replicate(family.prepare(ctx, shared, key), g.placement.mesh))
@@ -350,10 +356,12 @@ def measure_family(family: Family, g: TrainedGroup, tuples: np.ndarray, shared: 
         sel = np.flatnonzero(sizes == n)
         c = dataclasses.replace(ctx, subset_size=int(n)) if family.static_subset else ctx
         program = lambda *a: _family_program(family.compute, c, shared, *a)
+        # every member (pair) at once: the arrays as they are (indexing device arrays compiles a gather)
+        chosen = (*args, keys) if len(sel) == count else (*take(args, sel), keys[sel])
         if family.sharded:
-            values = g.map(program, *take(args, sel), keys[sel])
+            values = g.map(program, *chosen)
         else:
-            values = sharding.map_chunks(program, (*take(args, sel), keys[sel]), g.chunk)
+            values = sharding.map_chunks(program, chosen, g.chunk)
         for name, value in values.items():
             value = np.asarray(value)
             out.setdefault(name, np.zeros((count, *value.shape[1:]), value.dtype))[sel] = value

@@ -842,3 +842,11 @@ def test_member_keys_in_one_program_equal_them_derived_one_operation_at_a_time(s
         jax.vmap(lambda k: grid.stream(k, "view"))(want)
     for got, expected in ((keys, want), (view_keys, want_views)):
         np.testing.assert_array_equal(jax.random.key_data(got), jax.random.key_data(expected))
+
+
+def test_family_keys_in_one_program_equal_them_derived_one_operation_at_a_time():
+    group_key = jax.random.fold_in(jax.random.key(2), 9)
+    key, keys = pipeline._family_keys(group_key, "hessian", 5)
+    want = grid.stream(group_key, "hessian")
+    np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(want))
+    np.testing.assert_array_equal(jax.random.key_data(keys), jax.random.key_data(jax.random.split(want, 5)))
