@@ -450,19 +450,19 @@ def trace_family(family: Family, ctx: Context, config: Config, dataset: data.Dat
     runs), so that a family that cannot run on the model or the data fails before anything is trained."""
     f32 = jax.ShapeDtypeStruct((), jnp.float32)
     like = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
-    view = jax.eval_shape(lambda k, y: data.training_view(k, y, dataset.num_classes, 1.0, 0.0), jax.random.key(0),
-                          like(dataset.y_train))
+    view = jax.eval_shape(lambda k, y: data.training_view(k, y, dataset.num_classes, 1.0, 0.0),
+                          jax.eval_shape(jax.random.key, 0), like(dataset.y_train))
     hyper = train.Hyper(f32, f32, f32, f32, f32, None if config.beta2 is None else f32,
                         f32 if config.uses_sam else None)
     member = Member(params, batch_stats, view, hyper, jax.ShapeDtypeStruct((), jnp.bool_))
     shared = Shared(like(dataset.x_train), like(dataset.x_test), like(dataset.y_test))
     if family.static_subset:
-        smallest = data.subset_size(len(dataset.y_train), min(config.data_fractions))
-        ctx = dataclasses.replace(ctx, subset_size=int(smallest))
-    key = jax.random.key(0)
+        ctx = dataclasses.replace(ctx, subset_size=data.subset_size_host(len(dataset.y_train),
+                                                                         min(config.data_fractions)))
+    key = jax.eval_shape(jax.random.key, 0)
     if family.prepare is not None:
-        shared = shared._replace(extra=jax.eval_shape(lambda sh: family.prepare(ctx, sh, key), shared))
-    jax.eval_shape(lambda sh, *ms: family.compute(ctx, sh, *ms, key), shared,
+        shared = shared._replace(extra=jax.eval_shape(lambda sh, k: family.prepare(ctx, sh, k), shared, key))
+    jax.eval_shape(lambda sh, k, *ms: family.compute(ctx, sh, *ms, k), shared, key,
                    *[member] * metrics.family.KINDS[family.kind])
 
 
