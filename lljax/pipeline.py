@@ -136,8 +136,8 @@ def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_
     folder). `test`: (x_test, y_test) for `spec.eval_every`. Returns the trained (state, member) as host arrays
     and `epoch -> snapshot` (host arrays)."""
     count = sharding.member_count(keys)
-    abstract = jax.eval_shape(lambda k, h, v: train.init_ensemble(spec, k, h, labels, x_train.shape[1:], v),
-                              keys, hyper, view_keys)
+    # the initialisation's own program traced once (its call below reuses the trace)
+    abstract = train.init_program().eval_shape(spec, keys, hyper, labels, x_train.shape[1:], view_keys)
     passes = placement.passes_for(count, abstract[0].params, spec.model.conv, map_chunk)
     compiling = _compile_training(spec, abstract, x_train, passes, placement.mesh, test)
     state, member = train.init_ensemble(spec, keys, hyper, labels, x_train.shape[1:], view_keys)
