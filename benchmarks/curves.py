@@ -18,10 +18,14 @@ fixed) are fitted two ways, with the same data, batch size, number of steps, t v
            hook), one pair after another. Minibatches and t are taken from lljax's `minibatch_plan`, so both
            follow the same trajectory up to float32 rounding; the script reports how far the fitted bends
            and the resulting mode connectivity are apart.
+  torch.func PyTorch's own ensembling (`fit_torch_func`): all P curves at once, the bends stacked, the one-pair
+           loss vmapped with its gradient, torch.optim.SGD on the stacked bends, the same t, minibatches and
+           schedule; its bends must agree with lljax's (checked: the script fails otherwise).
 
 The machine (CPU, cores, load average) is printed first; PyTorch uses as many intra-op threads as there are
-cores. The last line is `speedup_vs_pytorch: X.XX`: PyTorch seconds over lljax seconds for all P curves,
-lljax compile time included (the warm ratio is printed above it). --torch-pairs K fits only K pairs in
+cores. The last lines are `speedup_vs_torch_func: X.XX` (torch.func seconds over lljax's warm seconds) and
+`speedup_vs_pytorch: X.XX`: PyTorch seconds over lljax seconds for all P curves (the ratios with lljax's
+compilation included are printed above them). --torch-pairs K fits only K pairs in
 PyTorch and scales its time by P / K (each pair costs the same there); by default all P are run.
 """
 from __future__ import annotations
@@ -40,6 +44,7 @@ from lljax import curves, data, models, train
 
 NUM_INPUTS = 40  # MNIST-1D signal length
 TRAIN_LR, CURVE_LR, WEIGHT_DECAY, MOMENTUM = 0.05, 0.01, 5e-4, 0.9
+BEND_AGREEMENT = 1e-3  # largest relative bend difference of the torch.func curves from lljax's (float rounding)
 
 
 def parse_args(argv=None):
@@ -211,8 +216,7 @@ def fit_torch(torch, sizes, start_layers, end_layers, x, y, ts_S, idx_SB, epochs
     steps_per_epoch = idx_SB.shape[0] // epochs
     batches = idx_SB.reshape(epochs, steps_per_epoch, -1)
     ts = torch.from_numpy(np.array(ts_S, np.float32)).reshape(epochs, steps_per_epoch, 1)
-    factor = lambda progress: 1.0 if progress <= 0.5 else (1.0 - (progress - 0.5) / 0.4 * 0.99 if progress <= 0.9
-                                                           else 0.01)  # curves.lr_factor, in plain Python
+    factor = lr_factor
     losses = []
     for epoch in range(epochs):
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=[list(b) for b in batches[epoch]])
@@ -224,6 +228,55 @@ def fit_torch(torch, sizes, start_layers, end_layers, x, y, ts_S, idx_SB, epochs
     bend = [(layer.weight_1.detach().numpy().T.copy(), layer.bias_1.detach().numpy().copy())
             for layer in model.net.layers]
     return bend, np.array(losses)
+
+
+def lr_factor(progress: float) -> float:
+    """curves.lr_factor in plain Python: 1 to half-way, linear down to 0.01 at 90%, then 0.01."""
+    return 1.0 if progress <= 0.5 else (1.0 - (progress - 0.5) / 0.4 * 0.99 if progress <= 0.9 else 0.01)
+
+
+def fit_torch_func(torch, start_layers, end_layers, x, y, plans, epochs):
+    """The torch.func peer: all K curves at once as a PyTorch user writes it without a compiler, the bends
+    stacked (K, ...), the curve's loss for one pair (w(t) = (1-t)^2 w0 + 2t(1-t) theta + t^2 w2, CE + 0.5 wd
+    ||w(t)||^2) vmapped with its gradient (`vmap(grad_and_value)`), torch.optim.SGD on the stacked bends with the
+    same schedule, t and minibatches as the others (`plans`: per curve (ts (S,), idx (S, B))). Returns the
+    bends [(W (K, out, in), b (K, out))] and the seconds (stacking included)."""
+    from torch.func import grad_and_value, vmap
+    F = torch.nn.functional
+
+    def stacked(layers):  # per layer (W (K, out, in), b (K, out)) of K curves' [(kernel (in, out), bias)]
+        return [t for n in range(len(layers[0])) for t in (
+            torch.from_numpy(np.stack([np.ascontiguousarray(member[n][0].T) for member in layers])),
+            torch.from_numpy(np.stack([member[n][1] for member in layers])))]
+
+    start = time.perf_counter()
+    w0, w2 = stacked(start_layers), stacked(end_layers)
+    theta = [0.5 * a + 0.5 * c for a, c in zip(w0, w2)]  # the midpoint (CurveNet.init_linear)
+
+    def curve_loss(theta, w0, w2, t, xb, yb):
+        w = [(1 - t) ** 2 * a + 2 * t * (1 - t) * b + t ** 2 * c for a, b, c in zip(w0, theta, w2)]
+        h = xb
+        for n in range(0, len(w), 2):
+            h = F.linear(h, w[n], w[n + 1])
+            h = F.relu(h) if n < len(w) - 2 else h
+        return F.cross_entropy(h, yb) + 0.5 * WEIGHT_DECAY * sum((v ** 2).sum() for v in w)
+
+    step = vmap(grad_and_value(curve_loss))
+    opt = torch.optim.SGD(theta, lr=CURVE_LR, momentum=MOMENTUM, weight_decay=0.0)
+    ts = torch.from_numpy(np.stack([np.asarray(plan[0], np.float32) for plan in plans]))  # (K, S)
+    idx = torch.from_numpy(np.stack([np.asarray(plan[1]) for plan in plans]).astype(np.int64))  # (K, S, B)
+    xt, yt = torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y)).long()
+    total = idx.shape[1]
+    with torch.no_grad():  # torch.func.grad still differentiates; nothing else builds a graph
+        for s in range(total):
+            for group in opt.param_groups:
+                group["lr"] = CURVE_LR * lr_factor(s / total)
+            grads, _ = step(theta, w0, w2, ts[:, s], xt[idx[:, s]], yt[idx[:, s]])
+            for p, g in zip(theta, grads):
+                p.grad = g
+            opt.step()
+    seconds = time.perf_counter() - start
+    return [(theta[n], theta[n + 1]) for n in range(0, len(theta), 2)], seconds
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -312,6 +365,15 @@ def main(argv=None):
     print(f"PyTorch: {K} curves x {steps} steps one after another: {torch_k:.2f} s "
           f"({K * steps / torch_k:,.0f} curve-steps/s)" + (f"; for all {P}: {torch_s:.2f} s (scaled)" if K < P else ""))
 
+    all_plans = plans + [tuple(np.asarray(a) for a in curves.minibatch_plan(keys[i], N, B, E)) for i in range(K, P)]
+    bends_f, func_s = fit_torch_func(torch, [as_layers(starts, i) for i in range(P)],
+                                     [as_layers(ends, i) for i in range(P)], x, y, all_plans, E)
+    kernels_f = [bends_f[n][0].numpy().transpose(0, 2, 1) for n in range(len(layers))]  # (P, in, out)
+    rel_f = max(float(np.abs(np.asarray(fitted.bends[k]["kernel"][:, 0]) - kernels_f[n]).max()
+                      / np.abs(kernels_f[n]).max()) for n, k in enumerate(layers))
+    print(f"PyTorch torch.func: all {P} curves at once: {func_s:.2f} s ({P * steps / func_s:,.0f} curve-steps/s); "
+          f"max |bend_lljax - bend_torch.func| / max|bend| = {rel_f:.2e}")
+
     # Same work? Compare the fitted bends and the mode connectivity of the two sets of curves.
     bend_j = jax.tree.map(lambda a: np.asarray(a[:K, 0]), fitted.bends)
     rel = max(np.abs(bend_j[k]["kernel"][i] - bends_t[i][n][0]).max() / np.abs(bends_t[i][n][0]).max()
@@ -336,14 +398,20 @@ def main(argv=None):
           f"{np.asarray(line).mean():+.4f}")
     print(f"load average at end: {load_average()}")
     speedup, speedup_cold = torch_s / warm_s, torch_s / first_s
-    print(f"speedup with lljax compilation included: {speedup_cold:.2f}")
+    print(f"speedup with lljax compilation included: {speedup_cold:.2f}; against torch.func: warm "
+          f"{func_s / warm_s:.2f}, compilation included {func_s / first_s:.2f}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"machine": info, "args": vars(args), "lljax_seconds_with_compile": first_s,
                        "lljax_seconds_warm": warm_s, "torch_seconds": torch_s, "torch_seconds_measured": torch_k,
                        "bend_rel_diff": float(rel), "mc_lljax": mc[0].tolist(), "mc_torch": mc[1].tolist(),
-                       "speedup": speedup, "speedup_with_compile": speedup_cold}, f, indent=2)
+                       "speedup": speedup, "speedup_with_compile": speedup_cold, "torch_func_seconds": func_s,
+                       "bend_rel_diff_torch_func": rel_f, "speedup_vs_torch_func": func_s / warm_s,
+                       "speedup_vs_torch_func_with_compile": func_s / first_s}, f, indent=2)
+    print(f"speedup_vs_torch_func: {func_s / warm_s:.2f}")
     print(f"speedup_vs_pytorch: {speedup:.2f}")
+    if not rel_f <= BEND_AGREEMENT:
+        raise SystemExit(f"error: the torch.func curves disagree with lljax's: relative bend difference {rel_f:.2e}")
 
 
 if __name__ == "__main__":

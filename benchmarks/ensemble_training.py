@@ -22,7 +22,10 @@ momentum 0.9 and weight decay 5e-4, constant learning rate) are trained
       drop_last=True), nn.Sequential MLP, CrossEntropyLoss, torch.optim.SGD(momentum=0.9, weight_decay=5e-4);
   (d) "tuned" PyTorch: the same loop without the DataLoader, minibatches indexed from pre-shuffled index
       tensors (lljax's own batch order, so (d) and (a) follow the same trajectory up to float rounding: the
-      script reports how far their final losses are apart as a correctness check).
+      script reports how far their final losses are apart as a correctness check);
+  (e) PyTorch's own ensembling, all N members at once (`torch_peers`: `stack_module_state`, `functional_call`,
+      `vmap(grad_and_value(loss))`, torch.optim.SGD on the stacked tensors), lljax's initial weights and batch
+      order as (d); its final losses must agree with (d)'s (checked: the script fails otherwise).
 
 It reports model-steps per second (models x SGD steps / wall time; padding members not counted) for each way
 and the ratios. Wall time is the median over repeats for (a) and (a1), N x the median per-model time for the
@@ -34,7 +37,8 @@ fraction of it that (a) reaches, counting 6 x MACs per example for forward + bac
 dev CPU (benchmarks/RESULTS.md): at width 32 (a) about 40x faster than (c); at width 128 (a) near 55-60% of
 the matmul rate.
 
-The last line printed is `speedup_vs_pytorch: X.XX`, (a) over (c) at width 32 (or the first width given).
+The last lines printed are `speedup_vs_torch_func: X.XX`, (a) over (e), and `speedup_vs_pytorch: X.XX`, (a) over
+(c), at width 32 (or the first width given).
 The machine may be shared: the load average and the CPU share other processes took during each measurement
 are printed beside it.
 """
@@ -56,6 +60,7 @@ from lljax import data, models, sharding, train
 
 NUM_INPUTS = 40  # MNIST-1D signal length
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
+LOSS_AGREEMENT = 1e-3  # largest |final loss difference| of (e) torch.func and (d) (same models, float rounding)
 
 
 def parse_args(argv=None):
@@ -306,6 +311,30 @@ def run_torch_tuned(torch, init, x_np, y_np, batch_orders, device="cpu"):
     return {"seconds_per_model": per_model, "final_loss": np.asarray(losses)}
 
 
+def run_torch_func(torch, init, x_np, y_np, batch_orders):
+    """(e): every member at once with torch.func (`torch_peers`), lljax's initial weights and batch order (N, E,
+    S, B); the time covers stacking, the optimiser's set-up and the steps."""
+    import torch_peers
+
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np.astype(np.int64))
+    start = time.perf_counter()
+    params, buffers, base = torch_peers.stack(torch, [torch_mlp(torch, layers) for layers in init])
+    step = torch_peers.vmapped_step(torch, base, torch.nn.functional.cross_entropy)
+    opt = torch.optim.SGD(list(params.values()), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    idx_all = torch.from_numpy(batch_orders.astype(np.int64))
+    with torch.no_grad():  # torch.func.grad still differentiates; nothing else builds a graph
+        for e in range(idx_all.shape[1]):
+            epoch_loss = torch.zeros(len(init))
+            for j in range(idx_all.shape[2]):
+                idx = idx_all[:, e, j]
+                grads, loss = step(params, buffers, x[idx], y[idx])
+                for name, p in params.items():
+                    p.grad = grads[name]
+                opt.step()
+                epoch_loss += loss
+    return {"seconds": time.perf_counter() - start, "final_loss": (epoch_loss / idx_all.shape[2]).numpy()}
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 def main(argv=None) -> dict:
@@ -361,7 +390,7 @@ def main(argv=None) -> dict:
     names = {"vmapped_lljax": f"(a) vmapped, {mesh.size} devices", "vmapped_one_pass": "(a0) as (a), in one pass",
              "vmapped_one_device": "(a1) vmapped, 1 device",
              "loop_lljax": "(b) loop of single lljax", "pytorch_dataloader": "(c) PyTorch DataLoader loop",
-             "pytorch_tuned": "(d) PyTorch tuned loop"}
+             "pytorch_tuned": "(d) PyTorch tuned loop", "pytorch_torch_func": "(e) PyTorch torch.func, all at once"}
     for width in args.widths:
         spec, fresh = lljax_setup(width, N, B, epochs, dataset)
         loads, load_averages, runs = {}, {}, {}
@@ -403,16 +432,32 @@ def main(argv=None) -> dict:
             torch, init[:1] if warm_up else init, x_np, y_np, B, 1 if warm_up else epochs))
         d = measure_torch("pytorch_tuned", lambda warm_up=False: run_torch_tuned(
             torch, init[:1] if warm_up else init, x_np, y_np, orders[:1, :1] if warm_up else orders))
+        init_all, orders_all = initial_params(fresh, N), lljax_batch_orders(spec, fresh, N)
+        best_e = None
+        for threads in dict.fromkeys((cores, 1)):  # as measure_torch: the faster of all cores and 1 thread
+            torch.set_num_threads(threads)
+            run_torch_func(torch, init_all[:2], x_np, y_np, orders_all[:2, :1, :2])  # untimed warm-up
+            key = f"pytorch_torch_func@{threads}"
+            measure(key, lambda: run_torch_func(torch, init_all, x_np, y_np, orders_all))
+            if best_e is None or runs[key]["seconds"] < runs[best_e[0]]["seconds"]:
+                best_e = (key, threads)
+        torch.set_num_threads(cores)
+        e = runs["pytorch_torch_func"] = runs[best_e[0]]
+        loads["pytorch_torch_func"], load_averages["pytorch_torch_func"] = loads[best_e[0]], load_averages[best_e[0]]
+        torch_threads["pytorch_torch_func"] = best_e[1]
         # medians (of the repeats; of the per-model times for the sequential ways): a burst of another
         # process's work on this shared machine then slows a minority of the samples, not the figure
         rate = {"vmapped_lljax": N * steps / np.median(a["seconds_all"]),
                 **({} if a0 is None else {"vmapped_one_pass": N * steps / np.median(a0["seconds_all"])}),
                 "vmapped_one_device": N * steps / np.median(a1["seconds_all"]),
                 **{k: steps / np.median(r["seconds_per_model"]) for k, r in
-                   (("loop_lljax", b), ("pytorch_dataloader", c), ("pytorch_tuned", d))}}
-        rate_total = {k: (N * steps / min(r["seconds_all"]) if "seconds_all" in r
-                          else loop_n * steps / sum(r["seconds_per_model"])) for k, r in runs.items()}
-        rate_median_by_threads = {k: steps / np.median(r["seconds_per_model"]) for k, r in runs.items() if "@" in k}
+                   (("loop_lljax", b), ("pytorch_dataloader", c), ("pytorch_tuned", d))},
+                "pytorch_torch_func": N * steps / e["seconds"]}
+        rate_total = {k: (N * steps / min(r["seconds_all"]) if "seconds_all" in r else N * steps / r["seconds"]
+                          if "seconds" in r else loop_n * steps / sum(r["seconds_per_model"]))
+                      for k, r in runs.items()}
+        rate_median_by_threads = {k: steps / np.median(r["seconds_per_model"]) if "seconds_per_model" in r
+                                  else N * steps / r["seconds"] for k, r in runs.items() if "@" in k}
         flops_per_model_step = 6 * macs_per_example(width) * B
         flops = {k: flops_per_model_step * rate[k] for k in ("vmapped_lljax", "vmapped_one_device")}
 
@@ -437,10 +482,13 @@ def main(argv=None) -> dict:
                                          "vmapped_one_device": float(a1["final_loss"].mean()),
                                          "loop_lljax": float(b["final_loss"].mean()),
                                          "pytorch_dataloader": float(c["final_loss"].mean()),
-                                         "pytorch_tuned": float(d["final_loss"].mean())},
+                                         "pytorch_tuned": float(d["final_loss"].mean()),
+                                         "pytorch_torch_func": float(e["final_loss"].mean())},
                "max_loss_diff_vs_vmapped": {"vmapped_one_device": diff(a1["final_loss"]),
                                             "loop_lljax": diff(b["final_loss"]),
-                                            "pytorch_tuned_same_order": diff(d["final_loss"])},
+                                            "pytorch_tuned_same_order": diff(d["final_loss"]),
+                                            "pytorch_torch_func_same_order": diff(e["final_loss"])},
+               "torch_func_vs_tuned_max_loss_diff": float(np.max(np.abs(e["final_loss"][:loop_n] - d["final_loss"]))),
                "diverged": a["diverged"], "cpu_used_by_other_processes": loads,
                "load_average_at_start": load_averages}
         results["widths"][str(width)] = row
@@ -453,7 +501,7 @@ def main(argv=None) -> dict:
                 [] if load_averages.get(k) is None else [f"load avg {load_averages[k]:.2f}"])
             busy = f"   [{', '.join(notes)}]" if notes else ""
             threads = f" ({torch_threads[k]} thread{'s' * (torch_threads[k] > 1)})" if k in torch_threads else ""
-            print(f"  {(names[k] + threads):38s} {v:10.0f}{ratio}{busy}")
+            print(f"  {(names[k] + threads):48s} {v:10.0f}{ratio}{busy}")
         print(f"  (a1) is {row['speedup_one_device_vs_pytorch_dataloader']:.2f}x faster than (c)")
         if a0 is not None:
             print(f"  (a) trains each device's {padded // mesh.size} members in "
@@ -470,7 +518,9 @@ def main(argv=None) -> dict:
             f"{k} {v:.4f}" for k, v in row["final_train_loss_mean"].items()))
         print("  per-member final loss vs (a): " + ", ".join(
             f"{k} max |diff| {v:.1e}" for k, v in row["max_loss_diff_vs_vmapped"].items())
-              + " ((d) uses lljax's batch order and initial weights)")
+              + " ((d), (e) use lljax's batch order and initial weights)")
+        print(f"  (e) vs (d), the same PyTorch models, weights and batches: max |final loss diff| "
+              f"{row['torch_func_vs_tuned_max_loss_diff']:.1e}")
 
     later = results["matmul_flops_after_each_width"]
     peak = max([mm["best"], *later])
@@ -487,11 +537,17 @@ def main(argv=None) -> dict:
     print(f"\nload average at end: {results['load_average_end']}")
     headline = "32" if "32" in results["widths"] else str(args.widths[0])
     results["speedup_vs_pytorch"] = results["widths"][headline]["speedup_vs"]["pytorch_dataloader"]
+    results["speedup_vs_torch_func"] = results["widths"][headline]["speedup_vs"]["pytorch_torch_func"]
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1, default=float)
         print(f"wrote {args.out}")
+    print(f"speedup_vs_torch_func: {results['speedup_vs_torch_func']:.2f}")
     print(f"speedup_vs_pytorch: {results['speedup_vs_pytorch']:.2f}")
+    for width, row in results["widths"].items():  # the torch.func peer trains the same models as (d)
+        if not row["torch_func_vs_tuned_max_loss_diff"] <= LOSS_AGREEMENT:
+            sys.exit(f"error: width {width}: (e) torch.func and (d) disagree: final losses differ by "
+                     f"{row['torch_func_vs_tuned_max_loss_diff']:.2e} > {LOSS_AGREEMENT}")
     return results
 
 

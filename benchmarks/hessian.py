@@ -28,7 +28,10 @@ the same samples:
 
 Timing: after one untimed pass of each, the three runs alternate --repeats times (different random keys/seeds
 each time) and the median is reported, so a change in the machine's load hits all of them. Errors are pooled over
-members and repeats. Printed: the machine (CPU, cores, load average), wall times, HVP counts, relative errors
+members and repeats. The torch.func peer (`TorchFuncHessian`): PyTorch's own ensembling of the same procedure,
+every member at once by vmapped `jvp(grad)` HVPs, at PyHessian's budget as 'matched' (the line
+`speedup_vs_torch_func: X.XX`: its seconds over 'matched''s).
+Printed: the machine (CPU, cores, load average), wall times, HVP counts, relative errors
 (median and max) of the top eigenvalue and the trace. The last line is `speedup_vs_pyhessian: X.XX`: PyHessian
 seconds over lljax 'matched' warm seconds for all N members (same HVP budget; its accuracy is printed and
 compared above it, as is the speedup of the 'default' configuration and the ratios with compile included).
@@ -251,6 +254,55 @@ class PyHessianRunner:
         return seconds, *(np.array(column, np.float64) for column in zip(*results))
 
 
+class TorchFuncHessian:
+    """PyTorch's own ensembling of PyHessian's procedure: every member at once (`torch_peers.stack` of the same
+    torch models), HVPs by `vmap(jvp(grad(loss)))` over the stacked parameters, at PyHessian's own budget as
+    lljax 'matched' (its mean power iterations and Hutchinson probes: a vmapped loop cannot stop member by
+    member); each pass with 1 and all cores' threads, the faster counts."""
+
+    def __init__(self, reference: PyHessianRunner, iterations: int, probes: int):
+        import torch_peers
+        from torch.func import functional_call, grad, jvp, vmap
+
+        torch = self.torch = reference.torch
+        params, self.buffers, base = torch_peers.stack(torch, reference.models)
+        self.params = {k: v.detach() for k, v in params.items()}
+        x, y = reference.inputs, reference.targets
+        loss = lambda p, b: torch.nn.functional.cross_entropy(functional_call(base, (p, b), (x,)), y)
+        self.hvp = vmap(lambda p, b, v: jvp(lambda q: grad(loss)(q, b), (p,), (v,))[1])
+        self.iterations, self.probes, self.members = iterations, probes, reference.members
+        self.thread_options = reference.thread_options
+
+    def _once(self, seed):
+        torch = self.torch
+        torch.manual_seed(seed)
+        dot = lambda a, b: sum((a[k] * b[k]).flatten(1).sum(1) for k in a)  # (M,)
+        scale = lambda v, s: {k: t * s.view(-1, *[1] * (t.dim() - 1)) for k, t in v.items()}
+        v = {k: torch.randn_like(p) for k, p in self.params.items()}
+        v = scale(v, 1 / (dot(v, v).sqrt() + 1e-6))
+        for _ in range(self.iterations):
+            hv = self.hvp(self.params, self.buffers, v)
+            top = dot(hv, v)
+            v = scale(hv, 1 / (dot(hv, hv).sqrt() + 1e-6))
+        trace = torch.zeros(self.members)
+        for _ in range(self.probes):
+            v = {k: torch.randint_like(p, high=2) * 2 - 1 for k, p in self.params.items()}
+            trace += dot(self.hvp(self.params, self.buffers, v), v)
+        return top.double().numpy(), (trace / self.probes).double().numpy()
+
+    def run(self, seed):
+        """(seconds, tops (N,), traces (N,), iterations (N,), probes (N,)) of the faster thread count."""
+        passes = {}
+        for threads in self.thread_options:
+            self.torch.set_num_threads(threads)
+            start = time.perf_counter()
+            out = self._once(seed)
+            passes[threads] = (time.perf_counter() - start, out)
+        seconds, (tops, traces) = min(passes.values(), key=lambda p: p[0])
+        return (seconds, tops, traces, np.full(self.members, float(self.iterations)),
+                np.full(self.members, float(self.probes)))
+
+
 def relative_errors(estimate, exact):
     err = np.abs(np.ravel(estimate) - np.ravel(exact)) / np.abs(np.ravel(exact))
     return {"median": float(np.median(err)), "max": float(np.max(err))}
@@ -295,6 +347,8 @@ def main(argv=None):
                                          lanczos_steps=int(np.ceil(iterations.mean())),
                                          trace_probes=max(2, int(np.ceil(probes.mean())))),
     }
+    peer = TorchFuncHessian(reference, int(np.ceil(iterations.mean())), max(2, int(np.ceil(probes.mean()))))
+    peer.run(seed=10_000)  # untimed warm-up
     programs, compile_seconds = {}, {}
     for name, config in configs.items():
         start = time.perf_counter()
@@ -307,10 +361,11 @@ def main(argv=None):
           f"{iterations.mean():.1f} (mean), Hutchinson probes {probes.mean():.1f} (mean); "
           f"lljax compile {', '.join(f'{k} {v:.1f} s' for k, v in compile_seconds.items())}", flush=True)
 
-    runs = {"PyHessian": [], **{name: [] for name in configs}}
+    runs = {"PyHessian": [], "torch.func": [], **{name: [] for name in configs}}
     loads = []
     for r in range(args.repeats):
         runs["PyHessian"].append(reference.run(seed=r))
+        runs["torch.func"].append(peer.run(seed=r))
         for name in configs:
             runs[name].append(run_lljax(programs[name], params, batch_stats, args.members, seed=r))
         loads.append(load_average())
@@ -319,7 +374,8 @@ def main(argv=None):
           f"{', '.join(f'{t} thread(s) {n}x' for t, n in reference.wins.items())}")
 
     results = {name: summary(name, r, exact_top, exact_trace) for name, r in runs.items()}
-    results["PyHessian"]["hvps_per_member"] = float(np.mean([r[3] + r[4] for r in runs["PyHessian"]]))
+    for name in ("PyHessian", "torch.func"):
+        results[name]["hvps_per_member"] = float(np.mean([r[3] + r[4] for r in runs[name]]))
     for name, config in configs.items():
         hvps, method = hvps_per_member(config, num_params)
         within = np.concatenate([np.abs(r[2] - exact_trace) <= 3 * r[3] + 1e-6 * np.abs(exact_trace)
@@ -356,6 +412,7 @@ def main(argv=None):
         with open(args.out, "w") as f:
             json.dump(record, f, indent=1, default=float)
     print(f"speedup_default_config: {pyhessian_seconds / results['default']['seconds']:.2f}")
+    print(f"speedup_vs_torch_func: {results['torch.func']['seconds'] / results['matched']['seconds']:.2f}")
     print(f"speedup_vs_pyhessian: {pyhessian_seconds / results['matched']['seconds']:.2f}")
 
 

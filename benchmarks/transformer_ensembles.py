@@ -65,7 +65,6 @@ script works; its figures mean nothing.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -323,22 +322,16 @@ def run_torch_sequential(torch, make, weights, x, y, batches, steps, per_epoch, 
 def run_torch_func(torch, make, weights, x, y, batches, steps, per_epoch, adamw):
     """(e): torch.func ensembling of all the members at once; the time covers stacking, the optimiser's set-up
     and the steps."""
-    from torch.func import functional_call, grad_and_value, stack_module_state, vmap
-    F = torch.nn.functional
+    import torch_peers
+
     start = time.perf_counter()
     modules = []
     for sd in weights:
         module = make()
         module.load_state_dict(sd)
         modules.append(module)
-    params, buffers = stack_module_state(modules)
-    base = copy.deepcopy(modules[0]).to("meta")
-
-    def member_loss(p, b, xb, yb):
-        return F.cross_entropy(functional_call(base, (p, b), (xb,)), yb)
-
-    shared = None if batches is None else 0
-    step = vmap(grad_and_value(member_loss), in_dims=(0, 0, shared, shared))
+    params, buffers, base = torch_peers.stack(torch, modules)
+    step = torch_peers.vmapped_step(torch, base, torch.nn.functional.cross_entropy, shared_inputs=batches is None)
     opt = torch.optim.AdamW(list(params.values()), **adamw)
     history = torch.zeros(steps, len(weights))
     with torch.no_grad():  # torch.func.grad still differentiates; nothing else builds a graph

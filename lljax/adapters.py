@@ -33,16 +33,38 @@ x[, state], *, key=None)` giving the penultimate features of one example (called
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
+import sys
 from typing import Any, Callable
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from lljax import pytrees
 from lljax.errors import LLJaxError
+
+
+class _Deferred:
+    """A module imported on its first use: flax.nnx and equinox take ~0.5 s to import, and a study of linen
+    models never uses them."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        return getattr(importlib.import_module(self._name), attr)
+
+
+eqx = _Deferred("equinox")
+nnx = _Deferred("flax.nnx")
+
+
+def _instance(obj: Any, module: str) -> bool:
+    """`obj` is a `module`.Module (False while that framework is not imported: nothing can be one of its modules)."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(obj, loaded.Module)
+
 
 FEATURES = "features"
 DEFAULT_AXIS = "batch"
@@ -59,16 +81,16 @@ def framework(factory: Callable) -> str:
 
 def is_module(obj: Any) -> bool:
     """An NNX or Equinox module (an instance, not a factory)."""
-    return isinstance(obj, (nnx.Module, eqx.Module))
+    return _instance(obj, "flax.nnx") or _instance(obj, "equinox")
 
 
 def not_a_model(name: str, obj: Any, expected: str = "linen") -> LLJaxError:
     """The one-line error for a factory that returned `obj`, having the signature of an `expected` factory."""
-    if expected == "linen" and isinstance(obj, nnx.Module):
+    if expected == "linen" and _instance(obj, "flax.nnx"):
         return LLJaxError(f"model factory {name!r} returned an nnx.Module ({type(obj).__name__}) but takes no rngs: "
                           "lljax initialises every member from its own key; an NNX factory is factory(width, "
                           "num_classes, *, rngs)")
-    if expected == "linen" and isinstance(obj, eqx.Module):
+    if expected == "linen" and _instance(obj, "equinox"):
         return LLJaxError(f"model factory {name!r} returned an eqx.Module ({type(obj).__name__}) but takes no key: "
                           "lljax initialises every member from its own key; an Equinox factory is factory(width, "
                           "num_classes, *, key)")

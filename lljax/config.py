@@ -399,7 +399,7 @@ def validate_with_data(config: Config, dataset: data.Dataset, loss: losses.Loss)
     subset."""
     data.check_labels(dataset, loss.classification)
     n = len(dataset.y_train)
-    smallest = int(data.subset_size(n, min(config.data_fractions)))
+    smallest = data.subset_size_host(n, min(config.data_fractions))
     for b in config.batch_sizes:
         if b == train.FULL_BATCH:
             continue

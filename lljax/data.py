@@ -399,6 +399,11 @@ def subset_size(num_train: int, data_fraction) -> jax.Array:
     return jnp.maximum(1, jnp.round(jnp.asarray(data_fraction) * num_train)).astype(jnp.int32)
 
 
+def subset_size_host(num_train: int, data_fraction: float) -> int:
+    """`subset_size` computed on the host (numpy, in float32 as it): no program compiled for a check."""
+    return int(max(1, np.round(np.float32(data_fraction) * np.float32(num_train))))
+
+
 def training_view(key: jax.Array, labels_N: jax.Array, num_classes: int, data_fraction, label_noise) -> View:
     """A member's subset and labels, deterministic in `key`; `data_fraction` and `label_noise` may be traced.
     Float (regression) targets are kept as they are: label noise applies to class labels only, to each labelled

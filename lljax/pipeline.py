@@ -9,6 +9,7 @@ dataset=..., loss=..., optimizer=...)`) or named by the configuration.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import math
@@ -134,9 +135,14 @@ def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_
     snapshot it at the tracked epochs before the last (on disk under ckpt_dir/track, in memory without a
     folder). `test`: (x_test, y_test) for `spec.eval_every`. Returns the trained (state, member) as host arrays
     and `epoch -> snapshot` (host arrays)."""
+    count = sharding.member_count(keys)
+    # the initialisation's own program traced once (its call below reuses the trace)
+    abstract = train.init_program().eval_shape(spec, keys, hyper, labels, x_train.shape[1:], view_keys)
+    passes = placement.passes_for(count, abstract[0].params, spec.model.conv, map_chunk)
+    compiling = _compile_training(spec, abstract, x_train, passes, placement.mesh, test)
     state, member = train.init_ensemble(spec, keys, hyper, labels, x_train.shape[1:], view_keys)
     state, member = sharding.shard_members((state, member), placement.mesh)
-    passes = placement.passes_for(sharding.member_count(member), state.params, spec.model.conv, map_chunk)
+    run = _training_program(compiling, spec, passes, placement.mesh)
     every = max(1, math.ceil(epochs / 10))  # epochs per call: the progress bar's resolution
     epoch, last_save = 0, time.time()
     step = store.latest_step(ckpt_dir) if ckpt_dir is not None else None
@@ -151,7 +157,7 @@ def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_
     in_memory: dict[int, tuple] = {}
     while epoch < epochs:
         stop = min(epoch + every, epochs, *[e for e in targets if e > epoch])  # a tracked epoch is a stop
-        state = train.train_ensemble(spec, state, member, x_train, epoch, stop, passes, placement.mesh, *test)
+        state = run(state, member, x_train, epoch, stop, *test)
         jax.block_until_ready(state)
         if stop in targets:  # saved before any later checkpoint: a resumed run past `stop` finds it
             if snapshot_dir is None:
@@ -168,6 +174,49 @@ def _train_chunk(spec, keys, hyper, view_keys, labels, x_train, placement, ckpt_
     return sharding.to_host((state, member)), load
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _member_keys(seed: int, seeds, shared_data: bool):
+    """(keys, view_keys) (M,) of members with seed indices `seeds` (M,): one program (the same keys as deriving
+    them one operation at a time, which compiled four)."""
+    keys = jax.vmap(grids.member_key, in_axes=(None, 0))(seed, seeds)
+    if shared_data:  # the paper's setting: seeds differ in initialisation and batch order only
+        return keys, jnp.stack([grids.stream(jax.random.key(seed), "view")] * len(seeds))
+    return keys, jax.vmap(lambda k: grids.stream(k, "view"))(keys)
+
+
+def _compile_training(spec, abstract, x_train, passes, mesh, test) -> concurrent.futures.Future | None:
+    """The group's training program compiling in a thread while the main thread compiles and runs the
+    initialisation (two single-threaded XLA compilations at once); from the initialised ensemble's shapes
+    (`abstract`), placed as `shard_members` places it. None with several processes."""
+    if jax.process_count() > 1:
+        return None
+    placed = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharding.MEMBER_AXIS))
+    state, member = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=placed), abstract)
+    compile_ = lambda: train.train_ensemble.lower(spec, state, member, x_train, 0, 1, passes, mesh, *test).compile()
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lljax-compile")
+    future = executor.submit(compile_)
+    executor.shutdown(wait=False)
+    return future
+
+
+def _training_program(compiling: concurrent.futures.Future | None, spec, passes, mesh) -> Callable:
+    """`train.train_ensemble` for the chunk: the program compiled ahead (`_compile_training`) while the arguments
+    are those it was compiled for, else the jitted function (which compiles it)."""
+    jitted = lambda state, member, x, first, last, *test: train.train_ensemble(spec, state, member, x, first, last,
+                                                                               passes, mesh, *test)
+    if compiling is None:
+        return jitted
+    compiled = compiling.result()
+
+    def run(state, member, x, first, last, *test):
+        try:
+            return compiled(state, member, x, first, last, *test)
+        except (TypeError, ValueError):  # arguments placed or typed otherwise than compiled for
+            return jitted(state, member, x, first, last, *test)
+
+    return run
+
+
 def train_group(config: Config, dataset: data.Dataset, group: grids.Group, members: Sequence[grids.MemberConfig],
                 ckpt_dir: Path | None, progress: Callable[[float, str], None] = lambda amount, message: None,
                 checkpoint_seconds: float = 60.0, placement: sharding.Placement | None = None,
@@ -182,11 +231,8 @@ def train_group(config: Config, dataset: data.Dataset, group: grids.Group, membe
     group_members = [members[i] for i in group.members]
     count = len(group_members)
     hyper = hyper_columns(config, group_members)
-    keys = jax.vmap(grids.member_key, in_axes=(None, 0))(config.seed, jnp.asarray([m.seed for m in group_members]))
-    if config.shared_data:  # the paper's setting: seeds differ in initialisation and batch order only
-        view_keys = jnp.stack([grids.stream(jax.random.key(config.seed), "view")] * count)
-    else:
-        view_keys = jax.vmap(lambda k: grids.stream(k, "view"))(keys)
+    keys, view_keys = _member_keys(config.seed, np.asarray([m.seed for m in group_members], np.int32),
+                                   config.shared_data)
     labels = jnp.asarray(dataset.y_train)
     x_train = sharding.replicate(jnp.asarray(dataset.x_train), placement.mesh)
     test = sharding.replicate((jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)), placement.mesh) \
@@ -275,6 +321,13 @@ def shared_inputs(g: TrainedGroup) -> Shared:
                               g.placement.mesh)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _family_keys(group_key: jax.Array, stream_name: str, count: int) -> tuple[jax.Array, jax.Array]:
+    """A family's key (its named stream of the group's key) and `count` keys split from it, in one program."""
+    key = grids.stream(group_key, stream_name)
+    return key, jax.random.split(key, count)
+
+
 def measure_family(family: Family, g: TrainedGroup, tuples: np.ndarray, shared: Shared | None = None
                    ) -> dict[str, np.ndarray]:
     """Every output of one family for a trained group: (M, ...) arrays for a member family, (P, ...) for a
@@ -286,8 +339,7 @@ def measure_family(family: Family, g: TrainedGroup, tuples: np.ndarray, shared: 
     ctx = family_context(family, g)
     if family.skip is not None and family.skip(ctx):
         return {}
-    key = grids.stream(g.key, family.stream_name)
-    keys = jax.random.split(key, count)
+    key, keys = _family_keys(g.key, family.stream_name, count)
     shared = shared_inputs(g) if shared is None else shared
     if family.prepare is not None:
         shared = shared._replace(extra=sharding.replicate(family.prepare(ctx, shared, key), g.placement.mesh))
@@ -304,10 +356,12 @@ def measure_family(family: Family, g: TrainedGroup, tuples: np.ndarray, shared: 
         sel = np.flatnonzero(sizes == n)
         c = dataclasses.replace(ctx, subset_size=int(n)) if family.static_subset else ctx
         program = lambda *a: _family_program(family.compute, c, shared, *a)
+        # every member (pair) at once: the arrays as they are (indexing device arrays compiles a gather)
+        chosen = (*args, keys) if len(sel) == count else (*take(args, sel), keys[sel])
         if family.sharded:
-            values = g.map(program, *take(args, sel), keys[sel])
+            values = g.map(program, *chosen)
         else:
-            values = sharding.map_chunks(program, (*take(args, sel), keys[sel]), g.chunk)
+            values = sharding.map_chunks(program, chosen, g.chunk)
         for name, value in values.items():
             value = np.asarray(value)
             out.setdefault(name, np.zeros((count, *value.shape[1:]), value.dtype))[sel] = value
@@ -360,12 +414,12 @@ def check_model(parts: Parts, config: Config, dataset: data.Dataset, families: S
     x = jax.ShapeDtypeStruct((2, *dataset.x_train.shape[1:]), dataset.x_train.dtype)
     what = "tokens" if dataset.is_tokens else "inputs"
     with one_line(f"model {spec.name!r} fails on {what} of shape {x.shape[1:]}"):
-        params, batch_stats = jax.eval_shape(lambda k: models.init(spec, k, x.shape[1:], str(x.dtype)),
-                                             jax.random.key(0))
-        outputs = jax.eval_shape(lambda p, bs, x_: models.apply(spec, p, bs, x_, train=True,
-                                                                rng=jax.random.key(0))[0], params, batch_stats, x)
+        key = jax.eval_shape(jax.random.key, 0)  # abstract: nothing compiled for a check
+        params, batch_stats = jax.eval_shape(lambda k: models.init(spec, k, x.shape[1:], str(x.dtype)), key)
+        outputs = jax.eval_shape(lambda p, bs, x_, k: models.apply(spec, p, bs, x_, train=True, rng=k)[0],
+                                 params, batch_stats, x, key)
     pytrees.check_params(params, f"model {spec.name!r} parameters")
-    hyper = train.Hyper(*(jnp.float32(v) for v in (0.1, 0.0, 0.9, 1.0, 0.0)))
+    hyper = train.Hyper(*(np.float32(v) for v in (0.1, 0.0, 0.9, 1.0, 0.0)))
     with one_line(f"optimizer {registry.describe(parts.optimizer)!r} does not give an optax transformation for "
                   "the member's hyperparameters"):
         jax.eval_shape(lambda p: train.direction(parts.optimizer, hyper).init(p), params)
@@ -396,19 +450,19 @@ def trace_family(family: Family, ctx: Context, config: Config, dataset: data.Dat
     runs), so that a family that cannot run on the model or the data fails before anything is trained."""
     f32 = jax.ShapeDtypeStruct((), jnp.float32)
     like = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
-    view = jax.eval_shape(lambda k, y: data.training_view(k, y, dataset.num_classes, 1.0, 0.0), jax.random.key(0),
-                          like(dataset.y_train))
+    view = jax.eval_shape(lambda k, y: data.training_view(k, y, dataset.num_classes, 1.0, 0.0),
+                          jax.eval_shape(jax.random.key, 0), like(dataset.y_train))
     hyper = train.Hyper(f32, f32, f32, f32, f32, None if config.beta2 is None else f32,
                         f32 if config.uses_sam else None)
     member = Member(params, batch_stats, view, hyper, jax.ShapeDtypeStruct((), jnp.bool_))
     shared = Shared(like(dataset.x_train), like(dataset.x_test), like(dataset.y_test))
     if family.static_subset:
-        smallest = data.subset_size(len(dataset.y_train), min(config.data_fractions))
-        ctx = dataclasses.replace(ctx, subset_size=int(smallest))
-    key = jax.random.key(0)
+        ctx = dataclasses.replace(ctx, subset_size=data.subset_size_host(len(dataset.y_train),
+                                                                         min(config.data_fractions)))
+    key = jax.eval_shape(jax.random.key, 0)
     if family.prepare is not None:
-        shared = shared._replace(extra=jax.eval_shape(lambda sh: family.prepare(ctx, sh, key), shared))
-    jax.eval_shape(lambda sh, *ms: family.compute(ctx, sh, *ms, key), shared,
+        shared = shared._replace(extra=jax.eval_shape(lambda sh, k: family.prepare(ctx, sh, k), shared, key))
+    jax.eval_shape(lambda sh, k, *ms: family.compute(ctx, sh, *ms, k), shared, key,
                    *[member] * metrics.family.KINDS[family.kind])
 
 

@@ -4,7 +4,8 @@ timings.json; `--timings` prints the breakdown.
 
 Compilation is measured from JAX's own monitoring events (tracing, lowering and XLA compilation of each jitted
 program, with its name) and charged to the section that was running, so a section's execution is its wall time
-less the compilation inside it.
+less the compilation inside it (at least 0: programs compiled in a thread at the same time as others, as a group's
+training program beside its initialisation, add up to more compilation seconds than wall seconds).
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ class Timings:
         now = time.time()
         imports = self.start - process_start()
         sections = {name: {"wall": round(wall, 4), "compile": round(self.compile_in.get(name, 0.0), 4),
-                           "execute": round(wall - self.compile_in.get(name, 0.0), 4)}
+                           "execute": round(max(wall - self.compile_in.get(name, 0.0), 0.0), 4)}
                     for name, wall in self.sections.items()}
         covered = imports + sum(self.sections.values())
         total = now - process_start()

@@ -276,12 +276,37 @@ def evaluate(model: models.Model, params, batch_stats, x_NX: jax.Array, y_N: jax
 
 # ---------------------------------------------------------------------------------- ensembles (vmapped once)
 
-@functools.partial(jax.jit, static_argnames=("spec", "input_shape"))
-def init_ensemble(spec: TrainSpec, keys: jax.Array, hyper: Hyper, labels_N: jax.Array,
-                  input_shape: tuple[int, ...], view_keys: jax.Array | None = None) -> tuple[MemberState, Member]:
-    """`init_member` over members: keys (M,), hyper fields (M,), optional view_keys (M,)."""
+# XLA:CPU compiles the initialisation (the initialisers' and the training view's threefry streams, unrolled, for
+# every parameter) at LLVM optimisation level 1 instead of 2: 3-4x quicker to compile (an MLP's took longer than
+# its training program), run once, and bit for bit the same weights and views (tests/test_train.py compares
+# them with the default level for every built-in model and the NNX and Equinox adapters). Level 0 is not: it
+# rounds the truncated normal's transcendental functions differently. Other backends keep their defaults.
+INIT_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 1}}
+
+
+def init_members(spec, keys, hyper, labels_N, input_shape, view_keys=None):
+    """`init_member` vmapped (jitted by `init_program`)."""
     return jax.vmap(init_member, in_axes=(None, 0, 0, None, None, 0))(
         spec, keys, hyper, labels_N, input_shape, view_keys)
+
+
+_INIT_PROGRAMS = {backend: jax.jit(init_members, static_argnames=("spec", "input_shape"), compiler_options=options)
+                  for backend, options in INIT_COMPILER_OPTIONS.items()}
+_init_default = jax.jit(init_members, static_argnames=("spec", "input_shape"))
+
+
+def init_program(traced: bool = False):
+    """The jitted initialisation of the default backend (`init_ensemble` runs it); `traced`: inside another
+    jit or `eval_shape`, where only a top-level program takes compiler options."""
+    return _init_default if traced else _INIT_PROGRAMS.get(jax.default_backend(), _init_default)
+
+
+def init_ensemble(spec: TrainSpec, keys: jax.Array, hyper: Hyper, labels_N: jax.Array,
+                  input_shape: tuple[int, ...], view_keys: jax.Array | None = None) -> tuple[MemberState, Member]:
+    """`init_member` over members: keys (M,), hyper fields (M,), optional view_keys (M,); one compiled program
+    per spec and shapes (`init_program`)."""
+    traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((keys, hyper, labels_N, view_keys)))
+    return init_program(traced)(spec, keys, hyper, labels_N, input_shape, view_keys)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "passes", "mesh"), donate_argnames=("state",))

@@ -385,3 +385,10 @@ def test_label_noise_replaces_labelled_positions_only():
     assert abs(changed - 0.5 * 4 / 5) < 0.03  # p x (1 - 1/K) of the labelled positions change
     one = data.training_view(jax.random.key(0), jnp.ones(1000, jnp.int32), 5, 1.0, 0.5)
     assert one.labels.shape == (1000,)
+
+
+def test_subset_size_on_the_host_equals_the_traced_one():
+    fractions = [1e-4, 0.001, 0.1, 0.125, 0.3, 1 / 3, 0.5, 0.7, 0.9999, 1.0]
+    for n in (1, 7, 100, 4000, 50000, 60001):
+        want = np.asarray(jax.vmap(lambda f: data.subset_size(n, f))(jnp.asarray(fractions, jnp.float32)))
+        assert [data.subset_size_host(n, f) for f in fractions] == want.tolist(), n

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -858,3 +859,22 @@ def test_a_grid_over_losses_and_sam_radii_end_to_end(tmp_path):
                                    float(r["cka_softmax_mean"]), fitted)
         assert r["phase"] == str(expected)
     assert "fitted when mean training error" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("shared_data", [True, False])
+def test_member_keys_in_one_program_equal_them_derived_one_operation_at_a_time(shared_data):
+    seeds = np.asarray([0, 3, 1, 7], np.int32)
+    keys, view_keys = pipeline._member_keys(5, seeds, shared_data)
+    want = jax.vmap(grid.member_key, in_axes=(None, 0))(5, jnp.asarray(seeds))
+    want_views = jnp.stack([grid.stream(jax.random.key(5), "view")] * 4) if shared_data else \
+        jax.vmap(lambda k: grid.stream(k, "view"))(want)
+    for got, expected in ((keys, want), (view_keys, want_views)):
+        np.testing.assert_array_equal(jax.random.key_data(got), jax.random.key_data(expected))
+
+
+def test_family_keys_in_one_program_equal_them_derived_one_operation_at_a_time():
+    group_key = jax.random.fold_in(jax.random.key(2), 9)
+    key, keys = pipeline._family_keys(group_key, "hessian", 5)
+    want = grid.stream(group_key, "hessian")
+    np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(want))
+    np.testing.assert_array_equal(jax.random.key_data(keys), jax.random.key_data(jax.random.split(want, 5)))

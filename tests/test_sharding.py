@@ -261,6 +261,16 @@ def test_initialize_distributed_reads_the_environment():
                                          "LLJAX_PROCESS_ID": "0"})
 
 
+def test_placing_device_arrays_over_cpu_devices_compiles_nothing_and_keeps_every_value():
+    """`shard_members` of arrays on one CPU device (an initialised ensemble) goes through the host: no slicing
+    program is compiled, and the values, keys included, are those of the arrays."""
+    result = subprocess.run([sys.executable, HERE, "place"], env=subprocess_env(2), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    r = last_json(result.stdout)
+    assert r["compiled"] == [] and r["diff"] == 0 and r["specs"] == [["members"]] * r["leaves"], r
+
+
 # ------------------------------------------------------------------------------------------ several devices
 
 @pytest.mark.slow
@@ -443,7 +453,28 @@ def _multi_process_worker() -> dict:
             "local_shard_rows": rows, "chunked_train_diff": max_abs_diff(chunked, reference)}
 
 
+def _placement_worker():
+    import jax
+    import jax.monitoring
+    import jax.numpy as jnp
+
+    from lljax import sharding
+
+    tree = {"w": jnp.arange(4 * 3 * 2, dtype=jnp.float32).reshape(4, 3, 2), "n": jnp.arange(4),
+            "key": jax.random.split(jax.random.key(1), 4), "host": np.ones(4, bool)}
+    jax.block_until_ready(tree)
+    compiled = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, duration, **kw: compiled.append(str(kw.get("fun_name")))
+        if event == "/jax/core/compile/backend_compile_duration" else None)
+    placed = sharding.shard_members(tree, sharding.member_mesh())
+    jax.block_until_ready(placed)
+    return {"compiled": compiled, "diff": max_abs_diff(placed, tree), "leaves": len(jax.tree.leaves(tree)),
+            "specs": [list(leaf.sharding.spec) for leaf in jax.tree.leaves(placed)]}
+
+
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-    worker = {"single": _single_device_worker, "multi": _multi_process_worker}[sys.argv[1]]
+    worker = {"single": _single_device_worker, "multi": _multi_process_worker,
+              "place": _placement_worker}[sys.argv[1]]
     print("RESULT " + json.dumps(worker()), flush=True)

@@ -30,7 +30,7 @@ def test_timings_json_adds_up_to_the_wall_time_measured_outside(tmp_path):
             "checkpoint"} <= set(summary["sections"])
     assert summary["compile_total"] > 0 and any("train_ensemble" in p for p in summary["programs"])
     for s in summary["sections"].values():
-        assert abs(s["wall"] - s["compile"] - s["execute"]) < 1e-3
+        assert abs(max(s["wall"] - s["compile"], 0) - s["execute"]) < 1e-3
     assert proc.stdout.count("time: ") == 1 and "slowest to compile" in proc.stdout
 
 

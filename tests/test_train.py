@@ -75,10 +75,10 @@ def test_second_call_with_same_shapes_does_not_recompile():
     spec = spec_for(x, width=7)
     keys = jax.random.split(jax.random.key(0), 2)
     trained(spec, hyper([0.1, 0.2]), keys, x, y)
-    sizes = train.init_ensemble._cache_size(), train.train_ensemble._cache_size()
+    sizes = train.init_program()._cache_size(), train.train_ensemble._cache_size()
     # another group of the same shapes (other hyperparameters, seeds and epoch range) reuses both programs
     trained(spec, hyper([0.3, 0.01], wd=0.0, noise=0.2), jax.random.split(jax.random.key(5), 2), x, y, 1, 2)
-    assert (train.init_ensemble._cache_size(), train.train_ensemble._cache_size()) == sizes
+    assert (train.init_program()._cache_size(), train.train_ensemble._cache_size()) == sizes
     trained(spec_for(x, width=9), hyper([0.1, 0.2]), keys, x, y)  # a new width is a new program
     assert train.train_ensemble._cache_size() == sizes[1] + 1
 
@@ -239,3 +239,52 @@ def test_per_member_sam_radius_vmapped_equals_a_loop_and_radius_0_is_plain_train
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(plain.params)):
         np.testing.assert_allclose(a[0], b[0], rtol=1e-6, atol=1e-7)
         assert not np.allclose(a[2], b[2])
+
+
+def _exact(tree):
+    """Leaves as numpy arrays, PRNG keys as their key data (for exact comparison)."""
+    data = lambda a: jax.random.key_data(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a
+    return [np.asarray(data(a)) for a in jax.tree.leaves(tree)]
+
+
+def _init_factories():
+    from test_adapters import eqx_bn_dropout, eqx_ln, nnx_bn, nnx_bn_dropout
+    return {"nnx_bn": nnx_bn, "nnx_bn_dropout": nnx_bn_dropout, "eqx_ln": eqx_ln, "eqx_bn_dropout": eqx_bn_dropout}
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn", "transformer", "nnx_bn", "nnx_bn_dropout", "eqx_ln", "eqx_bn_dropout",
+                                   pytest.param("resnet18", marks=pytest.mark.slow)])
+def test_initialisation_is_bit_identical_to_the_default_compiler_options(model):
+    """`init_ensemble` compiles with `INIT_COMPILER_OPTIONS` (quicker); its weights, optimiser state and views
+    equal those of the same program compiled with XLA's defaults (the initialisation before that cut), bit for
+    bit. (Compiled at LLVM level 0 the MLP's kernels differ in the last bit: this test fails.)"""
+    shapes = {"mlp": (40,), "cnn": (12, 12, 3), "resnet18": (8, 8, 3), "transformer": (12,)}
+    shape = shapes.get(model, (6,))
+    extras = (("seq_len", 12),) if model == "transformer" else ()
+    factory = _init_factories().get(model, model)
+    width = {"mlp": 64, "cnn": 8, "resnet18": 4, "transformer": 16}.get(model, 8)
+    spec = train.TrainSpec(models.ModelSpec(factory, width, 3, extras=extras), 8, 2, 64,
+                           input_dtype="int32" if model == "transformer" else "float32")
+    count = 4
+    h = train.Hyper(*(jnp.linspace(0.1, 0.5, count) for _ in range(5)))
+    keys = jax.random.split(jax.random.key(3), count)
+    labels = jax.random.randint(jax.random.key(1), (64,), 0, 3)
+    new = train.init_ensemble(spec, keys, h, labels, shape, keys[::-1])
+    default = jax.jit(train.init_members, static_argnames=("spec", "input_shape"))
+    old = default(spec, keys, h, labels, shape, keys[::-1])
+    assert jax.tree.structure(new) == jax.tree.structure(old)
+    for a, b in zip(_exact(new), _exact(old), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_initialisation_inside_another_trace_uses_the_default_program():
+    """Only a top-level jit takes compiler options: `init_ensemble` under `eval_shape` or `jit` still works and
+    gives what it gives on its own."""
+    x, y = small_problem()
+    spec, h, keys = spec_for(x), hyper([0.1, 0.2]), jax.random.split(jax.random.key(4), 2)
+    alone = train.init_ensemble(spec, keys, h, y, x.shape[1:])
+    shapes = jax.eval_shape(lambda k: train.init_ensemble(spec, k, h, y, x.shape[1:]), keys)
+    inside = jax.jit(lambda k: train.init_ensemble(spec, k, h, y, x.shape[1:]))(keys)
+    assert [a.shape for a in jax.tree.leaves(shapes)] == [a.shape for a in jax.tree.leaves(alone)]
+    for a, b in zip(_exact(inside), _exact(alone), strict=True):
+        np.testing.assert_array_equal(a, b)
