@@ -44,10 +44,12 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+import jax
 import numpy as np
 
-from lljax import checkpoints
-from lljax.errors import LLJaxError
+from lljax import checkpoints, layers, spectra
+from lljax.errors import LLJaxError, one_line
+from lljax.progress import Progress
 
 LAYOUTS = ("auto", "torch", "flax")
 EIGENSOLVERS = ("gram", "svd")
@@ -58,10 +60,6 @@ WW_NAMES = {"ks_distance": "D", "alpha_sigma": "sigma"}  # lljax's metric -> Wei
 def layer_kind(name: str, shape: tuple, layout: str = "auto", default: str = "flax") -> str:
     """The `lljax.layers` kind of a stored tensor by the layout rule (module docstring); 'vector' for what is
     not a weight matrix. layout: 'auto', 'torch' or 'flax'; default: the format's layout for other names."""
-    import jax
-
-    from lljax import layers, spectra
-
     parts = [p for p in re.split(r"[./]", name) if p] or [name]
     last = parts[-1].lower()
     if len(shape) < 2 or last in spectra.SKIPPED_NAMES or last.endswith("_bias"):
@@ -76,8 +74,6 @@ def layer_kind(name: str, shape: tuple, layout: str = "auto", default: str = "fl
 def _matrices(array: np.ndarray, kind: str) -> np.ndarray:
     """(S, a, b) float64 matrices of a tensor (`lljax.layers.matrices`), conv kernels scaled by sqrt(1/2) as
     `lljax.spectra` scales a pooled conv layer."""
-    from lljax import layers
-
     a = np.asarray(array, np.float64)
     if kind == "torch_dense":
         mats = a.T[None]
@@ -117,12 +113,6 @@ def analyse(path: str | os.PathLike, layout: str = "auto", min_evals: int | None
     layers matching `keep`)}; `threads` layers' eigenvalues are computed at once; `selection`: Yang et al.
     2023's fits too (`spectra.SELECTION`, one program per spectrum length). A checkpoint with no weight matrix
     is a one-line LLJaxError."""
-    import jax
-
-    from lljax import layers, spectra
-    from lljax.errors import one_line
-    from lljax.progress import Progress
-
     if layout not in LAYOUTS:
         raise LLJaxError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
     if eigensolver not in EIGENSOLVERS:
@@ -199,10 +189,6 @@ def analyse(path: str | os.PathLike, layout: str = "auto", min_evals: int | None
 def _compile(num_evals: int, n: int, m: int, bootstrap: int):
     """`spectra.spectrum_metrics` compiled for float64 spectra of `num_evals` eigenvalues of N x M matrices:
     a function (evals, key or None) -> metrics."""
-    import jax
-
-    from lljax import spectra
-
     with jax.enable_x64(True):  # a thread-local setting: this thread's too
         evals = jax.ShapeDtypeStruct((num_evals,), jax.numpy.float64)
         key = jax.eval_shape(lambda: jax.random.key(0)) if bootstrap else None
@@ -212,10 +198,6 @@ def _compile(num_evals: int, n: int, m: int, bootstrap: int):
 
 def _compile_selection(num_evals: int):
     """`spectra.selection_metrics` of one float64 spectrum of `num_evals` eigenvalues, compiled: evals -> metrics."""
-    import jax
-
-    from lljax import spectra
-
     with jax.enable_x64(True):
         evals = jax.ShapeDtypeStruct((num_evals,), jax.numpy.float64)
         program = jax.jit(lambda x: {k: v[0] for k, v in spectra.selection_metrics([x]).items()})
@@ -224,8 +206,6 @@ def _compile_selection(num_evals: int):
 
 def _ordered(values: dict) -> dict:
     """`spectrum_metrics`' values, METRICS' order first, then any other key it returns."""
-    from lljax import spectra
-
     return {**{k: values[k] for k in spectra.METRICS if k in values},
             **{k: v for k, v in values.items() if k not in spectra.METRICS}}
 
@@ -233,8 +213,6 @@ def _ordered(values: dict) -> dict:
 def summaries(result: dict) -> list[dict]:
     """One row per model: its info, its layers, and the mean over its layers of each of `spectra.SUMMARY` (and of
     `spectra.SELECTION` where computed, over the layers with a fit)."""
-    from lljax import spectra
-
     out = []
     for m, info in enumerate(result["models"]):
         rows = [r for r in result["rows"] if r.get("member") == info.get("member")] if info else result["rows"]
@@ -261,9 +239,6 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def esd_figure(evals: np.ndarray, title: str, path: Path) -> None:
     """The eigenvalue histogram (log-log density) of one layer and the fits of its tail: WeightWatcher's power law
     (alpha, xmin) and Yang et al.'s truncated power law and exponential (`spectra.fit`)."""
-    import jax
-
-    from lljax import spectra
     from lljax.figures import _pyplot
 
     plt = _pyplot()
