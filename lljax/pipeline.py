@@ -10,6 +10,7 @@ dataset=..., loss=..., optimizer=...)`) or named by the configuration.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import math
@@ -358,10 +359,11 @@ def measure_family(family: Family, g: TrainedGroup, tuples: np.ndarray, shared: 
         program = lambda *a: _family_program(family.compute, c, shared, *a)
         # every member (pair) at once: the arrays as they are (indexing device arrays compiles a gather)
         chosen = (*args, keys) if len(sel) == count else (*take(args, sel), keys[sel])
-        if family.sharded:
-            values = g.map(program, *chosen)
-        else:
-            values = sharding.map_chunks(program, chosen, g.chunk)
+        with jax.enable_x64(True) if family.x64 else contextlib.nullcontext():
+            if family.sharded:
+                values = g.map(program, *chosen)
+            else:
+                values = sharding.map_chunks(program, chosen, g.chunk)
         for name, value in values.items():
             value = np.asarray(value)
             out.setdefault(name, np.zeros((count, *value.shape[1:]), value.dtype))[sel] = value

@@ -146,14 +146,16 @@ def _host_eigenvalues(mats: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((np.linalg.svd(mats.astype(np.float64), compute_uv=False) ** 2).astype(mats.dtype))
 
 
-def eigenvalues(leaf, layer: WeightLayer) -> jax.Array:
-    """(num_evals,) the layer's pooled eigenvalues, ascending.
+def eigenvalues(leaf, layer: WeightLayer, dtype=None) -> jax.Array:
+    """(num_evals,) the layer's pooled eigenvalues, ascending (in `dtype`: the matrices, scaled in the leaf's
+    dtype, are cast to it first).
 
     On a CPU the SVD runs in numpy (LAPACK, float64) through `jax.pure_callback`, batched over members under
     vmap: XLA:CPU's own batched LAPACK kernels deadlocked under vmap on several devices (see `lljax.hessian`);
     a host callback does not use XLA's thread pool, and a pure-JAX Jacobi solver was measured 200x slower
     (1.2 s per 256 x 256 matrix). Elsewhere `jnp.linalg.svd` on the device."""
     mats = _matrices(jnp.asarray(leaf), layer)
+    mats = mats if dtype is None else mats.astype(dtype)
     shape = (mats.shape[0], min(mats.shape[1:]))
     if jax.default_backend() == "cpu" and mats.dtype == jnp.float64:
         # float64 arrays cross as their two uint32 words: JAX rounds float64 callback arguments and results to
@@ -626,7 +628,7 @@ def mp_softrank(evals, Q: float, bandwidth: float = 0.1, grid_size: int = 1000) 
     lmax = jnp.max(scaled)
     quarter = Q == 1
     points = jnp.sqrt(scaled) if quarter else scaled
-    xde = jnp.linspace(0, jnp.max(points) + 0.5, grid_size).astype(dtype)
+    xde = jnp.linspace(0, jnp.max(points) + 0.5, grid_size, dtype=dtype)
     yde = _kde_linear(points, xde, bandwidth)
     good = yde > 0.01
     peak = xde[jnp.argmax(jnp.where(good, yde, -jnp.inf))]
@@ -637,8 +639,9 @@ def mp_softrank(evals, Q: float, bandwidth: float = 0.1, grid_size: int = 1000) 
             ymp = jnp.nan_to_num(jnp.sqrt(4 - xde ** 2) / (jnp.pi * sigma ** 2))
             resid = ymp - yde
         else:
-            b = (sigma * (1 + jnp.sqrt(1 / Q))) ** 2
-            a = (sigma * (1 - jnp.sqrt(1 / Q))) ** 2
+            root = jnp.sqrt(jnp.asarray(1 / Q, dtype))  # in the spectrum's dtype, also when x64 is on
+            b = (sigma * (1 + root)) ** 2
+            a = (sigma * (1 - root)) ** 2
             ymp = jnp.nan_to_num(Q / (2 * jnp.pi * sigma ** 2 * xde) * jnp.sqrt((b - xde) * (xde - a)))
             bad = (b < peak) | (b > good_max) | (a > peak)
             resid = jnp.where(bad, 1000.0, ymp - yde)
@@ -674,7 +677,7 @@ def spectrum_metrics(evals, N: int, M: int, key: jax.Array | None = None, bootst
            "mp_softrank": mp_softrank(x, N / M), "entropy": matrix_entropy(x, N),
            "num_evals": jnp.asarray(x.shape[0], x.dtype)}
     if bootstrap and key is not None:
-        draws = jax.random.randint(key, (bootstrap, x.shape[0]), 0, x.shape[0])
+        draws = jax.random.randint(key, (bootstrap, x.shape[0]), 0, x.shape[0], jnp.int32)  # the same draws in x64
         alphas = jax.lax.map(lambda idx: powerlaw_fit(jnp.sort(x[idx])).alpha, draws)
         out["alpha_se"] = jnp.std(alphas, ddof=1)
     else:
@@ -694,18 +697,28 @@ def layer_metrics(params: Any, *, pool: bool = True, min_evals: int = MIN_EVALS,
     """Every weight metric of every weight matrix of ONE model's parameters (a Flax `params` collection or any
     pytree of arrays), keyed by layer name; `key` draws the bootstrap of alpha (`bootstrap` resamples; no key:
     no bootstrap); `selection`: Yang et al. 2023's fits too (SELECTION; NaN without: they add a few seconds of
-    compilation). Works under jit and vmap (layers come from the shapes)."""
+    compilation), computed in float64 whenever 64-bit types are enabled (the spectra family enables them for its
+    program) and returned in the eigenvalues' dtype. Works under jit and vmap (layers come from the shapes)."""
     layers, skipped = weight_layers(params, pool, min_evals)
     leaves = {path: leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
     keys = [None] * len(layers) if key is None else list(jax.random.split(key, max(len(layers), 1)))
+    wide = jax.dtypes.canonicalize_dtype(jnp.float64)  # float64 where enabled
     out, spectra = {}, []
     for layer, k in zip(layers, keys):
-        evals = eigenvalues(leaves[layer.path], layer)
-        spectra.append(evals)
+        leaf = jnp.asarray(leaves[layer.path])
+        if selection and leaf.dtype != wide and jax.default_backend() == "cpu":
+            spectra.append(eigenvalues(leaf, layer, wide))  # numpy's float64 eigenvalues, before rounding
+            evals = spectra[-1].astype(leaf.dtype)  # the same numbers as eigenvalues(leaf, layer)
+        else:
+            evals = eigenvalues(leaf, layer)
+            spectra.append(evals.astype(wide))
         out[layer.name] = spectrum_metrics(evals, layer.N, layer.M, k, bootstrap if key is not None else 0)
     if spectra:
-        nan = jnp.full(len(spectra), jnp.nan, spectra[0].dtype)
-        fits = selection_metrics(spectra) if selection else {m: nan for m in SELECTION}
+        dtype = next(iter(out.values()))["alpha"].dtype
+        if selection:  # in float64 where enabled: float32's Nelder-Mead stops elsewhere on some E-TPL fits
+            fits = {m: v.astype(dtype) for m, v in selection_metrics(spectra).items()}
+        else:
+            fits = {m: jnp.full(len(spectra), jnp.nan, dtype) for m in SELECTION}
         for i, name in enumerate(out):
             out[name].update({metric: values[i] for metric, values in fits.items()})
     return LayerMetrics(out, skipped)

@@ -384,3 +384,27 @@ def test_layer_selection_columns_are_each_layers_own_fit():
         for name in spectra.SELECTION:
             np.testing.assert_allclose(metrics[layer.name][name], expected[name], rtol=1e-12, err_msg=name)
     assert np.isfinite(float(metrics["Dense_0"]["etpl_lambda"]))
+
+
+def test_float32_weights_get_float64_fits_and_their_own_weightwatcher_metrics():
+    """In x64 mode (the spectra family's program) float32 weights keep their float32 WeightWatcher metrics bit
+    for bit, while Yang et al.'s fits run on numpy's float64 eigenvalues (those of the same weights in float64)."""
+    rng = np.random.default_rng(10)
+    params = {"Dense_0": {"kernel": jnp.asarray(rng.standard_t(3, (64, 48)), jnp.float32)},
+              "Conv_0": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 8, 16)), jnp.float32)}}
+    run = lambda p, k: spectra.layer_metrics(p, key=k, bootstrap=8).metrics
+    key = jax.random.key(3)
+    without = lambda p, k: spectra.layer_metrics(p, key=k, bootstrap=8, selection=False).metrics
+    with jax.enable_x64(False):
+        plain = jax.jit(without)(params, key)
+    mixed = jax.jit(run)(params, key)
+    wide = jax.jit(run)(jax.tree.map(lambda a: a.astype(jnp.float64), params), key)
+    for layer in plain:
+        for name in spectra.METRICS:
+            if name in spectra.SELECTION:
+                assert mixed[layer][name].dtype == jnp.float32
+                # a conv kernel is scaled in its own dtype first: an ulp apart
+                np.testing.assert_allclose(mixed[layer][name], np.float32(wide[layer][name]), rtol=1e-6,
+                                           err_msg=f"{layer} {name}")
+            else:
+                np.testing.assert_array_equal(mixed[layer][name], plain[layer][name], err_msg=f"{layer} {name}")

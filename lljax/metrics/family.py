@@ -114,6 +114,8 @@ class Family:
                 pipeline then runs nothing and stores nothing for it
     stream      the name of its random stream (default: its name); a companion that redoes another family's
                 random work (refits its curves) names that family's stream to redo it identically
+    x64         its program is traced and run with 64-bit types enabled (`jax.enable_x64`), so that it can
+                compute in float64 where float32 is not accurate enough; its inputs keep their dtypes
     """
 
     name: str
@@ -137,6 +139,7 @@ class Family:
     companion_of: tuple[str, ...] = ()
     skip: Callable[[Context], bool] | None = None
     stream: str | None = None
+    x64: bool = False
 
     def __post_init__(self):
         if not self.name.isidentifier():

@@ -57,4 +57,5 @@ FAMILY = Family(
     correlated=("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank", "alpha_xmax",
                 "etpl_beta", "etpl_lambda", "exp_lambda"), cost=0.02,
     default=False, layers=layer_names, layer_columns=tuple(f"layer_{m}" for m in spectra.METRICS), check=check,
-    kind_of_metric="data-free", sharded=False)  # its CPU path calls numpy through a host callback
+    kind_of_metric="data-free", sharded=False,  # its CPU path calls numpy through a host callback
+    x64=True)  # Yang et al.'s fits in float64 (`spectra.layer_metrics`); WeightWatcher's metrics as before
