@@ -4,7 +4,7 @@ law's lambda (E-TPL) and the exponential's (EXP) rank better than the power-law 
 on modular addition, training fraction x width x learning rate, the spectra tracked along training.
 
     python experiments/model_selection.py --preset quick --out runs/model_selection     # 79 s at load 4-5
-    python experiments/model_selection.py --preset default --out runs/model_selection   # 23 min at load 6-9
+    python experiments/model_selection.py --preset default --out runs/model_selection   # 7 minutes (424 s cold)
 
 Read correlations.csv (one row per data-free metric and target: pooled Spearman/Kendall, per-knob slice
 medians, Jiang et al.'s granulated Kendall, the time-wise Spearman along the tracked epochs, Simpson flags) and
