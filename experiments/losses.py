@@ -5,7 +5,7 @@ length heat map of |acc(loss) - acc(CE)|, `lljax.loss_gaps`: loss_gaps.csv, figu
 of report.md).
 
     python experiments/losses.py --preset quick --out runs/losses      # about 1.5 minutes on a 2-core CPU
-    python experiments/losses.py --preset default --out runs/losses    # 12 minutes at load 4-10, ~4-6 quiet
+    python experiments/losses.py --preset default --out runs/losses    # 3.5 minutes (211 s cold, quiet)
 
 The losses' parameters are the paper's: label smoothing 0.05 (--label-smoothing), focal gamma 3 (--focal-gamma),
 MSE target scale 15 (--mse-scale). In a grid over losses the phase rule's "fitted" reads the training error
