@@ -13,7 +13,7 @@ import sys
 from typing import Any, Sequence
 
 from lljax import config as configs
-from lljax import jobs, options, pipeline, runtime, sharding
+from lljax import jobs, options, pipeline, runtime, sharding, shards
 from lljax.config import Config
 from lljax.errors import LLJaxError
 
@@ -132,17 +132,17 @@ def main(argv: Sequence[str] | None = None, description: str = "Phase diagram of
         if args.workers is not None:
             if args.workers < 1:
                 raise LLJaxError(f"--workers must be at least 1, got {args.workers}")
-            return jobs.run_workers(argv, args.workers, args.out, not args.no_progress)
+            return jobs.run_workers(config, args.workers, args.out, not args.no_progress)
         if args.launcher is not None:
             from lljax import grid
 
             groups = len(grid.group_members(grid.grid_members(config.knob_values(), config.seeds)))
-            shards = args.shards or min(8, groups)
-            if shards < 1:
-                raise LLJaxError(f"--shards must be at least 1, got {shards}")
+            count = args.shards or min(8, groups)
+            if count < 1:
+                raise LLJaxError(f"--shards must be at least 1, got {count}")
             slurm = {k[len("slurm_"):]: v for k, v in vars(args).items() if k.startswith("slurm_")}
-            return jobs.submit(argv, args.out, shards, args.launcher, slurm, args.wait)
-        shard = jobs.parse_shard(args.shard) if args.shard else None
+            return jobs.submit(config, args.out, count, args.launcher, slurm, args.wait)
+        shard = shards.parse_shard(args.shard) if args.shard else None
         runtime.enable_compilation_cache()
         pipeline.run(config, args.out, progress=not args.no_progress, shard=shard, print_timings=args.timings)
     except LLJaxError as e:

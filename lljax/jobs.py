@@ -19,61 +19,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from lljax import pipeline, runtime
+from lljax.config import Config
 from lljax.errors import LLJaxError
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'I/N' -> (I, N) with 0 <= I < N."""
-    try:
-        i, n = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise LLJaxError(f"--shard takes I/N (shard I of N, 0 <= I < N), got {text!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise LLJaxError(f"--shard I/N needs 0 <= I < N, got {text!r}")
-    return i, n
-
-
-def assign(costs: Sequence[float], shards: int) -> list[list[int]]:
-    """Groups (by position) per shard: longest processing time first onto the least-loaded shard (ties to the
-    lower index), so the shards' total estimated costs are close; deterministic."""
-    loads = [0.0] * shards
-    out: list[list[int]] = [[] for _ in range(shards)]
-    for g in sorted(range(len(costs)), key=lambda g: (-costs[g], g)):
-        s = min(range(shards), key=lambda s: (loads[s], s))
-        out[s].append(g)
-        loads[s] += costs[g]
-    return [sorted(groups) for groups in out]
-
-
-def group_cost(members: int, params: int, epochs: int) -> float:
-    """A group's estimated cost: members x parameters x epochs (an epoch's work is about the training set times
-    the parameters, whatever the batch size)."""
-    return float(members) * float(params) * float(epochs)
-
-
-def _strip(argv: Sequence[str], options: dict[str, int]) -> list[str]:
-    """argv without the given options (option -> number of values it takes)."""
-    out, skip = [], 0
-    for arg in argv:
-        if skip:
-            skip -= 1
-            continue
-        name = arg.split("=", 1)[0]
-        if name in options:
-            skip = 0 if "=" in arg else options[name]
-            continue
-        out.append(arg)
-    return out
-
-
-JOB_OPTIONS = {"--timings": 0, "--workers": 1, "--launcher": 1, "--shards": 1, "--shard": 1, "--no-progress": 0,
-               "--wait": 0,
-               "--slurm-partition": 1, "--slurm-gpus-per-task": 1, "--slurm-cpus-per-task": 1, "--slurm-time": 1,
-               "--slurm-array-parallelism": 1, "--slurm-mem-gb": 1}
 
 
 def _gpu_count() -> int:
@@ -113,20 +65,25 @@ def progress_file(out_dir: str | os.PathLike, shard: int) -> Path:
     return Path(out_dir) / "groups" / ".progress" / f"shard-{shard}.json"
 
 
-def run_workers(argv: Sequence[str], workers: int, out_dir: str | os.PathLike, show_progress: bool = True) -> int:
-    """Run `workers` shards of the command `argv` as local processes (each `--shard w/workers`), one progress
-    bar over all of them; Ctrl-C stops them all (everything stays resumable). Returns the exit status."""
+def worker_command(config: Config, out_dir: str | os.PathLike, shard: int, shards: int) -> list[str]:
+    """The command of one local worker: this module's `main`, given the study as resolved (so a script's own
+    presets reach the workers) and its shard."""
+    return [sys.executable, "-m", "lljax.jobs", "--config", json.dumps(config.to_dict()), "--out", str(out_dir),
+            "--shard", f"{shard}/{shards}"]
+
+
+def run_workers(config: Config, workers: int, out_dir: str | os.PathLike, show_progress: bool = True) -> int:
+    """Run `workers` shards of the study as local processes (`worker_command`), one progress bar over all of
+    them; Ctrl-C stops them all (everything stays resumable). Returns the exit status."""
     from lljax.progress import Progress
 
-    base = _strip(argv, JOB_OPTIONS)
     procs = []
     for w, (env, cores) in enumerate(worker_environments(workers)):
         env["LLJAX_PROGRESS_FILE"] = str(progress_file(out_dir, w))
         preexec = (lambda cores=cores: os.sched_setaffinity(0, cores)) if cores and hasattr(os, "sched_setaffinity") \
             else None
-        procs.append(subprocess.Popen([sys.executable, "-m", "lljax", *base, "--shard", f"{w}/{workers}",
-                                       "--no-progress"], env=env, preexec_fn=preexec, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        procs.append(subprocess.Popen(worker_command(config, out_dir, w, workers), env=env, preexec_fn=preexec,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     bar = Progress(1.0, enabled=show_progress)
     try:
         while any(p.poll() is None for p in procs):
@@ -164,26 +121,33 @@ def run_workers(argv: Sequence[str], workers: int, out_dir: str | os.PathLike, s
     return 0
 
 
-def shard_job(argv: Sequence[str], shard: int, shards: int) -> int:
-    """One job of a job array: the command for one shard (what submitit runs on a node)."""
-    from lljax import cli
-
-    status = cli.main([*argv, "--shard", f"{shard}/{shards}", "--no-progress"])
-    if status:
-        raise RuntimeError(f"shard {shard}/{shards} failed with exit status {status}")
-    return status
+def run_shard(config: dict[str, Any], out_dir: str | os.PathLike, shard: int, shards: int) -> None:
+    """Shard `shard` of `shards` of the study `config` (`Config.to_dict`) into `out_dir`: the pipeline itself,
+    in a process of its own (a local worker, a job of an array); raises LLJaxError for bad input."""
+    runtime.use_all_cpu_cores()
+    runtime.enable_compilation_cache()
+    pipeline.run(Config.from_dict(config), out_dir, progress=False, shard=(shard, shards))
 
 
-def submit(argv: Sequence[str], out_dir: str | os.PathLike, shards: int, launcher: str, slurm: dict,
+def shard_job(config: dict[str, Any], out_dir: str, shard: int, shards: int) -> None:
+    """One job of a job array (what submitit runs on a node): `run_shard`, its bad input as an 'error: ' line
+    on stderr (what `submit` reports) before the job fails."""
+    try:
+        run_shard(config, out_dir, shard, shards)
+    except LLJaxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise
+
+
+def submit(config: Config, out_dir: str | os.PathLike, shards: int, launcher: str, slurm: dict,
            wait: bool = False) -> int:
-    """Submit `shards` shards of the command as a job array through submitit ('slurm', or 'local' for its
+    """Submit `shards` shards of the study as a job array through submitit ('slurm', or 'local' for its
     local executor); jobs requeue on preemption and time-out (submitit's checkpointing of the call). With `wait`
     (always for 'local'), wait for every job and report failures."""
     try:
         import submitit
     except ImportError:
         raise LLJaxError("--launcher needs submitit: pip install submitit") from None
-    base = _strip(argv, JOB_OPTIONS)
     folder = Path(out_dir) / "jobs"
     executor = submitit.AutoExecutor(folder=folder, cluster=None if launcher == "slurm" else "local")
     parameters = {"timeout_min": int(slurm.get("time") or 60)}
@@ -193,7 +157,8 @@ def submit(argv: Sequence[str], out_dir: str | os.PathLike, shards: int, launche
                   ("slurm_array_parallelism", "array_parallelism"))
         parameters.update({name: slurm[key] for name, key in wanted if slurm.get(key) is not None})
     executor.update_parameters(name="lljax", **parameters)
-    jobs = executor.map_array(shard_job, [base] * shards, list(range(shards)), [shards] * shards)
+    jobs = executor.map_array(shard_job, [config.to_dict()] * shards, [str(out_dir)] * shards, list(range(shards)),
+                              [shards] * shards)
     print(f"submitted {len(jobs)} jobs ({launcher}): {', '.join(str(j.job_id) for j in jobs[:5])}"
           f"{', ...' if len(jobs) > 5 else ''}; logs in {folder}")
     if not (wait or launcher == "local"):
@@ -213,3 +178,30 @@ def submit(argv: Sequence[str], out_dir: str | os.PathLike, shards: int, launche
             print(f"job {job.job_id}: {errors[0] if errors else 'failed; see ' + str(job.paths.stderr)}",
                   file=sys.stderr)
     return max(codes, default=0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m lljax.jobs --config JSON --out DIR --shard I/N`: a local worker (`worker_command`); bad input
+    is one 'error: ' line and exit status 2."""
+    import argparse
+
+    from lljax.shards import parse_shard
+
+    p = argparse.ArgumentParser(prog="python -m lljax.jobs", description="One shard of a study (a local worker).")
+    p.add_argument("--config", required=True, help="the study, as JSON (Config.to_dict)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--shard", required=True, help="I/N")
+    args = p.parse_args(argv)
+    try:
+        run_shard(json.loads(args.config), args.out, *parse_shard(args.shard))
+    except (LLJaxError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

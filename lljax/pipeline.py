@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lljax import config as configs
-from lljax import data, jobs, losses, metrics, models, pytrees, registry, sharding, store, tables, timings, tracking
-from lljax import conv, milestones, probe, train
+from lljax import data, losses, metrics, models, pytrees, registry, sharding, store, tables, timings, tracking
+from lljax import conv, milestones, probe, shards, train
 from lljax import grid as grids
 from lljax.config import Config
 from lljax.errors import LLJaxError, one_line
@@ -482,7 +482,7 @@ def run(config: Config, out_dir: str | os.PathLike, *, model=None, dataset: data
     passed here are named in config.json. Bad input raises LLJaxError before anything is created; training
     state is checkpointed at most every `checkpoint_seconds`.
 
-    shard=(i, n) computes only shard i of n of the groups (`jobs.assign`); every group is claimed first, so
+    shard=(i, n) computes only shard i of n of the groups (`shards.assign`); every group is claimed first, so
     shards and workers sharing `out_dir` never compute a group twice (a run without `shard` waits for groups
     another live process holds). The outputs are written once every group is done, by whoever finishes last;
     until then a sharded run returns None. Every run writes timings.json (`lljax.timings`); `print_timings`
@@ -516,8 +516,9 @@ def _run(config, out_dir, model, dataset, loss, optimizer, progress, checkpoint_
     lead = sharding.is_lead_process()  # several hosts: all compute, process 0 writes files and prints
     members = grids.grid_members(config.knob_values(), config.seeds)
     groups = grids.group_members(members)
-    mine = groups if shard is None else [groups[k] for k in jobs.assign(group_costs(config, dataset, parts, groups),
-                                                                        shard[1])[shard[0]]]
+    if shard is not None:
+        groups_of_shards = shards.assign(group_costs(config, dataset, parts, groups), shard[1])
+    mine = groups if shard is None else [groups[k] for k in groups_of_shards[shard[0]]]
     track_epochs = tracking.tracked_epochs(config)
     tracked = [f for f in families if f.name in tracking.tracked_families(config)]
     metric_cost = sum(f.cost for f in families) + max(len(track_epochs) - 1, 0) * sum(f.cost for f in tracked)
@@ -621,14 +622,14 @@ def resolved_data(config: Config, dataset: data.Dataset, loss: losses.Loss) -> d
 
 
 def group_costs(config: Config, dataset: data.Dataset, parts: Parts, groups: Sequence[grids.Group]) -> list[float]:
-    """Every group's estimated cost (`jobs.group_cost`), from its parameter count (shapes only)."""
+    """Every group's estimated cost (`shards.group_cost`), from its parameter count (shapes only)."""
     counts = {}
     for width in {g.width for g in groups}:
         spec = parts.spec(width, dataset.num_classes)
         shape = jax.eval_shape(lambda k: models.init(spec, k, dataset.x_train.shape[1:], str(dataset.x_train.dtype))[0],
                                jax.random.key(0))
         counts[width] = models.count_params(shape)
-    return [jobs.group_cost(len(g.members), counts[g.width], config.epochs) for g in groups]
+    return [shards.group_cost(len(g.members), counts[g.width], config.epochs) for g in groups]
 
 
 def make_results(config: Config, loss: losses.Loss, group_metrics: list, trajectories: list,

@@ -1,6 +1,7 @@
 """lljax.jobs and sharded runs: shards in sequence and at once into one folder equal a single-process run, a
 killed worker's group is taken over, `lljax report` names missing groups, local workers and submitit's local
 executor run whole studies."""
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,6 @@ import pytest
 
 from lljax import cli, jobs, pipeline, store
 from lljax.config import Config
-from lljax.errors import LLJaxError
 from test_pipeline import _assert_tables_close, tiny_dataset
 
 STUDY = ["--widths", "3", "6", "9", "--lrs", "0.05", "0.2", "--batch-sizes", "32", "--seeds", "2", "--epochs", "3",
@@ -35,19 +35,6 @@ def npz(tmp_path_factory):
 
 def cli_env(devices=1):
     return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-
-
-def test_assignment_balances_cost_and_is_deterministic():
-    costs = [10, 1, 1, 1, 7, 3, 3, 2]
-    shards = jobs.assign(costs, 3)
-    assert sorted(g for s in shards for g in s) == list(range(8)) and shards == jobs.assign(costs, 3)
-    loads = [sum(costs[g] for g in s) for s in shards]
-    assert max(loads) - min(loads) <= 2  # LPT: 10 | 7+2 | 3+3+1+1+1
-    assert jobs.assign([1, 1], 4)[2:] == [[], []]
-    assert jobs.parse_shard("2/5") == (2, 5)
-    for bad in ("5/5", "x", "1/0", "-1/3"):
-        with pytest.raises(LLJaxError, match="--shard"):
-            jobs.parse_shard(bad)
 
 
 @pytest.mark.slow
@@ -141,5 +128,38 @@ def test_local_workers_and_submitits_local_executor_run_whole_studies(tmp_path, 
 def test_job_options_do_not_enter_the_configuration():
     args = cli.parser("x", {}).parse_args(["--out", "o", "--shard", "1/2", "--workers", "3", "--slurm-time", "5"])
     assert cli.config_from_args(args, {}).same_run(Config())
-    assert jobs._strip(["--out", "o", "--workers", "2", "--shard=1/2", "--no-progress", "--epochs", "3"],
-                       jobs.JOB_OPTIONS) == ["--out", "o", "--epochs", "3"]
+
+
+def test_workers_get_the_study_as_resolved_so_a_scripts_own_presets_reach_them(tmp_path, npz):
+    # a script's preset (here 'mine') is unknown to `python -m lljax`: the workers must run it, not a default study
+    presets = {"mine": dict(widths=(5,), lrs=(0.1,), batch_sizes=(32,), seeds=1, epochs=2, metrics=("loss",))}
+    out = tmp_path / "run"
+    status = cli.main(["--preset", "mine", "--dataset", str(npz), "--out", str(out), "--workers", "1",
+                       "--no-progress"], presets=presets)
+    assert status == 0
+    ran = Config.from_dict({k: v for k, v in json.loads((out / "config.json").read_text()).items()
+                            if k != "resolved"})
+    assert ran.widths == (5,) and ran.epochs == 2 and ran.dataset == str(npz)
+    assert [line.split(",")[0] for line in (out / "members.csv").read_text().splitlines()[1:]] == ["5"]
+
+
+def test_worker_command_round_trips_every_preset(tmp_path):
+    from lljax import config as configs
+
+    for name, values in configs.PRESETS.items():
+        c = Config.from_dict(values)
+        command = jobs.worker_command(c, tmp_path, 1, 3)
+        assert command[-2:] == ["--shard", "1/3"] and command[1:3] == ["-m", "lljax.jobs"]
+        assert Config.from_dict(json.loads(command[command.index("--config") + 1])).same_run(c), name
+
+
+def test_a_workers_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys):
+    good = json.dumps(Config().to_dict())
+    for argv, message in ((["--config", "{", "--out", str(tmp_path), "--shard", "0/1"], "Expecting"),
+                          (["--config", json.dumps({"no_such_knob": 1}), "--out", str(tmp_path), "--shard", "0/1"],
+                           "no_such_knob"),
+                          (["--config", good, "--out", str(tmp_path), "--shard", "2/1"], "--shard")):
+        assert jobs.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # nothing written
