@@ -311,20 +311,22 @@ def run_torch_tuned(torch, init, x_np, y_np, batch_orders, device="cpu"):
     return {"seconds_per_model": per_model, "final_loss": np.asarray(losses)}
 
 
-def run_torch_func(torch, init, x_np, y_np, batch_orders):
+def run_torch_func(torch, init, x_np, y_np, batch_orders, device="cpu"):
     """(e): every member at once with torch.func (`torch_peers`), lljax's initial weights and batch order (N, E,
-    S, B); the time covers stacking, the optimiser's set-up and the steps."""
+    S, B), on `device`; the time covers stacking, the optimiser's set-up and the steps."""
     import torch_peers
 
-    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np.astype(np.int64))
+    x, y = torch.from_numpy(x_np).to(device), torch.from_numpy(y_np.astype(np.int64)).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
-    params, buffers, base = torch_peers.stack(torch, [torch_mlp(torch, layers) for layers in init])
+    params, buffers, base = torch_peers.stack(torch, [torch_mlp(torch, layers).to(device) for layers in init])
     step = torch_peers.vmapped_step(torch, base, torch.nn.functional.cross_entropy)
     opt = torch.optim.SGD(list(params.values()), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    idx_all = torch.from_numpy(batch_orders.astype(np.int64))
+    idx_all = torch.from_numpy(batch_orders.astype(np.int64)).to(device)
     with torch.no_grad():  # torch.func.grad still differentiates; nothing else builds a graph
         for e in range(idx_all.shape[1]):
-            epoch_loss = torch.zeros(len(init))
+            epoch_loss = torch.zeros(len(init), device=device)
             for j in range(idx_all.shape[2]):
                 idx = idx_all[:, e, j]
                 grads, loss = step(params, buffers, x[idx], y[idx])
@@ -332,7 +334,8 @@ def run_torch_func(torch, init, x_np, y_np, batch_orders):
                     p.grad = grads[name]
                 opt.step()
                 epoch_loss += loss
-    return {"seconds": time.perf_counter() - start, "final_loss": (epoch_loss / idx_all.shape[2]).numpy()}
+    sync()
+    return {"seconds": time.perf_counter() - start, "final_loss": (epoch_loss / idx_all.shape[2]).cpu().numpy()}
 
 
 # ---------------------------------------------------------------------------------------------- main

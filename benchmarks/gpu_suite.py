@@ -11,10 +11,11 @@ run):
       bfloat16), beside the vendor's dense peak for that precision where the device is known;
   (2) MLP ensembles on MNIST-1D (or, without the mnist1d package, synthetic data of its shape: said in the
       output): N vmapped lljax members against PyTorch training the same models one after another on the same
-      device (the tuned loop of benchmarks/ensemble_training.py), model-steps/s and their ratio;
+      device (the tuned loop of benchmarks/ensemble_training.py) and against PyTorch's own ensembling of all N
+      at once (torch.func, `torch_peers`), model-steps/s and the ratios (issue 27's question on an accelerator);
   (3) Hessian top eigenvalue and trace for N MLPs vmapped (lljax.hessian's defaults and PyHessian's HVP
-      budget) against the PyHessian procedure in PyTorch (benchmarks/hessian.py) on the same device, with the
-      errors of both against the float64 dense Hessian;
+      budget) against the PyHessian procedure in PyTorch (benchmarks/hessian.py) and its torch.func ensembling
+      on the same device, with the errors of each against the float64 dense Hessian;
   (1) ResNet18(k) training steps, batch 128, CIFAR-shaped random data, for each width k, member count M,
       convolution strategy (lljax.conv) and precision policy (lljax.precision): model-steps/s, images/s, the
       FLOP/s reached (the analytic count of benchmarks/resnet_throughput.py) as a fraction of the vendor peak
@@ -155,14 +156,21 @@ def mlp_part(args, torch) -> dict:
                "lljax_compile_s": a["compile_seconds"]}
         if torch is not None:
             count = 2 if args.tiny else 4
-            init, orders = et.initial_params(fresh, count), et.lljax_batch_orders(spec, fresh, count)
+            init, orders = et.initial_params(fresh, members), et.lljax_batch_orders(spec, fresh, members)
             x_np, y_np = np.asarray(dataset.x_train), np.asarray(dataset.y_train)
             device = torch_device(torch)
             et.run_torch_tuned(torch, init[:1], x_np, y_np, orders[:1, :1], device)  # warm-up
-            b = et.run_torch_tuned(torch, init, x_np, y_np, orders, device)
+            b = et.run_torch_tuned(torch, init[:count], x_np, y_np, orders[:count], device)
             row["pytorch_model_steps_per_s"] = steps / float(np.median(b["seconds_per_model"]))
             row["speedup_vs_pytorch"] = row["lljax_model_steps_per_s"] / row["pytorch_model_steps_per_s"]
             row["final_loss_max_diff"] = float(np.max(np.abs(b["final_loss"] - a["final_loss"][:count])))
+            # PyTorch's own ensembling, all members at once on the same device (the faster of two runs)
+            et.run_torch_func(torch, init, x_np, y_np, orders[:, :1, :2], device)  # warm-up
+            e = min((et.run_torch_func(torch, init, x_np, y_np, orders, device) for _ in range(2)),
+                    key=lambda r: r["seconds"])
+            row["torch_func_model_steps_per_s"] = members * steps / e["seconds"]
+            row["speedup_vs_torch_func"] = row["lljax_model_steps_per_s"] / row["torch_func_model_steps_per_s"]
+            row["torch_func_final_loss_max_diff"] = float(np.max(np.abs(e["final_loss"] - a["final_loss"])))
         rows[str(width)] = row
     return {"data": source, "members": members, "epochs": epochs, "batch_size": batch, "widths": rows}
 
@@ -191,6 +199,9 @@ def hessian_part(args, torch) -> dict:
         _, _, _, iterations, probes = runs[0]
         out["pyhessian"] = hb.summary("PyHessian", runs, exact_top, exact_trace)
         budget = (int(np.ceil(iterations.mean())), max(2, int(np.ceil(probes.mean()))))
+        peer = hb.TorchFuncHessian(reference, *budget)  # PyTorch's own ensembling of the same procedure
+        peer.run(seed=10_000)  # warm-up
+        out["torch_func"] = hb.summary("torch.func", [peer.run(seed=r) for r in range(2)], exact_top, exact_trace)
     configs = {"default": hessian.HessianConfig(num_samples=samples, top_k=1, density_runs=0)}
     if budget is not None:
         configs["matched"] = hessian.HessianConfig(num_samples=samples, top_k=1, density_runs=0,
@@ -204,8 +215,9 @@ def hessian_part(args, torch) -> dict:
         out[name] = hb.summary(name, [hb.run_lljax(program, params, batch_stats, members, seed=r) for r in range(2)],
                                exact_top, exact_trace)
         out[name]["compile_s"] = compile_s
-        if "pyhessian" in out:
-            out[name]["speedup_vs_pyhessian"] = out["pyhessian"]["seconds"] / out[name]["seconds"]
+        for peer in ("pyhessian", "torch_func"):
+            if peer in out:
+                out[name][f"speedup_vs_{peer}"] = out[peer]["seconds"] / out[name]["seconds"]
     return out
 
 

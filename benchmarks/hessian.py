@@ -284,11 +284,11 @@ class TorchFuncHessian:
             hv = self.hvp(self.params, self.buffers, v)
             top = dot(hv, v)
             v = scale(hv, 1 / (dot(hv, hv).sqrt() + 1e-6))
-        trace = torch.zeros(self.members)
+        trace = torch.zeros(self.members, device=top.device)
         for _ in range(self.probes):
             v = {k: torch.randint_like(p, high=2) * 2 - 1 for k, p in self.params.items()}
             trace += dot(self.hvp(self.params, self.buffers, v), v)
-        return top.double().numpy(), (trace / self.probes).double().numpy()
+        return top.double().cpu().numpy(), (trace / self.probes).double().cpu().numpy()  # (waits for the device)
 
     def run(self, seed):
         """(seconds, tops (N,), traces (N,), iterations (N,), probes (N,)) of the faster thread count."""

@@ -33,5 +33,10 @@ def test_the_gpu_suite_dry_run_on_the_cpu(tmp_path):
         assert r["mlp"]["widths"]["8"]["final_loss_max_diff"] < 1e-4  # PyTorch trained the same models
         assert all("speedup_vs_pytorch" in row for row in rows)
         assert "speedup_vs_pyhessian" in r["hessian"]["matched"]
+        # PyTorch's own ensembling (torch.func) trained the same models and ran the same HVP procedure
+        assert r["mlp"]["widths"]["8"]["torch_func_final_loss_max_diff"] < 1e-4
+        assert r["mlp"]["widths"]["8"]["speedup_vs_torch_func"] > 0
+        assert r["hessian"]["torch_func"]["top_error"]["max"] < 0.5
+        assert "speedup_vs_torch_func" in r["hessian"]["matched"]
     md = (tmp_path / "gpu_suite.md").read_text()
     assert "| 2 | 2 | map | bf16 |" in md and "Fastest strategy" in md
