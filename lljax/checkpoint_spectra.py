@@ -48,7 +48,7 @@ import jax
 import numpy as np
 
 from lljax import checkpoints, layers, spectra
-from lljax.errors import LLJaxError, one_line
+from lljax.errors import LLJaxError, exit_status, one_line
 from lljax.progress import Progress
 
 LAYOUTS = ("auto", "torch", "flax")
@@ -380,7 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
     out, path = Path(args.out), Path(args.path)
-    try:
+
+    def command():
         if args.min_evals is not None and args.min_evals < 1:
             raise LLJaxError(f"--min-evals must be at least 1, got {args.min_evals}")
         if args.bootstrap < 0 or args.bootstrap == 1:
@@ -404,13 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         unmatched = [p for p in args.layers if not any(_selected(r["name"], [p]) for r in result["rows"])]
         if unmatched:
             print(f"note: --layers {' '.join(unmatched)} matched no analysed layer", file=sys.stderr)
-    except LLJaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: nothing was written", file=sys.stderr)
-        return 130
-    return 0
+
+    return exit_status(command, interrupted="nothing was written")
 
 
 if __name__ == "__main__":

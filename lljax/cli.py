@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from lljax import config as configs
 from lljax import jobs, options, pipeline, runtime, sharding, shards
 from lljax.config import Config
-from lljax.errors import LLJaxError
+from lljax.errors import LLJaxError, exit_status
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,12 +102,11 @@ def report_main(argv: Sequence[str]) -> int:
                 "stored group results (nothing is trained); names the missing groups of an unfinished run.")
     p.add_argument("--out", required=True, help="the run folder")
     args = p.parse_args(argv)
-    try:
+
+    def rebuild():
         pipeline.rebuild(args.out)
-    except LLJaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(rebuild)
 
 
 def main(argv: Sequence[str] | None = None, description: str = "Phase diagram of a grid of models",
@@ -124,7 +123,8 @@ def main(argv: Sequence[str] | None = None, description: str = "Phase diagram of
     # a metric's host callback that fails (an SVD that does not converge) is reported as one line, not logged
     # with its traceback by JAX as well
     logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
-    try:
+
+    def command():
         sharding.initialize_distributed()  # several hosts, when the environment asks (docs/distributed.md)
         runtime.use_all_cpu_cores()
         config = config_from_args(args, presets)
@@ -145,13 +145,8 @@ def main(argv: Sequence[str] | None = None, description: str = "Phase diagram of
         shard = shards.parse_shard(args.shard) if args.shard else None
         runtime.enable_compilation_cache()
         pipeline.run(config, args.out, progress=not args.no_progress, shard=shard, print_timings=args.timings)
-    except LLJaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0
+
+    return exit_status(command)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""The one exception type lljax raises for bad user input (the CLI prints it as one line), and the guard that
-turns an exception from user code (a model, optimiser or family check) into one."""
+"""The one exception type lljax raises for bad user input (the CLI prints it as one line), the guard that
+turns an exception from user code (a model, optimiser or family check) into one, and a command's exit status."""
 import contextlib
+import sys
+from typing import Callable
 
 
 class LLJaxError(ValueError):
@@ -21,3 +23,17 @@ def one_line(what: str):
         if "Traceback (most recent call last)" in message:  # raised in a host callback: its own last line
             message = lines[-1]
         raise LLJaxError(f"{what}: {type(e).__name__}: {message}") from None
+
+
+def exit_status(command: Callable[[], int | None], interrupted: str = "run the same command again to resume") -> int:
+    """Run a command-line command: its status (None: 0); bad input (LLJaxError) is one 'error: ' line on stderr
+    and status 2; Ctrl-C is one line, 'interrupted: <interrupted>', and status 130."""
+    try:
+        status = command()
+    except LLJaxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {interrupted}", file=sys.stderr)
+        return 130
+    return 0 if status is None else status

@@ -25,7 +25,7 @@ import numpy as np
 
 from lljax import pipeline, runtime
 from lljax.config import Config
-from lljax.errors import LLJaxError
+from lljax.errors import LLJaxError, exit_status
 
 
 def _gpu_count() -> int:
@@ -192,15 +192,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--shard", required=True, help="I/N")
     args = p.parse_args(argv)
-    try:
-        run_shard(json.loads(args.config), args.out, *parse_shard(args.shard))
-    except (LLJaxError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0
+
+    def command():
+        try:
+            config = json.loads(args.config)
+        except ValueError as e:
+            raise LLJaxError(f"--config is not JSON: {e}") from None
+        run_shard(config, args.out, *parse_shard(args.shard))
+
+    return exit_status(command)
 
 
 if __name__ == "__main__":
