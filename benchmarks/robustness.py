@@ -12,9 +12,11 @@ both sides compute the same attack and the adversarial accuracies can be compare
   PyTorch  the models as `nn.Sequential` with the same weights, the usual PGD loop per model (advertorch's
            LinfPGDAttack without its random start: x.requires_grad, cross-entropy summed, backward, x + a
            sign(grad), clamp to the ball), one model after another, intra-op threads = cores.
+  torch.func  PyTorch's own ensembling of the same attack on the same models: `vmap(grad(loss))` over the stacked
+           parameters and every model's own perturbation, all models at once (the faster of 1 and all threads).
 
-The machine (CPU, cores, load average) is printed first; the last line is `speedup_vs_pytorch: X.XX` (PyTorch
-seconds over lljax seconds including compilation; the warm ratio above it).
+The machine (CPU, cores, load average) is printed first; the last lines are `speedup_vs_torch_func: X.XX` and
+`speedup_vs_pytorch: X.XX` (the peer's seconds over lljax's including compilation; the warm ratios above them).
 """
 from __future__ import annotations
 
@@ -59,8 +61,9 @@ def attack_lljax(spec, params, x, y, steps):
     return lambda: jax.block_until_ready(program(params))
 
 
-def attack_torch(torch, params, x, y, steps, width):
-    nn, F = torch.nn, torch.nn.functional
+def torch_nets(torch, params, width):
+    """The M lljax MLPs as `nn.Sequential` models with the same weights."""
+    nn = torch.nn
     nets = []
     for i in range(len(jax.tree.leaves(params)[0])):
         layers = [params["Dense_0"], params["Dense_1"], params["Dense_2"]]
@@ -70,6 +73,11 @@ def attack_torch(torch, params, x, y, steps, width):
                 module.weight.copy_(torch.from_numpy(np.asarray(layer["kernel"][i]).T.copy()))
                 module.bias.copy_(torch.from_numpy(np.asarray(layer["bias"][i]).copy()))
         nets.append(net.eval())
+    return nets
+
+
+def attack_torch(torch, nets, x, y, steps):
+    F = torch.nn.functional
     xt, yt = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y)).long()
 
     def run():
@@ -90,6 +98,29 @@ def attack_torch(torch, params, x, y, steps, width):
     return run
 
 
+def attack_torch_func(torch, nets, x, y, steps):
+    """PyTorch's own ensembling of the same attack (`torch_peers`): every model's input gradient at once,
+    `vmap(grad(loss))` over the stacked parameters and each model's own perturbation."""
+    import torch_peers
+    from torch.func import functional_call, grad, vmap
+
+    F = torch.nn.functional
+    xt, yt = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y)).long()
+    params, buffers, base = torch_peers.stack(torch, nets)
+    params = {k: v.detach() for k, v in params.items()}
+    outputs = lambda p, b, delta: functional_call(base, (p, b), (xt + delta,))
+    input_grad = vmap(grad(lambda delta, p, b: F.cross_entropy(outputs(p, b, delta), yt, reduction="sum")))
+
+    def run():
+        delta = torch.zeros(len(nets), *xt.shape)
+        for _ in range(steps):
+            delta = torch.clamp(delta + EPSILON / 4 * input_grad(delta, params, buffers).sign(), -EPSILON, EPSILON)
+        with torch.no_grad():
+            return (vmap(outputs)(params, buffers, delta).argmax(-1) == yt).float().mean(1).numpy()
+
+    return run
+
+
 def main(argv=None):
     args = parse_args(argv)
     import torch
@@ -106,19 +137,33 @@ def main(argv=None):
     start = time.perf_counter()
     run()
     warm = time.perf_counter() - start
-    run_torch = attack_torch(torch, state.params, x, y, args.steps, args.width)
+    nets = torch_nets(torch, state.params, args.width)
+    run_torch = attack_torch(torch, nets, x, y, args.steps)
     start = time.perf_counter()
     acc_torch = run_torch()
     torch_s = time.perf_counter() - start
+    run_func = attack_torch_func(torch, nets, x, y, args.steps)
+    run_func()  # untimed warm-up (torch.func's first call)
+    func_s = {}
+    for threads in sorted({1, os.cpu_count() or 1}):  # the faster thread count
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        acc_func = run_func()
+        func_s[threads] = time.perf_counter() - start
+    func_best = min(func_s.values())
     out = dict(info, models=args.models, width=args.width, samples=args.samples, steps=args.steps,
                lljax_s_with_compile=round(cold, 3), lljax_s_warm=round(warm, 4), pytorch_s=round(torch_s, 3),
+               torch_func_s=round(func_best, 4), torch_func_s_by_threads=func_s,
                max_abs_robust_acc_difference=float(np.max(np.abs(acc_jax - acc_torch))),
+               max_abs_robust_acc_difference_torch_func=float(np.max(np.abs(acc_jax - acc_func))),
                mean_robust_acc=float(acc_jax.mean()), load_average_end=load_average())
     print(json.dumps(out))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=2)
+    print(f"warm speedup_vs_torch_func: {func_best / warm:.2f}")
     print(f"warm speedup_vs_pytorch: {torch_s / warm:.2f}")
+    print(f"speedup_vs_torch_func: {func_best / cold:.2f}")
     print(f"speedup_vs_pytorch: {torch_s / cold:.2f}")
 
 

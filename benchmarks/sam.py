@@ -10,9 +10,13 @@ radii spread over 0.01-0.2. Timed:
            warm; and the same ensemble without SAM (plain training) warm, for the cost of SAM's second gradient.
   PyTorch  per model, the usual two-pass SAM step (davda54/sam): loss.backward(); e = rho g / ||g||; w += e;
            loss.backward() at w + e; w -= e; SGD step; one model after another, intra-op threads = cores.
+  torch.func  PyTorch's own ensembling of the same two-pass step (`torch_peers`): the same models and batches as
+           the loop (its seeds and permutations), every member at once: vmapped gradients at w and at w + e
+           (each member its own radius and norm), torch.optim.SGD on the stacked tensors; its final losses must
+           agree with the loop's (the script fails otherwise).
 
-The machine (CPU, cores, load average) is printed first; the last line is `speedup_vs_pytorch: X.XX` (PyTorch
-seconds over lljax seconds including compilation; the warm ratio above it).
+The machine (CPU, cores, load average) is printed first; the last lines are `speedup_vs_torch_func: X.XX` and
+`speedup_vs_pytorch: X.XX` (the peer's seconds over lljax's including compilation; the warm ratios above them).
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from common import load_average, machine
 from lljax import data, models, train
 
 LR, WD, MOMENTUM, BATCH = 0.05, 5e-4, 0.9, 64
+LOSS_AGREEMENT = 1e-3  # largest |last-step loss difference| of torch.func and the loop (same models, batches)
 
 
 def parse_args(argv=None):
@@ -99,6 +104,52 @@ def torch_sam(torch, ds, width, epochs, rhos):
     return run
 
 
+def torch_orders(torch, n, epochs, rhos_count, width, num_inputs):
+    """(models, orders (M, epochs, N)) as `torch_sam`'s loop draws them: per member its seed, its network's
+    initialisation, then one permutation per epoch from the global generator."""
+    nn = torch.nn
+    nets, orders = [], []
+    for i in range(rhos_count):
+        torch.manual_seed(i)
+        nets.append(nn.Sequential(nn.Linear(num_inputs, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                                  nn.Linear(width, 10)))
+        orders.append(torch.stack([torch.randperm(n) for _ in range(epochs)]))
+    return nets, torch.stack(orders)
+
+
+def torch_func_sam(torch, ds, width, epochs, rhos):
+    """PyTorch's own ensembling of `torch_sam`'s two-pass step: the same models and batches, all members at once."""
+    import torch_peers
+
+    F = torch.nn.functional
+    x, y = torch.from_numpy(np.asarray(ds.x_train)), torch.from_numpy(np.asarray(ds.y_train)).long()
+
+    def run():
+        nets, orders = torch_orders(torch, len(y), epochs, len(rhos), width, x.shape[1])
+        params, buffers, base = torch_peers.stack(torch, nets)
+        step = torch_peers.vmapped_step(torch, base, F.cross_entropy)
+        opt = torch.optim.SGD(list(params.values()), lr=LR, momentum=MOMENTUM, weight_decay=WD)
+        rho = torch.as_tensor(rhos)
+        with torch.no_grad():
+            for e in range(epochs):
+                for j in range(len(y) // BATCH):
+                    idx = orders[:, e, j * BATCH:(j + 1) * BATCH]  # (M, B)
+                    grads, loss = step(params, buffers, x[idx], y[idx])
+                    norm = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads.values()]).sum(0).sqrt()
+                    scale = rho / (norm + 1e-12)  # (M,): each member's climb to w + rho g / ||g||
+                    eps = {k: g * scale.view(-1, *[1] * (g.dim() - 1)) for k, g in grads.items()}
+                    for k, p in params.items():
+                        p.add_(eps[k])
+                    grads, _ = step(params, buffers, x[idx], y[idx])
+                    for k, p in params.items():  # back to w, descend with the gradient at w + e
+                        p.sub_(eps[k])
+                        p.grad = grads[k]
+                    opt.step()
+        return loss.numpy()
+
+    return run
+
+
 def main(argv=None):
     args = parse_args(argv)
     import torch
@@ -119,18 +170,31 @@ def main(argv=None):
         timed[f"{name}_warm"] = time.perf_counter() - start
     run_torch = torch_sam(torch, ds, args.width, args.epochs, rhos)
     start = time.perf_counter()
-    run_torch()
+    torch_losses = run_torch()
     torch_s = time.perf_counter() - start
+    func_s, func_losses = {}, None
+    for threads in sorted({1, os.cpu_count() or 1}):  # the faster thread count
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        func_losses = torch_func_sam(torch, ds, args.width, args.epochs, rhos)()
+        func_s[threads] = time.perf_counter() - start
+    func_best = min(func_s.values())
+    agreement = float(np.max(np.abs(func_losses - torch_losses)))
     out = dict(info, models=args.models, width=args.width, epochs=args.epochs,
                lljax_sam_s_with_compile=round(timed["sam_cold"], 3), lljax_sam_s_warm=round(timed["sam_warm"], 3),
                lljax_plain_s_warm=round(timed["plain_warm"], 3), pytorch_sam_s=round(torch_s, 3),
-               load_average_end=load_average())
+               torch_func_sam_s=round(func_best, 3), torch_func_s_by_threads=func_s,
+               torch_func_vs_loop_max_loss_diff=agreement, load_average_end=load_average())
     print(json.dumps(out))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=2)
+    print(f"warm speedup_vs_torch_func: {func_best / timed['sam_warm']:.2f}")
     print(f"warm speedup_vs_pytorch: {torch_s / timed['sam_warm']:.2f}")
+    print(f"speedup_vs_torch_func: {func_best / timed['sam_cold']:.2f}")
     print(f"speedup_vs_pytorch: {torch_s / timed['sam_cold']:.2f}")
+    if agreement > LOSS_AGREEMENT:
+        raise SystemExit(f"error: torch.func and the PyTorch loop disagree on the same models: {agreement:.2e}")
 
 
 if __name__ == "__main__":
