@@ -7,11 +7,13 @@ when its holder died), so any number of shards or workers may run at once and no
 finished group lands atomically in groups/; whoever finishes the last group writes the tables and the report,
 which `lljax report --out DIR` also does (or names the missing groups). `--workers K` runs K shards as local
 processes with a share of the machine each; `--launcher slurm` submits the shards as a SLURM job array through
-submitit (`--launcher local`: submitit's local executor, the same code path, for testing). See
+submitit (`--launcher local`: submitit's local executor, the same code path, for testing). Workers and jobs get
+the study as the command resolved it and call the pipeline (`run_shard`), not the command line. See
 docs/distributed.md for when to use these and when `jax.distributed`.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -26,6 +28,7 @@ import numpy as np
 from lljax import pipeline, runtime
 from lljax.config import Config
 from lljax.errors import LLJaxError, exit_status
+from lljax.shards import parse_shard
 
 
 def _gpu_count() -> int:
@@ -183,10 +186,6 @@ def submit(config: Config, out_dir: str | os.PathLike, shards: int, launcher: st
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m lljax.jobs --config JSON --out DIR --shard I/N`: a local worker (`worker_command`); bad input
     is one 'error: ' line and exit status 2."""
-    import argparse
-
-    from lljax.shards import parse_shard
-
     p = argparse.ArgumentParser(prog="python -m lljax.jobs", description="One shard of a study (a local worker).")
     p.add_argument("--config", required=True, help="the study, as JSON (Config.to_dict)")
     p.add_argument("--out", required=True)

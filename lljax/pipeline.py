@@ -516,9 +516,9 @@ def _run(config, out_dir, model, dataset, loss, optimizer, progress, checkpoint_
     lead = sharding.is_lead_process()  # several hosts: all compute, process 0 writes files and prints
     members = grids.grid_members(config.knob_values(), config.seeds)
     groups = grids.group_members(members)
+    mine = groups
     if shard is not None:
-        groups_of_shards = shards.assign(group_costs(config, dataset, parts, groups), shard[1])
-    mine = groups if shard is None else [groups[k] for k in groups_of_shards[shard[0]]]
+        mine = [groups[k] for k in shards.assign(group_costs(config, dataset, parts, groups), shard[1])[shard[0]]]
     track_epochs = tracking.tracked_epochs(config)
     tracked = [f for f in families if f.name in tracking.tracked_families(config)]
     metric_cost = sum(f.cost for f in families) + max(len(track_epochs) - 1, 0) * sum(f.cost for f in tracked)
