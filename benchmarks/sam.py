@@ -68,16 +68,21 @@ def lljax_program(ds, width, epochs, n, rhos=None):
     return run
 
 
+def torch_mlp(torch, num_inputs, width):
+    nn = torch.nn
+    return nn.Sequential(nn.Linear(num_inputs, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                         nn.Linear(width, 10))
+
+
 def torch_sam(torch, ds, width, epochs, rhos):
-    nn, F = torch.nn, torch.nn.functional
+    F = torch.nn.functional
     x, y = torch.from_numpy(np.asarray(ds.x_train)), torch.from_numpy(np.asarray(ds.y_train)).long()
 
     def run():
         losses = []
         for i, rho in enumerate(rhos):
             torch.manual_seed(i)
-            net = nn.Sequential(nn.Linear(x.shape[1], width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                                nn.Linear(width, 10))
+            net = torch_mlp(torch, x.shape[1], width)
             opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
             params = list(net.parameters())
             for _ in range(epochs):
@@ -104,15 +109,13 @@ def torch_sam(torch, ds, width, epochs, rhos):
     return run
 
 
-def torch_orders(torch, n, epochs, rhos_count, width, num_inputs):
-    """(models, orders (M, epochs, N)) as `torch_sam`'s loop draws them: per member its seed, its network's
+def torch_members(torch, count, num_inputs, width, n, epochs):
+    """(models, orders (M, epochs, n)) as `torch_sam`'s loop draws them: per member its seed, its network's
     initialisation, then one permutation per epoch from the global generator."""
-    nn = torch.nn
     nets, orders = [], []
-    for i in range(rhos_count):
+    for i in range(count):
         torch.manual_seed(i)
-        nets.append(nn.Sequential(nn.Linear(num_inputs, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                                  nn.Linear(width, 10)))
+        nets.append(torch_mlp(torch, num_inputs, width))
         orders.append(torch.stack([torch.randperm(n) for _ in range(epochs)]))
     return nets, torch.stack(orders)
 
@@ -125,7 +128,7 @@ def torch_func_sam(torch, ds, width, epochs, rhos):
     x, y = torch.from_numpy(np.asarray(ds.x_train)), torch.from_numpy(np.asarray(ds.y_train)).long()
 
     def run():
-        nets, orders = torch_orders(torch, len(y), epochs, len(rhos), width, x.shape[1])
+        nets, orders = torch_members(torch, len(rhos), x.shape[1], width, len(y), epochs)
         params, buffers, base = torch_peers.stack(torch, nets)
         step = torch_peers.vmapped_step(torch, base, F.cross_entropy)
         opt = torch.optim.SGD(list(params.values()), lr=LR, momentum=MOMENTUM, weight_decay=WD)
