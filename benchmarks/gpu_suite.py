@@ -20,7 +20,9 @@ run):
       convolution strategy (lljax.conv) and precision policy (lljax.precision): model-steps/s, images/s, the
       FLOP/s reached (the analytic count of benchmarks/resnet_throughput.py) as a fraction of the vendor peak
       and of the measured matmul for that precision, the compiled program's memory and the device's peak;
-      PyTorch training the same models one after another on the same device for each (k, precision); and
+      PyTorch training the same models one after another on the same device for each (k, precision), and
+      PyTorch's own ensembling of the same M members (torch.func) for each (k, M, precision; with bf16 autocast
+      a vmapped BatchNorm fails on the CPU in torch 2.13, recorded as that row's error); and
       the fastest strategy per (k, M, precision), what `--conv auto` should pick there;
   (4) the `paper` preset's projected wall time on this device (975 ResNet18 models, 100 epochs) from the best
       measured rate per width and precision (resnet_throughput.project_grid).
@@ -238,7 +240,7 @@ def resnet_part(args, torch, peaks, deadline) -> dict:
 
     mesh = sharding.member_mesh()
     vendor = vendor_peak(jax.devices()[0].device_kind) or {}
-    rows, torch_rows, estimate = [], {}, 0.0
+    rows, torch_rows, func_rows, estimate = [], {}, {}, 0.0
     for k, m, strategy, policy in resnet_configs(args):
         row = {"k": k, "members": m, "strategy": strategy, "precision": policy}
         if time.perf_counter() + estimate > deadline:
@@ -267,8 +269,17 @@ def resnet_part(args, torch, peaks, deadline) -> dict:
                                            "epoch0_loss": [float(v) for v in b["epoch0_loss"]]}
             except Exception as e:  # noqa: BLE001
                 torch_rows[(k, policy)] = {"error": f"{type(e).__name__}: {e}"[:200]}
+        if torch is not None and "torch" not in args.skip and (k, m, policy) not in func_rows:
+            try:  # PyTorch's own ensembling of the same M members (torch.func)
+                e = rt.torch_func_run(torch, np, k, run, m, torch_device(torch), policy)
+                func_rows[(k, m, policy)] = {"model_steps_per_s": m * args.steps / e["seconds"],
+                                             "epoch0_loss": [float(v) for v in e["epoch0_loss"]]}
+            except Exception as e:  # noqa: BLE001
+                func_rows[(k, m, policy)] = {"error": f"{type(e).__name__}: {e}"[:200]}
         if (k, policy) in torch_rows and "model_steps_per_s" in torch_rows[(k, policy)]:
             row["speedup_vs_pytorch"] = rate / torch_rows[(k, policy)]["model_steps_per_s"]
+        if "model_steps_per_s" in func_rows.get((k, m, policy), {}):
+            row["speedup_vs_torch_func"] = rate / func_rows[(k, m, policy)]["model_steps_per_s"]
         rows.append(row)
     winners = {}
     for row in rows:
@@ -277,7 +288,8 @@ def resnet_part(args, torch, peaks, deadline) -> dict:
             if key not in winners or row["model_steps_per_s"] > winners[key]["model_steps_per_s"]:
                 winners[key] = {"strategy": row["strategy"], "model_steps_per_s": row["model_steps_per_s"]}
     return {"batch_size": args.batch_size, "steps": args.steps, "image": list(args.image), "rows": rows,
-            "pytorch": {f"k={k} {p}": v for (k, p), v in torch_rows.items()}, "fastest_strategy": winners}
+            "pytorch": {f"k={k} {p}": v for (k, p), v in torch_rows.items()},
+            "torch_func": {f"k={k} M={m} {p}": v for (k, m, p), v in func_rows.items()}, "fastest_strategy": winners}
 
 
 def projection_part(resnet: dict) -> dict:
@@ -319,16 +331,17 @@ def markdown(results: dict) -> str:
         lines += ["", f"## ResNet18(k) training, batch {r['batch_size']}, {r['steps']} steps, images "
                   f"{'x'.join(map(str, r['image']))}", "",
                   "| k | M | strategy | precision | model-steps/s | images/s | of vendor peak | of matmul | "
-                  "vs PyTorch | program GiB | compile s |", "|" + "---|" * 4 + "---:|" * 7]
+                  "vs PyTorch | vs torch.func | program GiB | compile s |", "|" + "---|" * 4 + "---:|" * 8]
         for row in r["rows"]:
             head = f"| {row['k']} | {row['members']} | {row['strategy']} | {row['precision']} | "
             if "model_steps_per_s" not in row:
-                lines.append(head + f"{row.get('skipped') or row.get('error')} |" + " |" * 6)
+                lines.append(head + f"{row.get('skipped') or row.get('error')} |" + " |" * 7)
                 continue
             gib = None if row["program_bytes"] is None else row["program_bytes"] / 2 ** 30
             lines.append(head + " | ".join(_fmt(v) for v in (
                 row["model_steps_per_s"], row["images_per_s"], row["fraction_of_vendor_peak"],
-                row["fraction_of_measured_matmul"], row.get("speedup_vs_pytorch"), gib, row["compile_s"])) + " |")
+                row["fraction_of_measured_matmul"], row.get("speedup_vs_pytorch"), row.get("speedup_vs_torch_func"),
+                gib, row["compile_s"])) + " |")
         lines += ["", "Fastest strategy (what `--conv auto` should choose): " +
                   "; ".join(f"{k}: {v['strategy']}" for k, v in r["fastest_strategy"].items())]
     for name in ("mlp", "hessian", "projection"):

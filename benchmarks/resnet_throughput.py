@@ -12,7 +12,10 @@ momentum 0.9, weight decay 5e-4, constant learning rate:
       its members sharded over every device with `lljax.sharding`; compile time excluded, reported beside);
   (b) PyTorch, the same models one after another on the same device (torch's ResNet18(k) of the same
       architecture holding lljax's initial weights, trained on lljax's minibatches, so the first training
-      losses of (a) and (b) must agree: printed as a check that the two are the same computation).
+      losses of (a) and (b) must agree: printed as a check that the two are the same computation);
+  (e) PyTorch's own ensembling of all M members at once (torch.func: stacked parameters and BatchNorm buffers,
+      a vmapped gradient through `functional_call`, SGD on the stacked tensors; `torch_func_run`), the same
+      weights and minibatches (its losses checked against (a) as well).
 
 Reported per width: model-steps per second (models x SGD steps / wall time), the FLOP/s this reaches and its
 fraction of the device's peak, the ratio (a)/(b), and from these a projected wall time for the whole paper grid
@@ -34,7 +37,8 @@ devices and at least D members per program divide by about D.
 Expected on the 2-core dev CPU (benchmarks/RESULTS.md, "ResNet18 throughput"): (a) is 0.36-0.47x of (b) at
 widths 2..16 (XLA:CPU convolutions vs oneDNN); --quick takes about a minute. GPU figures: not yet measured.
 
-The last line printed is `speedup_vs_pytorch: X.XX`, (a) over (b) at the widest measured width.
+The last lines printed are `speedup_vs_torch_func: X.XX` and `speedup_vs_pytorch: X.XX`, (a) over (e) and (a)
+over (b) at the widest measured width.
 """
 from __future__ import annotations
 
@@ -316,6 +320,55 @@ def torch_run(torch, np, width, run, count, device, policy="float32"):
     return {"seconds": seconds, "epoch0_loss": np.asarray(losses)}
 
 
+def torch_func_run(torch, np, width, run, count, device, policy="float32"):
+    """PyTorch's own ensembling of the first `count` members (`torch_peers`): lljax's initial weights, every
+    member on its own lljax minibatches, all at once (vmapped gradient through `functional_call`, each member's
+    BatchNorm statistics updated in its stacked buffers, torch.optim.SGD on the stacked tensors); `policy` as
+    `torch_run`. One untimed step first (from a copy of the state)."""
+    import contextlib
+    import copy
+
+    import torch_peers
+    from torch.func import functional_call, grad_and_value, vmap
+
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = policy == "tf32"
+    autocast = (lambda: torch.autocast(device, torch.bfloat16)) if policy == "bf16" else contextlib.nullcontext
+    x = torch.from_numpy(run["x"].transpose(0, 3, 1, 2).copy()).to(device)  # NCHW
+    y = torch.from_numpy(run["y"].astype(np.int64)).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    first = torch_resnet18(torch, width)
+    members = [first] + [copy.deepcopy(first) for _ in range(count - 1)]  # one class: stack_module_state needs it
+    for i, model in enumerate(members):
+        load_lljax_weights(torch, np, model, *run["initial"], i)
+    params, buffers, base = torch_peers.stack(torch, [m.to(device).train() for m in members])
+    base.train()
+
+    def member_loss(p, b, xb, yb):
+        with autocast():
+            return torch.nn.functional.cross_entropy(functional_call(base, (p, b), (xb,)), yb)
+
+    step = vmap(grad_and_value(member_loss))
+    orders = torch.from_numpy(run["orders"][:count].astype(np.int64)).to(device)  # (M, steps, B)
+    with torch.no_grad():  # warm-up on copies, not timed
+        step({k: v.clone() for k, v in params.items()}, {k: v.clone() for k, v in buffers.items()},
+             x[orders[:, 0]], y[orders[:, 0]])
+    opt = torch.optim.SGD(list(params.values()), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    sync()
+    start = time.perf_counter()
+    total = torch.zeros(count, device=device)
+    with torch.no_grad():
+        for j in range(orders.shape[1]):
+            idx = orders[:, j]
+            grads, loss = step(params, buffers, x[idx], y[idx])
+            for name, p in params.items():
+                p.grad = grads[name].to(p.dtype)
+            opt.step()
+            total += loss.float()
+    sync()
+    return {"seconds": time.perf_counter() - start, "epoch0_loss": (total / orders.shape[1]).cpu().numpy()}
+
+
 # ------------------------------------------------------------------------------------------ projection
 
 def achieved_flops_at(flops_per_example, measured: dict[float, float]) -> float:
@@ -404,13 +457,18 @@ def main(argv=None) -> dict:
     for width in widths:
         run = lljax_run(jax, jnp, np, width, args.members, args.batch_size, steps, repeats, mesh)
         tr = torch_run(torch, np, width, run, loop_n, torch_device)
+        tf = torch_func_run(torch, np, width, run, args.members, torch_device)
         step_flops = train_flops_per_example(width) * args.batch_size
         rate_a = args.members * steps / run["seconds"]
         rate_b = loop_n * steps / tr["seconds"]
+        rate_e = args.members * steps / tf["seconds"]
         flops_a, flops_b = rate_a * step_flops, rate_b * step_flops
         agree = float(np.max(np.abs(tr["epoch0_loss"] - run["epoch0_loss"][:loop_n])))
-        row = {"model_steps_per_s": {"vmapped_lljax": rate_a, "pytorch_sequential": rate_b},
-               "speedup_vs_pytorch": rate_a / rate_b, "train_flops_per_example": train_flops_per_example(width),
+        agree_func = float(np.max(np.abs(tf["epoch0_loss"] - run["epoch0_loss"])))
+        row = {"model_steps_per_s": {"vmapped_lljax": rate_a, "pytorch_sequential": rate_b, "torch_func": rate_e},
+               "speedup_vs_pytorch": rate_a / rate_b, "speedup_vs_torch_func": rate_a / rate_e,
+               "max_epoch0_loss_diff_torch_func": agree_func,
+               "train_flops_per_example": train_flops_per_example(width),
                "achieved_flops": {"vmapped_lljax": flops_a, "pytorch_sequential": flops_b},
                "fraction_of_matmul_peak": {"vmapped_lljax": flops_a / peak, "pytorch_sequential": flops_b / peak},
                "fraction_of_vendor_peak": ({"vmapped_lljax": flops_a / vendor, "pytorch_sequential": flops_b / vendor}
@@ -431,7 +489,10 @@ def main(argv=None) -> dict:
         print(f"  (b) PyTorch, one by one {rate_b:7.2f} model-steps/s  {flops_b / 1e9:8.1f} GFLOP/s "
               f"= {100 * flops_b / peak:5.1f}% of matmul peak"
               + (f", {100 * flops_b / vendor:5.2f}% of vendor peak" if vendor else ""))
-        print(f"  (a) / (b) = {rate_a / rate_b:.2f}" + ("" if same_device else "  (NOT the same device)"))
+        print(f"  (e) torch.func, all at once {rate_e:5.2f} model-steps/s  {rate_e * step_flops / 1e9:8.1f} GFLOP/s "
+              f"(its losses vs lljax's: max |diff| {agree_func:.1e})")
+        print(f"  (a) / (b) = {rate_a / rate_b:.2f}, (a) / (e) = {rate_a / rate_e:.2f}"
+              + ("" if same_device else "  (NOT the same device)"))
         losses = row["epoch0_loss_mean"]
         print(f"  check: mean training loss over the {steps} steps, member(s) 0..{loop_n - 1}: lljax "
               f"{losses['vmapped_lljax']:.5f}, PyTorch {losses['pytorch_sequential']:.5f} (max |diff| {agree:.1e})")
@@ -449,10 +510,12 @@ def main(argv=None) -> dict:
           "of it" + (" (their FLOP/s extrapolated from the widest measured width)" if max(widths) < 128 else ""))
     headline = str(max(widths))
     results["speedup_vs_pytorch"] = results["widths"][headline]["speedup_vs_pytorch"]
+    results["speedup_vs_torch_func"] = results["widths"][headline]["speedup_vs_torch_func"]
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1, default=float)
         print(f"wrote {args.out}")
+    print(f"speedup_vs_torch_func: {results['speedup_vs_torch_func']:.2f}")
     print(f"speedup_vs_pytorch: {results['speedup_vs_pytorch']:.2f}")
     return results
 
