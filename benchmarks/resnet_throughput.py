@@ -275,17 +275,24 @@ def load_lljax_weights(torch, np, model, params, batch_stats, i):
         model.fc.bias.copy_(t(params["Dense_0"]["bias"][i]))
 
 
-def torch_run(torch, np, width, run, count, device, policy="float32"):
-    """The first `count` members trained one after another, each on its own lljax minibatches; `policy` as
-    lljax's: float32 (no TF32), tf32 (TF32 matmuls and convolutions), bf16 (autocast to bfloat16)."""
+def torch_setup(torch, np, run, device, policy):
+    """(autocast, x NCHW, y, sync) for a PyTorch peer: `policy` as lljax's: float32 (no TF32), tf32 (TF32 matmuls
+    and convolutions), bf16 (autocast to bfloat16)."""
     import contextlib
 
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = policy == "tf32"
     autocast = (lambda: torch.autocast(device, torch.bfloat16)) if policy == "bf16" else contextlib.nullcontext
-    x = torch.from_numpy(run["x"].transpose(0, 3, 1, 2).copy()).to(device)  # NCHW
+    x = torch.from_numpy(run["x"].transpose(0, 3, 1, 2).copy()).to(device)
     y = torch.from_numpy(run["y"].astype(np.int64)).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    return autocast, x, y, sync
+
+
+def torch_run(torch, np, width, run, count, device, policy="float32"):
+    """The first `count` members trained one after another, each on its own lljax minibatches (`torch_setup`'s
+    policy)."""
+    autocast, x, y, sync = torch_setup(torch, np, run, device, policy)
     criterion = torch.nn.CrossEntropyLoss()
 
     def model_and_opt(i):
@@ -323,20 +330,14 @@ def torch_run(torch, np, width, run, count, device, policy="float32"):
 def torch_func_run(torch, np, width, run, count, device, policy="float32"):
     """PyTorch's own ensembling of the first `count` members (`torch_peers`): lljax's initial weights, every
     member on its own lljax minibatches, all at once (vmapped gradient through `functional_call`, each member's
-    BatchNorm statistics updated in its stacked buffers, torch.optim.SGD on the stacked tensors); `policy` as
-    `torch_run`. One untimed step first (from a copy of the state)."""
-    import contextlib
+    BatchNorm statistics updated in its stacked buffers, torch.optim.SGD on the stacked tensors; `torch_setup`'s
+    policy). One untimed step first (from a copy of the state)."""
     import copy
 
     import torch_peers
     from torch.func import functional_call, grad_and_value, vmap
 
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = policy == "tf32"
-    autocast = (lambda: torch.autocast(device, torch.bfloat16)) if policy == "bf16" else contextlib.nullcontext
-    x = torch.from_numpy(run["x"].transpose(0, 3, 1, 2).copy()).to(device)  # NCHW
-    y = torch.from_numpy(run["y"].astype(np.int64)).to(device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    autocast, x, y, sync = torch_setup(torch, np, run, device, policy)
     first = torch_resnet18(torch, width)
     members = [first] + [copy.deepcopy(first) for _ in range(count - 1)]  # one class: stack_module_state needs it
     for i, model in enumerate(members):
