@@ -144,9 +144,19 @@ def test_workers_get_the_study_as_resolved_so_a_scripts_own_presets_reach_them(t
 
 
 def test_worker_command_round_trips_every_preset(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
     from lljax import config as configs
 
-    for name, values in configs.PRESETS.items():
+    presets = {f"lljax {name}": values for name, values in configs.PRESETS.items()}
+    for script in sorted((Path(__file__).parent.parent / "experiments").glob("*.py")):  # every script's own
+        spec = importlib.util.spec_from_file_location(script.stem, script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        presets.update({f"{script.stem} {name}": v for name, v in getattr(module, "PRESETS", {}).items()})
+    assert len(presets) > 20
+    for name, values in presets.items():
         c = Config.from_dict(values)
         command = jobs.worker_command(c, tmp_path, 1, 3)
         assert command[-2:] == ["--shard", "1/3"] and command[1:3] == ["-m", "lljax.jobs"]
