@@ -64,6 +64,9 @@ def worker_environments(workers: int) -> list[tuple[dict, list[int] | None]]:
     return out
 
 
+CORES_ENV = "LLJAX_WORKER_CORES"  # a local worker's CPU cores ('0,2'), set by `run_workers`, applied by `main`
+
+
 def progress_file(out_dir: str | os.PathLike, shard: int) -> Path:
     return Path(out_dir) / "groups" / ".progress" / f"shard-{shard}.json"
 
@@ -83,10 +86,10 @@ def run_workers(config: Config, workers: int, out_dir: str | os.PathLike, show_p
     procs = []
     for w, (env, cores) in enumerate(worker_environments(workers)):
         env["LLJAX_PROGRESS_FILE"] = str(progress_file(out_dir, w))
-        preexec = (lambda cores=cores: os.sched_setaffinity(0, cores)) if cores and hasattr(os, "sched_setaffinity") \
-            else None
-        procs.append(subprocess.Popen(worker_command(config, out_dir, w, workers), env=env, preexec_fn=preexec,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        if cores:  # the worker pins itself (`main`): no Python between fork and exec in this threaded process
+            env[CORES_ENV] = ",".join(map(str, cores))
+        procs.append(subprocess.Popen(worker_command(config, out_dir, w, workers), env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
     bar = Progress(1.0, enabled=show_progress)
     try:
         while any(p.poll() is None for p in procs):
@@ -191,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--shard", required=True, help="I/N")
     args = p.parse_args(argv)
+    cores = os.environ.get(CORES_ENV)
+    if cores and hasattr(os, "sched_setaffinity"):  # before JAX's backend starts its threads
+        os.sched_setaffinity(0, [int(c) for c in cores.split(",")])
 
     def command():
         try:

@@ -173,3 +173,11 @@ def test_a_workers_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_a_local_worker_pins_itself_to_its_cores(monkeypatch, tmp_path):
+    pinned = []
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cores: pinned.append((pid, list(cores))), raising=False)
+    monkeypatch.setenv(jobs.CORES_ENV, "0,2")
+    assert jobs.main(["--config", "{", "--out", str(tmp_path), "--shard", "0/1"]) == 2  # stops at the bad config
+    assert pinned == [(0, [0, 2])]
