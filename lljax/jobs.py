@@ -163,7 +163,8 @@ def submit(config: Config, out_dir: str | os.PathLike, shards: int, launcher: st
                   ("slurm_array_parallelism", "array_parallelism"))
         parameters.update({name: slurm[key] for name, key in wanted if slurm.get(key) is not None})
     executor.update_parameters(name="lljax", **parameters)
-    jobs = executor.map_array(shard_job, [config.to_dict()] * shards, [str(out_dir)] * shards, list(range(shards)),
+    where = str(Path(out_dir).resolve())  # a job may start in another folder than this command
+    jobs = executor.map_array(shard_job, [config.to_dict()] * shards, [where] * shards, list(range(shards)),
                               [shards] * shards)
     print(f"submitted {len(jobs)} jobs ({launcher}): {', '.join(str(j.job_id) for j in jobs[:5])}"
           f"{', ...' if len(jobs) > 5 else ''}; logs in {folder}")
